@@ -1,0 +1,128 @@
+//! The demo cast: a triage agent handing off to two specialists, one with a weather tool.
+//! The example program and the server's embedded defaults use it; on the scripted provider
+//! it behaves deterministically (the scripted model is labelled as what it is).
+
+use std::sync::Arc;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::agent::Agent;
+use crate::items::{Item, Role};
+use crate::model::scripted::{ScriptedModel, ScriptedTurn};
+use crate::model::{Model, ModelRequest};
+use crate::tool::{FunctionTool, ToolContext};
+
+/// Arguments of the demo's `get_weather` tool.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct WeatherArgs {
+    /// The city.
+    pub city: String,
+}
+
+/// Deterministic weather for a city (the demo has no network).
+pub fn weather_for(city: &str) -> String {
+    const SKIES: [&str; 4] = ["sunny", "cloudy", "rainy", "windy"];
+    let h = city
+        .bytes()
+        .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+    format!(
+        "{} in {city}, {}°C",
+        SKIES[(h % 4) as usize],
+        (h % 25) as i32 + 2
+    )
+}
+
+fn last_user_text(input: &[Item]) -> String {
+    input
+        .iter()
+        .rev()
+        .find_map(|i| match i {
+            Item::Message(m) if m.role == Role::User => Some(m.text()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+fn guess_city(text: &str) -> String {
+    let words: Vec<&str> = text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    if let Some(p) = words.iter().position(|w| w.eq_ignore_ascii_case("in")) {
+        if let Some(c) = words.get(p + 1) {
+            return c.to_string();
+        }
+    }
+    words
+        .iter()
+        .rev()
+        .find(|w| w.chars().next().is_some_and(char::is_uppercase))
+        .map_or_else(|| "Oslo".to_owned(), |w| w.to_string())
+}
+
+/// The scripted model of the demo: routes by keyword, calls the weather tool, answers in
+/// 20 deltas. Deterministic and offline.
+pub fn demo_model() -> ScriptedModel {
+    ScriptedModel::from_fn(|req: &ModelRequest, turn| {
+        let text = last_user_text(&req.input);
+        let lower = text.to_lowercase();
+        let has = |name: &str| req.tools.iter().any(|t| t.name == name);
+        if has("transfer_to_weather") && turn == 0 {
+            if lower.contains("weather") || lower.contains("rain") || lower.contains("sun") {
+                return ScriptedTurn::handoff("Weather");
+            }
+            return ScriptedTurn::handoff("Billing");
+        }
+        if has("get_weather") && turn <= 1 {
+            let args = serde_json::json!({ "city": guess_city(&text) });
+            return ScriptedTurn::call("get_weather", args);
+        }
+        let answer = if has("get_weather") {
+            let out = req
+                .input
+                .iter()
+                .rev()
+                .find_map(|i| match i {
+                    Item::FunctionCallOutput(o) if !o.output.starts_with('{') => Some(o.output.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            format!("Here is the forecast you asked for: it is {out}. Anything else I can check for you today?")
+        } else {
+            format!(
+                "Thanks for reaching Billing. About \"{}\": your account is in good standing and no payment is due. Anything else?",
+                text.chars().take(60).collect::<String>()
+            )
+        };
+        ScriptedTurn::message(answer, 20)
+    })
+    .with_name("scripted-demo")
+}
+
+/// The demo cast on `model`: `Triage` hands off to `Weather` (which has `get_weather`) or
+/// `Billing`. Returns the starting agent.
+pub fn cast(model: Arc<dyn Model>) -> Agent {
+    let weather_tool = FunctionTool::new(
+        "get_weather",
+        "Weather for a city.",
+        |_ctx: ToolContext<()>, args: WeatherArgs| async move {
+            Ok::<_, String>(weather_for(&args.city))
+        },
+    );
+    let weather = Agent::new("Weather")
+        .instructions("Answer weather questions. Use get_weather for the forecast.")
+        .handoff_description("Weather forecasts for any city.")
+        .model_instance(model.clone())
+        .tool(weather_tool);
+    let billing = Agent::new("Billing")
+        .instructions("Answer billing questions.")
+        .handoff_description("Billing questions: invoices, payments, refunds.")
+        .model_instance(model.clone());
+    Agent::new("Triage")
+        .instructions("Route the user to the right specialist.")
+        .handoff_description("Routes the user to the right specialist.")
+        .model_instance(model)
+        .handoff(&weather)
+        .handoff(&billing)
+}

@@ -1,0 +1,132 @@
+//! The baton: everything a run carries from turn to turn and from agent to agent.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::actor::{AgentSlot, Stage};
+use crate::agent::Agent;
+use crate::bus::{CancelMode, FrameBody, Topic};
+use crate::context::RunContext;
+use crate::error::AgentsError;
+use crate::events::StreamEvent;
+use crate::guardrail::{GuardrailResult, InputGuardrail, OutputGuardrail};
+use crate::hooks::RunHooks;
+use crate::items::{Item, RunItem};
+use crate::model::{ModelProvider, ResponseObject};
+use crate::run::config::RunConfig;
+use crate::session::Session;
+use crate::trace::{Span, Trace};
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunOutcome {
+    /// A final output.
+    Completed {
+        /// The final output.
+        final_output: Value,
+        /// The agent that produced it.
+        last_agent: String,
+    },
+    /// An error.
+    Failed(AgentsError),
+    /// Cancelled.
+    Cancelled(CancelMode),
+}
+
+/// State of a run shared between the baton and the caller's result handle.
+pub(crate) struct RunShared {
+    pub run_id: Arc<str>,
+    pub topic: Arc<Topic>,
+    pub cancel: CancellationToken,
+    pub cancel_after_turn: AtomicBool,
+    pub current_turn: AtomicU64,
+    pub current_agent: Mutex<String>,
+    pub input: Mutex<Vec<Item>>,
+    pub new_items: Mutex<Vec<RunItem>>,
+    pub raw_responses: Mutex<Vec<ResponseObject>>,
+    pub input_guardrail_results: Mutex<Vec<GuardrailResult>>,
+    pub output_guardrail_results: Mutex<Vec<GuardrailResult>>,
+    pub outcome: Mutex<Option<RunOutcome>>,
+    pub done: watch::Sender<bool>,
+    pub trace_id: Option<String>,
+    pub finished: AtomicBool,
+}
+
+impl RunShared {
+    pub fn publish_event(&self, event: StreamEvent, tool: Option<Arc<str>>) {
+        self.topic
+            .publish(&self.run_id, FrameBody::Event { event, tool });
+    }
+
+    pub fn is_complete(&self) -> bool {
+        *self.done.borrow()
+    }
+}
+
+/// Everything fixed for the length of a run.
+pub(crate) struct RunEnv<C: Send + Sync + 'static> {
+    pub stage: Stage<C>,
+    pub config: RunConfig,
+    pub provider: Arc<dyn ModelProvider>,
+    pub hooks: Option<Arc<dyn RunHooks<C>>>,
+    pub session: Option<Arc<dyn Session>>,
+    pub input_guardrails: Vec<InputGuardrail<C>>,
+    pub output_guardrails: Vec<OutputGuardrail<C>>,
+    pub include_sensitive: bool,
+}
+
+/// The baton: the run's state, handed from turn to turn and agent to agent.
+pub(crate) struct Baton<C: Send + Sync + 'static> {
+    pub shared: Arc<RunShared>,
+    pub env: Arc<RunEnv<C>>,
+    pub ctx: RunContext<C>,
+    pub agent: Agent<C>,
+    pub original_input: Vec<Item>,
+    pub generated: Vec<RunItem>,
+    pub turn: u64,
+    pub agent_started: bool,
+    pub trace: Trace,
+    pub owns_trace: bool,
+    pub task_span: Span,
+    pub agent_span: Span,
+    pub agents_used_tools: HashSet<String>,
+    pub handoff_from: Option<String>,
+    pub slot: Option<AgentSlot>,
+}
+
+impl<C: Send + Sync + 'static> Drop for Baton<C> {
+    /// A baton dropped before its run finished (a panic in a turn, a runtime shutting down)
+    /// still ends the run, so no consumer is left waiting.
+    fn drop(&mut self) {
+        if !self.shared.finished.swap(true, Ordering::AcqRel) {
+            let err = AgentsError::UserError(
+                "the run was stopped unexpectedly (its turn task panicked or its runtime shut down)"
+                    .into(),
+            );
+            self.agent_span.set_error("Error in agent run", None);
+            self.agent_span.finish();
+            self.task_span.finish();
+            if self.owns_trace {
+                self.trace.finish();
+            }
+            self.shared.topic.publish(
+                &self.shared.run_id,
+                FrameBody::RunFailed {
+                    error_type: err.sdk_name().into(),
+                    message: err.to_string(),
+                },
+            );
+            *self
+                .shared
+                .outcome
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(RunOutcome::Failed(err));
+            let _ = self.shared.done.send(true);
+        }
+    }
+}
