@@ -264,6 +264,9 @@ pub enum ResponseEvent {
 
 /// A raw event: typed when callboard knows its type, kept verbatim otherwise (reasoning
 /// summaries, hosted-tool progress, future event types), so nothing a provider sends is lost.
+// The typed variant is large, but every event is moved into an `Arc` once, right after
+// parsing, so boxing it would only add an allocation per event.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum RawEvent {

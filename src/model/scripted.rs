@@ -607,7 +607,7 @@ mod tests {
             })
         };
         let user = Item::Message(MessageItem::user("hi"));
-        assert_eq!(turn_index(&[user.clone()]), 0);
+        assert_eq!(turn_index(std::slice::from_ref(&user)), 0);
         assert_eq!(
             turn_index(&[user.clone(), call("a"), call("b"), out("a"), out("b")]),
             1

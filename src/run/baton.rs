@@ -114,19 +114,19 @@ impl<C: Send + Sync + 'static> Drop for Baton<C> {
             if self.owns_trace {
                 self.trace.finish();
             }
-            self.shared.topic.publish(
-                &self.shared.run_id,
-                FrameBody::RunFailed {
-                    error_type: err.sdk_name().into(),
-                    message: err.to_string(),
-                },
-            );
             *self
                 .shared
                 .outcome
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()) = Some(RunOutcome::Failed(err));
-            let _ = self.shared.done.send(true);
+            let _ = self.shared.done.send_replace(true);
+            self.shared.topic.publish(
+                &self.shared.run_id,
+                FrameBody::RunFailed {
+                    error_type: "UserError".into(),
+                    message: "the run was stopped unexpectedly (its turn task panicked or its runtime shut down)".into(),
+                },
+            );
         }
     }
 }

@@ -886,6 +886,8 @@ async fn turn_body<C: Send + Sync + 'static>(
                 b.original_input = data.input_history;
                 b.generated = data.pre_handoff_items;
                 b.generated.extend(data.new_items);
+                // As in the SDK, the filtered items are what the run carries on with.
+                *b.shared.new_items.lock().unwrap_or_else(|e| e.into_inner()) = b.generated.clone();
             }
             None => b.generated.extend(new_items),
         }
@@ -951,6 +953,7 @@ pub(crate) fn finish<C: Send + Sync + 'static>(mut b: Baton<C>, outcome: RunOutc
     *shared.outcome.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
     b.slot = None;
     drop(b);
+    // Complete before the terminal frame goes out, so whoever sees the end sees the outcome.
+    let _ = shared.done.send_replace(true);
     shared.topic.publish(&shared.run_id, body);
-    let _ = shared.done.send(true);
 }
