@@ -96,7 +96,7 @@ fn chunks(text: &str) -> Vec<Bytes> {
 }
 
 fn body(chunks: &[Bytes]) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send {
-    futures::stream::iter(chunks.to_vec().into_iter().map(Ok))
+    futures::stream::iter(chunks.to_vec()).map(Ok)
 }
 
 /// Runs one stream through the path; returns the number of raw events.

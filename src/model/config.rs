@@ -454,4 +454,45 @@ mod tests {
         .unwrap();
         assert!(!format!("{c:?}").contains("sk-secret"));
     }
+
+    #[test]
+    fn openai_provider_serves_any_name_from_one_pool() {
+        let ep = Endpoint::new(
+            "openai_responses",
+            "http://127.0.0.1:9/v1/",
+            Some("sk-x"),
+            KeySource::Literal,
+            HttpLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(ep.base_url(), "http://127.0.0.1:9/v1");
+        let p = OpenAiProvider::new(Arc::new(ep), "gpt-4.1");
+        assert_eq!(p.get_model(None).unwrap().name(), "gpt-4.1");
+        let a = p.get_model(Some("gpt-4.1-mini")).unwrap();
+        let b = p.get_model(Some("gpt-4.1-mini")).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(a.api(), super::super::ModelApi::Responses);
+    }
+
+    #[test]
+    fn huge_timeouts_do_not_overflow() {
+        let c = parse(
+            r#"provider = "openai_responses"
+            model = "m"
+            base_url = "http://127.0.0.1:9/v1"
+            request_timeout_ms = 18446744073709551615
+            idle_timeout_ms = 18446744073709551615"#,
+        )
+        .unwrap();
+        let m = c.build().unwrap();
+        let req = super::super::ModelRequest {
+            system_instructions: None,
+            input: vec![],
+            tools: vec![],
+            output_schema: None,
+            settings: ModelSettings::default(),
+        };
+        // Building the stream computes the deadlines.
+        drop(m.stream(req, tokio_util::sync::CancellationToken::new()));
+    }
 }

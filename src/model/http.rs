@@ -56,6 +56,15 @@ impl Default for HttpLimits {
 
 /// The longest `Retry-After` honoured; a server asking for more gets this.
 const RETRY_AFTER_CAP: Duration = Duration::from_secs(60);
+/// A time that never comes in practice (ten years).
+const FOREVER: Duration = Duration::from_secs(86_400 * 3650);
+
+/// `now + d`, saturating at [`FOREVER`] so a huge configured timeout cannot overflow.
+fn after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d.min(FOREVER)).unwrap_or(now)
+}
+
 /// How much of an error body is quoted in a message.
 const ERROR_BODY_QUOTE: usize = 600;
 
@@ -199,7 +208,7 @@ impl Endpoint {
         translator: T,
     ) -> EventStream {
         let ep = self.clone();
-        let deadline = Instant::now() + self.limits.request_timeout;
+        let deadline = after(self.limits.request_timeout);
         let who: Arc<str> = self.who().into();
         let opened = async move {
             let headers = ep.headers(&extra_headers)?;
@@ -271,7 +280,7 @@ impl Endpoint {
                 .headers(headers.clone())
                 .body(body.clone())
                 .send();
-            let wait_until = deadline.min(Instant::now() + self.limits.idle_timeout);
+            let wait_until = deadline.min(after(self.limits.idle_timeout));
             let outcome = match tokio::time::timeout_at(wait_until, send).await {
                 Ok(r) => r,
                 Err(_) => {
@@ -332,7 +341,7 @@ impl Endpoint {
             Some(d) => d.min(RETRY_AFTER_CAP),
             None => backoff(&self.limits, attempt),
         };
-        if Instant::now() + delay >= deadline {
+        if after(delay) >= deadline {
             let mut e = failure.error;
             e.message = format!(
                 "{} (no time left for another attempt within request_timeout_ms = {})",
@@ -381,10 +390,8 @@ impl Endpoint {
     async fn status_failure(&self, resp: reqwest::Response, deadline: Instant) -> Failure {
         let status = resp.status();
         let retry_after = retry_after(resp.headers());
-        let read = tokio::time::timeout_at(
-            deadline.min(Instant::now() + self.limits.idle_timeout),
-            resp.bytes(),
-        );
+        let read =
+            tokio::time::timeout_at(deadline.min(after(self.limits.idle_timeout)), resp.bytes());
         let body = match read.await {
             Ok(Ok(b)) => b,
             _ => Bytes::new(),
@@ -462,13 +469,14 @@ fn retry_after(h: &HeaderMap) -> Option<Duration> {
         .and_then(|v| v.to_str().ok())
         .and_then(|s| s.trim().parse::<f64>().ok())
     {
-        if ms.is_finite() && ms >= 0.0 {
-            return Some(Duration::from_secs_f64(ms / 1000.0));
+        // try_from refuses negative, NaN and absurd values instead of panicking.
+        if let Ok(d) = Duration::try_from_secs_f64(ms / 1000.0) {
+            return Some(d);
         }
     }
     let v = h.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(secs) = v.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+        return Duration::try_from_secs_f64(secs).ok();
     }
     let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
     let ms = (when.timestamp_millis() - chrono::Utc::now().timestamp_millis()).max(0);
@@ -581,7 +589,7 @@ impl<S> IdleTimeout<S> {
     pub fn new(inner: S, idle: Duration) -> Self {
         IdleTimeout {
             inner,
-            sleep: tokio::time::sleep(idle),
+            sleep: tokio::time::sleep_until(after(idle)),
             idle,
             fired: false,
         }
@@ -602,7 +610,7 @@ where
         match this.inner.poll_next(cx) {
             Poll::Ready(Some(item)) => {
                 let idle = *this.idle;
-                this.sleep.as_mut().reset(Instant::now() + idle);
+                this.sleep.as_mut().reset(after(idle));
                 Poll::Ready(Some(item.map_err(BodyError::Transport)))
             }
             Poll::Ready(None) => Poll::Ready(None),
@@ -638,9 +646,9 @@ where
         }))),
         translator,
         pending: VecDeque::new(),
-        deadline: Instant::now() + Duration::from_secs(86_400 * 365),
-        request_timeout: Duration::from_secs(86_400 * 365),
-        idle: Duration::from_secs(86_400 * 365),
+        deadline: after(FOREVER),
+        request_timeout: FOREVER,
+        idle: FOREVER,
         who: who.into(),
         events: 0,
     };
@@ -828,6 +836,10 @@ mod tests {
         );
         assert_eq!(retry_after(&h), Some(Duration::ZERO));
         h.insert("retry-after", HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&h), None);
+        h.insert("retry-after", HeaderValue::from_static("1e300"));
+        assert_eq!(retry_after(&h), None);
+        h.insert("retry-after", HeaderValue::from_static("-3"));
         assert_eq!(retry_after(&h), None);
     }
 
