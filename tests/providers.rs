@@ -1267,3 +1267,17 @@ async fn cancelling_a_run_closes_the_model_connection_promptly() {
     );
     assert!(!s.state.sent_all.load(Ordering::SeqCst));
 }
+
+#[tokio::test]
+async fn a_json_answer_instead_of_a_stream_is_reported() {
+    let s = server(vec![status(
+        200,
+        json!({"id": "chatcmpl-1", "object": "chat.completion", "choices": []}),
+    )])
+    .await;
+    let out = run(build(&config("openai_chat_completions", &s.url)), "hi").await;
+    let (ty, msg) = out.failed.unwrap();
+    assert_eq!(ty, "ModelBehaviorError");
+    assert!(msg.contains("instead of an event stream"), "{msg}");
+    assert_eq!(s.requests(), 1);
+}

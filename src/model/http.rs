@@ -313,7 +313,19 @@ impl Endpoint {
                 }
             };
             let failure = match outcome {
-                Ok(resp) if resp.status().is_success() => return Ok(resp),
+                Ok(resp) if resp.status().is_success() && !is_json(resp.headers()) => {
+                    return Ok(resp)
+                }
+                Ok(resp) if resp.status().is_success() => {
+                    // A JSON body where an event stream was asked for: a server that ignored
+                    // `stream: true`, or an error wrapped in a 200.
+                    let body = read_body(resp, deadline, self.limits.idle_timeout).await;
+                    return Err(ModelError::behavior(format!(
+                        "{}: answered with JSON instead of an event stream (does it support stream: true?): {}",
+                        self.who(),
+                        error_detail(&body)
+                    )));
+                }
                 Ok(resp) => self.status_failure(resp, deadline).await,
                 Err(e) => self.transport_failure(&e),
             };
@@ -390,12 +402,7 @@ impl Endpoint {
     async fn status_failure(&self, resp: reqwest::Response, deadline: Instant) -> Failure {
         let status = resp.status();
         let retry_after = retry_after(resp.headers());
-        let read =
-            tokio::time::timeout_at(deadline.min(after(self.limits.idle_timeout)), resp.bytes());
-        let body = match read.await {
-            Ok(Ok(b)) => b,
-            _ => Bytes::new(),
-        };
+        let body = read_body(resp, deadline, self.limits.idle_timeout).await;
         let detail = error_detail(&body);
         let who = self.who();
         let (kind, message, retryable) = match status {
@@ -442,6 +449,29 @@ impl Endpoint {
             retryable,
         }
     }
+}
+
+fn is_json(h: &HeaderMap) -> bool {
+    h.get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"))
+}
+
+/// The first 64 KiB of an error answer's body: what arrives within the idle timeout.
+async fn read_body(mut resp: reqwest::Response, deadline: Instant, idle: Duration) -> Bytes {
+    const LIMIT: usize = 64 * 1024;
+    let mut buf = Vec::new();
+    let read = async {
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            buf.extend_from_slice(&chunk);
+            if buf.len() >= LIMIT {
+                buf.truncate(LIMIT);
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout_at(deadline.min(after(idle)), read).await;
+    Bytes::from(buf)
 }
 
 struct Failure {
