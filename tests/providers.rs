@@ -1281,3 +1281,34 @@ async fn a_json_answer_instead_of_a_stream_is_reported() {
     assert!(msg.contains("instead of an event stream"), "{msg}");
     assert_eq!(s.requests(), 1);
 }
+
+#[tokio::test]
+async fn chat_reasoning_content_becomes_a_reasoning_item() {
+    let sse = chat_sse(&[
+        chunk(
+            json!({"role": "assistant", "reasoning_content": "The user "}),
+            None,
+        ),
+        chunk(json!({"reasoning_content": "greets me."}), None),
+        chunk(json!({"content": "Hello!"}), None),
+        chunk(json!({}), Some("stop")),
+        chat_usage(5, 9),
+    ]);
+    let s = server(vec![sse_reply(&sse, 6)]).await;
+    let out = run(build(&config("openai_chat_completions", &s.url)), "hi").await;
+    assert_eq!(out.terminal, "run.completed", "{:?}", out.failed);
+    assert_eq!(
+        strs(&out.events[out.events.len() - 3..]),
+        [
+            "raw:response.completed",
+            "item:reasoning_item_created",
+            "item:message_output_created"
+        ]
+    );
+    assert!(out
+        .events
+        .contains(&"raw:response.reasoning_summary_text.delta".to_owned()));
+    let r = out.result.unwrap();
+    assert_eq!(r.final_output_text(), Some("Hello!"));
+    assert_eq!(r.usage.output_tokens, 9);
+}

@@ -353,6 +353,13 @@ struct Delta<'a> {
     refusal: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     tool_calls: Option<Vec<ToolCallDelta<'a>>>,
+    /// Reasoning text as DeepSeek and vLLM stream it (becomes a reasoning summary).
+    #[serde(default, borrow)]
+    reasoning_content: Option<Cow<'a, str>>,
+    /// Reasoning text as some gateways stream it (becomes reasoning content); only strings
+    /// are used.
+    #[serde(default, borrow)]
+    reasoning: Option<&'a serde_json::value::RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -432,8 +439,19 @@ pub struct ChatTranslator {
     text: Option<(u32, String)>,
     refusal: Option<(u32, String)>,
     calls: Vec<Call>,
+    reasoning: Option<ReasoningState>,
     usage: Option<RequestUsage>,
     finish_reason: Option<String>,
+}
+
+/// A reasoning item being streamed: summary parts (from `reasoning_content`) or reasoning
+/// text (from `reasoning`).
+struct ReasoningState {
+    output_index: u32,
+    summary: Vec<String>,
+    active_part: Option<usize>,
+    text: Option<String>,
+    done: bool,
 }
 
 impl ChatTranslator {
@@ -450,6 +468,7 @@ impl ChatTranslator {
             text: None,
             refusal: None,
             calls: Vec::new(),
+            reasoning: None,
             usage: None,
             finish_reason: None,
         }
@@ -610,6 +629,141 @@ impl ChatTranslator {
         }
     }
 
+    fn other(&mut self, out: &mut VecDeque<RawEvent>, mut v: Value) {
+        if let Value::Object(m) = &mut v {
+            m.insert("sequence_number".into(), self.seq().into());
+        }
+        out.push_back(RawEvent::Other(v));
+    }
+
+    fn reasoning_item(r: &ReasoningState) -> Item {
+        let mut rest = Map::new();
+        if let Some(t) = &r.text {
+            rest.insert(
+                "content".into(),
+                json!([{"type": "reasoning_text", "text": t}]),
+            );
+        }
+        Item::Reasoning(crate::items::ReasoningItem {
+            id: Some(FAKE_ID.into()),
+            summary: r
+                .summary
+                .iter()
+                .map(|t| json!({"type": "summary_text", "text": t}))
+                .collect(),
+            rest,
+        })
+    }
+
+    /// Opens the reasoning item if needed; returns its output index.
+    fn open_reasoning(&mut self, out: &mut VecDeque<RawEvent>, as_text: bool) -> u32 {
+        if let Some(r) = &self.reasoning {
+            return r.output_index;
+        }
+        let r = ReasoningState {
+            output_index: self.next_output_index,
+            summary: Vec::new(),
+            active_part: None,
+            text: as_text.then(String::new),
+            done: false,
+        };
+        self.next_output_index += 1;
+        let e = ResponseEvent::OutputItemAdded {
+            item: Self::reasoning_item(&r),
+            output_index: r.output_index,
+            sequence_number: self.seq(),
+        };
+        self.reasoning = Some(r);
+        self.push(out, e);
+        self.reasoning.as_ref().map_or(0, |r| r.output_index)
+    }
+
+    fn on_reasoning_summary(&mut self, delta: &str, out: &mut VecDeque<RawEvent>) {
+        let oi = self.open_reasoning(out, false);
+        let Some(r) = self.reasoning.as_mut() else {
+            return;
+        };
+        let (index, opened) = match r.active_part {
+            Some(i) => (i, false),
+            None => {
+                r.summary.push(String::new());
+                let i = r.summary.len() - 1;
+                r.active_part = Some(i);
+                (i, true)
+            }
+        };
+        r.summary[index].push_str(delta);
+        if opened {
+            self.other(
+                out,
+                json!({"type": "response.reasoning_summary_part.added", "item_id": FAKE_ID,
+                       "output_index": oi, "summary_index": index,
+                       "part": {"type": "summary_text", "text": ""}}),
+            );
+        }
+        self.other(
+            out,
+            json!({"type": "response.reasoning_summary_text.delta", "item_id": FAKE_ID,
+                   "output_index": oi, "summary_index": index, "delta": delta}),
+        );
+    }
+
+    fn on_reasoning_text(&mut self, delta: &str, out: &mut VecDeque<RawEvent>) {
+        let oi = self.open_reasoning(out, true);
+        if let Some(r) = self.reasoning.as_mut() {
+            r.text.get_or_insert_with(String::new).push_str(delta);
+        }
+        self.other(
+            out,
+            json!({"type": "response.reasoning_text.delta", "item_id": FAKE_ID,
+                   "output_index": oi, "content_index": 0, "delta": delta}),
+        );
+    }
+
+    /// Closes the summary part being streamed, if any.
+    fn close_summary_part(&mut self, out: &mut VecDeque<RawEvent>) {
+        let Some(r) = self.reasoning.as_mut() else {
+            return;
+        };
+        let Some(i) = r.active_part.take() else {
+            return;
+        };
+        let (oi, text) = (r.output_index, r.summary[i].clone());
+        self.other(
+            out,
+            json!({"type": "response.reasoning_summary_part.done", "item_id": FAKE_ID,
+                   "output_index": oi, "summary_index": i,
+                   "part": {"type": "summary_text", "text": text}}),
+        );
+    }
+
+    /// Closes the reasoning item; returns it with its output index.
+    fn close_reasoning(&mut self, out: &mut VecDeque<RawEvent>) -> Option<(u32, Item)> {
+        self.close_summary_part(out);
+        let r = self.reasoning.as_mut()?;
+        if r.done {
+            return None;
+        }
+        r.done = true;
+        let oi = r.output_index;
+        let text = r.text.clone();
+        let item = Self::reasoning_item(r);
+        if let (Some(text), true) = (text, r.summary.is_empty()) {
+            self.other(
+                out,
+                json!({"type": "response.reasoning_text.done", "item_id": FAKE_ID,
+                       "output_index": oi, "content_index": 0, "text": text}),
+            );
+        }
+        let e = ResponseEvent::OutputItemDone {
+            item: item.clone(),
+            output_index: oi,
+            sequence_number: self.seq(),
+        };
+        self.push(out, e);
+        Some((oi, item))
+    }
+
     fn on_chunk(&mut self, chunk: Chunk<'_>, out: &mut VecDeque<RawEvent>) {
         if let Some(u) = chunk.usage {
             self.usage = Some(RequestUsage {
@@ -640,6 +794,23 @@ impl ChatTranslator {
         let Some(delta) = choice.delta else {
             return;
         };
+        if let Some(r) = delta.reasoning_content.as_deref().filter(|r| !r.is_empty()) {
+            self.on_reasoning_summary(r, out);
+        }
+        if let Some(raw) = delta.reasoning {
+            if let Ok(text) = serde_json::from_str::<Cow<'_, str>>(raw.get()) {
+                if !text.is_empty() {
+                    self.on_reasoning_text(&text, out);
+                }
+            }
+        }
+        // Visible output after reasoning closes the summary part being streamed.
+        let visible = delta.content.as_deref().is_some_and(|c| !c.is_empty())
+            || delta.refusal.as_deref().is_some_and(|r| !r.is_empty())
+            || delta.tool_calls.as_ref().is_some_and(|t| !t.is_empty());
+        if visible && delta.reasoning_content.as_deref().is_none_or(str::is_empty) {
+            self.close_summary_part(out);
+        }
         if let Some(text) = delta.content {
             // An empty first delta opens nothing (it would leave an empty part behind).
             if !text.is_empty() || self.text.is_some() {
@@ -706,6 +877,7 @@ impl ChatTranslator {
             }
             _ => {}
         }
+        let reasoning = self.close_reasoning(out);
         let mut parts: Vec<(u32, ContentPart)> = Vec::new();
         if let (Some((ci, text)), Some(oi)) = (&self.text, self.message_index) {
             let part = ContentPart::output_text(text.clone());
@@ -733,7 +905,8 @@ impl ChatTranslator {
             };
             self.push(out, e);
         }
-        let mut outputs: Vec<(u32, Item)> = Vec::with_capacity(self.calls.len() + 1);
+        let mut outputs: Vec<(u32, Item)> = Vec::with_capacity(self.calls.len() + 2);
+        outputs.extend(reasoning);
         for k in 0..self.calls.len() {
             if self.calls[k].ignored {
                 continue;
@@ -977,6 +1150,66 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn reasoning_content_becomes_a_reasoning_item_before_the_message() {
+        let mut t = ChatTranslator::new("m", "test");
+        let out = feed(
+            &mut t,
+            &[
+                r#"{"choices":[{"index":0,"delta":{"reasoning_content":"Think"}}]}"#,
+                r#"{"choices":[{"index":0,"delta":{"reasoning_content":"ing."}}]}"#,
+                r#"{"choices":[{"index":0,"delta":{"content":"Hi","reasoning":{"x":1}}}]}"#,
+                r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+                "[DONE]",
+            ],
+        );
+        assert_eq!(
+            names(&out),
+            [
+                "response.created",
+                "response.output_item.added",
+                "response.reasoning_summary_part.added",
+                "response.reasoning_summary_text.delta",
+                "response.reasoning_summary_text.delta",
+                "response.reasoning_summary_part.done",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_text.delta",
+                "response.output_item.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.completed"
+            ]
+        );
+        for (i, e) in out.iter().enumerate() {
+            assert_eq!(
+                serde_json::to_value(e).unwrap()["sequence_number"],
+                i as u64
+            );
+        }
+        let Some(RawEvent::Typed(ResponseEvent::Completed { response, .. })) = out.back() else {
+            panic!("no completed");
+        };
+        match (&response.output[0], &response.output[1]) {
+            (Item::Reasoning(r), Item::Message(m)) => {
+                assert_eq!(r.summary[0]["text"], "Thinking.");
+                assert_eq!(m.text(), "Hi");
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut t = ChatTranslator::new("m", "test");
+        let out = feed(
+            &mut t,
+            &[
+                r#"{"choices":[{"index":0,"delta":{"reasoning":"Hmm"}}]}"#,
+                r#"{"choices":[{"index":0,"delta":{"content":"Yes"},"finish_reason":"stop"}]}"#,
+                "[DONE]",
+            ],
+        );
+        assert!(names(&out).contains(&"response.reasoning_text.delta"));
+        assert!(names(&out).contains(&"response.reasoning_text.done"));
     }
 
     #[test]
