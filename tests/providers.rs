@@ -56,6 +56,8 @@ enum Reply {
 
 #[derive(Debug)]
 struct Seen {
+    /// The client's address: the same port means the same (pooled) connection.
+    peer: std::net::SocketAddr,
     path: String,
     headers: HeaderMap,
     body: Value,
@@ -80,6 +82,9 @@ impl Server {
     fn requests(&self) -> usize {
         self.state.seen.lock().unwrap().len()
     }
+    fn peer(&self, i: usize) -> std::net::SocketAddr {
+        self.state.seen.lock().unwrap()[i].peer
+    }
     fn request(&self, i: usize) -> (String, HeaderMap, Value) {
         let s = &self.state.seen.lock().unwrap()[i];
         (s.path.clone(), s.headers.clone(), s.body.clone())
@@ -100,14 +105,21 @@ async fn server(replies: Vec<Reply>) -> Server {
         ..Default::default()
     });
     let st = state.clone();
-    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
-        let st = st.clone();
-        async move { answer(st, req).await }
-    });
+    let app = axum::Router::new().fallback(
+        move |peer: axum::extract::ConnectInfo<std::net::SocketAddr>,
+              req: axum::extract::Request| {
+            let st = st.clone();
+            async move { answer(st, peer.0, req).await }
+        },
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+        let _ = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await;
     });
     Server {
         url: format!("http://{addr}/v1"),
@@ -115,12 +127,17 @@ async fn server(replies: Vec<Reply>) -> Server {
     }
 }
 
-async fn answer(st: Arc<ServerState>, req: axum::extract::Request) -> Response {
+async fn answer(
+    st: Arc<ServerState>,
+    peer: std::net::SocketAddr,
+    req: axum::extract::Request,
+) -> Response {
     let (parts, body) = req.into_parts();
     let bytes = axum::body::to_bytes(body, 1 << 20)
         .await
         .unwrap_or_default();
     st.seen.lock().unwrap().push(Seen {
+        peer,
         path: parts.uri.path().to_owned(),
         headers: parts.headers.clone(),
         body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
@@ -215,6 +232,17 @@ fn cut(text: &str, n: usize) -> Vec<Piece> {
         .chunks(n)
         .map(|c| Piece::Data(Bytes::copy_from_slice(c)))
         .collect()
+}
+
+/// Like [`sse_reply`], but the body ends only `pause` after its last event, as a server
+/// that closes the stream lazily.
+fn sse_reply_lingering(text: &str, n: usize, pause: Duration) -> Reply {
+    let mut pieces = cut(text, n);
+    pieces.push(Piece::Pause(pause));
+    Reply::Sse {
+        pieces,
+        end: End::Clean,
+    }
 }
 
 fn sse_reply(text: &str, n: usize) -> Reply {
@@ -560,6 +588,11 @@ async fn responses_tool_call_then_answer() {
     let r = out.result.unwrap();
     assert_eq!(r.final_output_text(), Some("It is sunny."));
     assert_eq!((r.usage.requests, r.usage.total_tokens), (2, 58));
+    assert_eq!(
+        s.peer(0),
+        s.peer(1),
+        "the second turn reuses the pooled connection"
+    );
     let (_, _, body) = s.request(1);
     let input = body["input"].as_array().unwrap();
     assert_eq!(input[1]["type"], "function_call");
@@ -679,6 +712,11 @@ async fn chat_two_tool_calls_in_one_turn_then_answer() {
             r.usage.output_tokens
         ),
         (2, 100, 22)
+    );
+    assert_eq!(
+        s.peer(0),
+        s.peer(1),
+        "the second turn reuses the pooled connection"
     );
     let (_, _, body) = s.request(1);
     let m = body["messages"].as_array().unwrap();
@@ -1311,4 +1349,39 @@ async fn chat_reasoning_content_becomes_a_reasoning_item() {
     let r = out.result.unwrap();
     assert_eq!(r.final_output_text(), Some("Hello!"));
     assert_eq!(r.usage.output_tokens, 9);
+}
+
+#[tokio::test]
+async fn bodies_that_end_late_are_drained_so_the_connection_is_reused() {
+    // The server ends each body 150 ms after `[DONE]`. The run is over at `[DONE]`; the
+    // provider reads the rest in the background, so the next run finds the connection idle
+    // in the pool instead of opening a new one.
+    let sse = chat_sse(&chat_text(&["one"], 1, 1));
+    let s = server(vec![sse_reply_lingering(
+        &sse,
+        64,
+        Duration::from_millis(150),
+    )])
+    .await;
+    let model = build(&config("openai_chat_completions", &s.url));
+    let first = run(model.clone(), "hi").await;
+    assert_eq!(first.terminal, "run.completed", "{:?}", first.failed);
+    assert!(
+        first.elapsed < Duration::from_millis(140),
+        "{:?}",
+        first.elapsed
+    );
+    tokio::time::timeout(WAIT, async {
+        while s.state.body_dropped.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the server finished the first body");
+    // Give the client a moment to read the end of the body it is draining.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = run(model, "again").await;
+    assert_eq!(second.terminal, "run.completed", "{:?}", second.failed);
+    assert_eq!(s.requests(), 2);
+    assert_eq!(s.peer(0), s.peer(1), "the pooled connection was reused");
 }

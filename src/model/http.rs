@@ -787,7 +787,11 @@ async fn drive<T: Translate>(
                         .on_event(&ev.event, &ev.data, &mut st.pending)
                         .map(|finished| {
                             if finished {
-                                st.phase = Phase::Done;
+                                if let Phase::Streaming(rest) =
+                                    std::mem::replace(&mut st.phase, Phase::Done)
+                                {
+                                    drain(rest);
+                                }
                             }
                         }),
                     Some(Err(e)) => Err(stream_error(&st.who, st.events, e)),
@@ -803,6 +807,21 @@ async fn drive<T: Translate>(
                 }
             }
         }
+    }
+}
+
+/// How long the rest of a finished body may take to arrive before its connection is dropped.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+/// Reads what follows a terminal event (the end of the chunked body) in the background, so the
+/// connection goes back to the pool for the next turn instead of being closed.
+fn drain(mut rest: SseStream) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async move {
+            let _ =
+                tokio::time::timeout(DRAIN_LIMIT, async { while rest.next().await.is_some() {} })
+                    .await;
+        });
     }
 }
 
