@@ -157,6 +157,9 @@ pub enum ProviderConfigError {
     /// A timeout of zero.
     #[error("`{0}` must be more than 0")]
     ZeroTimeout(&'static str),
+    /// An `extra_headers` entry that cannot be sent.
+    #[error("`extra_headers`: {0}")]
+    BadHeader(String),
     /// The script does not parse.
     #[error("`script`: {0}")]
     Script(String),
@@ -213,6 +216,18 @@ impl ProviderConfig {
         ] {
             if v == Some(0) {
                 return Err(ProviderConfigError::ZeroTimeout(key));
+            }
+        }
+        for (k, v) in &self.extra_headers {
+            if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err() {
+                return Err(ProviderConfigError::BadHeader(format!(
+                    "{k:?} is not a valid HTTP header name"
+                )));
+            }
+            if reqwest::header::HeaderValue::from_str(v).is_err() {
+                return Err(ProviderConfigError::BadHeader(format!(
+                    "the value of {k:?} holds characters that cannot be sent in a header"
+                )));
             }
         }
         let model = self
@@ -446,6 +461,16 @@ mod tests {
         .err()
         .unwrap();
         assert!(e.to_string().contains("script"), "{e}");
+        let e = parse(
+            r#"provider = "openai_responses"
+            model = "m"
+            extra_headers = { "bad header" = "x" }"#,
+        )
+        .unwrap()
+        .build()
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains("extra_headers"), "{e}");
         let c = parse(
             r#"provider = "openai_responses"
             model = "m"
