@@ -13,7 +13,7 @@ use callboard::model::http::events_from_sse;
 use callboard::model::openai_chat::ChatTranslator;
 use callboard::model::openai_responses::ResponsesTranslator;
 use callboard::StreamEvent;
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, Criterion, Throughput};
 use futures::StreamExt;
 use serde_json::json;
 
@@ -159,4 +159,40 @@ fn bench(c: &mut Criterion) {
 }
 
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+/// `PROVIDERS_BENCH_ONLY=<responses|chat_completions>[_publish]:<streams>` runs just that many
+/// streams of one case and prints the event count, for `perf stat -e task-clock` (CPU time,
+/// which other load on the machine does not inflate the way it inflates wall time).
+fn only(spec: &str) {
+    let (case, n) = spec.split_once(':').unwrap_or((spec, "1000"));
+    let n: usize = n.parse().unwrap_or(1000);
+    let publish = case.ends_with("_publish");
+    let chat = case.starts_with("chat");
+    let text = if chat { chat_sse() } else { responses_sse() };
+    let chunks = chunks(&text);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a tokio runtime");
+    let topic = Topic::new("bench", BusLimits::default());
+    let _sub = topic.subscribe(None);
+    let start = std::time::Instant::now();
+    let mut events = 0;
+    for _ in 0..n {
+        events += rt.block_on(drive(&chunks, chat, publish.then_some(&topic)));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{case}: {events} events in {secs:.3} s wall ({:.0} events/s wall)",
+        events as f64 / secs
+    );
+}
+
+fn main() {
+    if let Ok(spec) = std::env::var("PROVIDERS_BENCH_ONLY") {
+        only(&spec);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
