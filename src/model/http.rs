@@ -160,7 +160,21 @@ impl Endpoint {
             }
             _ => None,
         };
-        let client = reqwest::Client::builder()
+        let loopback = reqwest::Url::parse(&base_url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .is_some_and(|h| {
+                h.eq_ignore_ascii_case("localhost")
+                    || h.trim_matches(['[', ']'])
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            });
+        let mut builder = reqwest::Client::builder();
+        if loopback {
+            // A server on this machine is never reached through an HTTP(S)_PROXY.
+            builder = builder.no_proxy();
+        }
+        let client = builder
             .connect_timeout(limits.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
