@@ -1,7 +1,11 @@
 //! Models: the [`Model`] trait every provider implements, the request it receives, and the
 //! providers themselves (`scripted` here; OpenAI Responses and Chat Completions beside it).
 
+pub mod config;
 pub mod events;
+pub mod http;
+pub mod openai_chat;
+pub mod openai_responses;
 pub mod scripted;
 
 use std::collections::BTreeMap;
