@@ -604,7 +604,7 @@ impl SessionStore {
 
     /// Records a run as `running`. Call it before the run starts.
     pub async fn record_run_start(&self, start: RunStart) -> Result<(), SessionError> {
-        self.write(WriteOp::RunStart(start)).await.map(|_| ())
+        self.write(WriteOp::RunStart(Box::new(start))).await.map(|_| ())
     }
 
     /// Records how a run ended; answers `false` if there was no running record for it (never
@@ -619,7 +619,7 @@ impl SessionStore {
             .write(WriteOp::RunEnd {
                 tenant: tenant.to_owned(),
                 run_id: run_id.to_owned(),
-                end,
+                end: Box::new(end),
             })
             .await?
         {

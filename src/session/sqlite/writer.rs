@@ -27,11 +27,11 @@ pub(crate) enum WriteOp {
         tenant: Arc<str>,
         session: Arc<str>,
     },
-    RunStart(RunStart),
+    RunStart(Box<RunStart>),
     RunEnd {
         tenant: String,
         run_id: String,
-        end: RunEnd,
+        end: Box<RunEnd>,
     },
 }
 
