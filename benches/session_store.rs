@@ -3,7 +3,8 @@
 //! typical turn, acknowledged only after its commit), for both fsync policies.
 //!
 //! `cargo bench --bench session_store` prints p50/p99/max turn-end latencies first (5,000
-//! samples per case), then criterion's measurements.
+//! samples per case), then criterion's measurements. `SESSION_BENCH_LATENCY_ONLY=1` stops
+//! after the latency report.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,11 +25,17 @@ fn runtime() -> tokio::runtime::Runtime {
 /// A typical tool turn: the user's message, a function call, its output, the answer.
 fn turn(i: usize) -> Vec<Item> {
     vec![
-        Item::Message(MessageItem::user(format!("What's the weather in city {i}?"))),
-        Item::Other(json!({"type": "function_call", "call_id": format!("call_{i}"),
-            "name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"})),
-        Item::Other(json!({"type": "function_call_output", "call_id": format!("call_{i}"),
-            "output": "Sunny, 21 C"})),
+        Item::Message(MessageItem::user(format!(
+            "What's the weather in city {i}?"
+        ))),
+        Item::Other(
+            json!({"type": "function_call", "call_id": format!("call_{i}"),
+            "name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}),
+        ),
+        Item::Other(
+            json!({"type": "function_call_output", "call_id": format!("call_{i}"),
+            "output": "Sunny, 21 C"}),
+        ),
         Item::Message(MessageItem::assistant(
             format!("msg_{i}"),
             "Here is the forecast you asked for: it is sunny, 21 C. Anything else?",
@@ -170,6 +177,9 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--test" || a == "--list");
     if !quick {
         latency_report();
+    }
+    if std::env::var_os("SESSION_BENCH_LATENCY_ONLY").is_some() {
+        return;
     }
     let mut c = Criterion::default().configure_from_args();
     throughput(&mut c);

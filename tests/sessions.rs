@@ -666,11 +666,11 @@ async fn closed_store_refuses_writes_and_reads() {
 }
 
 #[tokio::test]
-async fn normal_durability_works_too() {
+async fn full_durability_works_too() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("n.db");
     let opts = StoreOptions {
-        durability: callboard::session::Durability::Normal,
+        durability: callboard::session::Durability::Full,
         ..StoreOptions::default()
     };
     {
