@@ -657,6 +657,13 @@ async fn closed_store_refuses_writes_and_reads() {
         Err(SessionError::Closed)
     ));
     assert!(matches!(s.pop_item().await, Err(SessionError::Closed)));
+    assert!(matches!(s.get_items(None).await, Err(SessionError::Closed)));
+    assert!(matches!(
+        store.list_sessions("t", None).await,
+        Err(SessionError::Closed)
+    ));
+    // Closing twice is fine.
+    store.close().await.unwrap();
     let mem = SessionStore::open(":memory:").unwrap();
     mem.close().await.unwrap();
     assert!(matches!(
@@ -686,6 +693,36 @@ async fn full_durability_works_too() {
         store.session("t", "s").get_items(None).await.unwrap().len(),
         1
     );
+}
+
+#[tokio::test]
+async fn background_checkpoint_moves_items_into_the_main_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ck.db");
+    let opts = StoreOptions {
+        checkpoint_interval: Duration::from_millis(20),
+        ..StoreOptions::default()
+    };
+    let store = SessionStore::open_with(path.to_str().unwrap(), opts).unwrap();
+    let s = store.session("t", "s");
+    s.add_items(vec![user("checkpointed")]).await.unwrap();
+    // The main file alone (without its WAL) holds the item once a checkpoint has run.
+    let copy = dir.path().join("copy.db");
+    let mut found = 0;
+    for _ in 0..250 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        std::fs::copy(&path, &copy).unwrap();
+        let c = rusqlite::Connection::open(&copy).unwrap();
+        found = c
+            .query_row("SELECT COUNT(*) FROM items", [], |r| r.get::<_, i64>(0))
+            .unwrap_or(0);
+        drop(c);
+        let _ = std::fs::remove_file(&copy);
+        if found == 1 {
+            break;
+        }
+    }
+    assert_eq!(found, 1, "no checkpoint within 5 s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

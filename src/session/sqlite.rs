@@ -375,6 +375,8 @@ struct Inner {
     locks: SessionLocks,
     recovered: u64,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Set by [`SessionStore::close`]; reads are refused after it.
+    closed: std::sync::atomic::AtomicBool,
     /// Dropping this stops the checkpoint thread.
     stop_checkpoints: Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
@@ -530,6 +532,7 @@ impl SessionStore {
                 locks: SessionLocks::new(),
                 recovered,
                 writer: Mutex::new(Some(writer)),
+                closed: std::sync::atomic::AtomicBool::new(false),
                 stop_checkpoints: Mutex::new(stop_checkpoints),
             }),
         })
@@ -585,6 +588,9 @@ impl SessionStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
+        if self.inner.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(SessionError::Closed);
+        }
         if self.inner.readers.is_none() {
             let (tx, rx) = oneshot::channel();
             let cmd = Cmd::Read(Box::new(move |c: &Connection| {
@@ -741,6 +747,9 @@ impl SessionStore {
     /// Finishes the queued writes, checkpoints the WAL into the main file and stops the
     /// writer; later calls answer [`SessionError::Closed`]. Call it at shutdown.
     pub async fn close(&self) -> Result<(), SessionError> {
+        self.inner
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
         drop(
             self.inner
                 .stop_checkpoints
