@@ -217,6 +217,15 @@ async fn concurrent_writers_keep_every_batch_whole() {
             assert_eq!(texts[2], format!("{prefix}j2"), "{name}");
         }
     }
+    for store in [&b.file, &b.mem] {
+        let st = store.stats();
+        assert_eq!(st.items_written, 240);
+        assert_eq!(st.writes, 80);
+        assert!(st.batches >= 1 && st.batches <= 80, "{st:?}");
+        assert!(st.largest_batch >= 1);
+        assert_eq!(st.failed_commits, 0);
+        assert_eq!(st.queued_writes, 0);
+    }
 }
 
 #[tokio::test]
@@ -643,6 +652,10 @@ async fn url_forms() {
     for url in [":memory:", "sqlite://:memory:", "sqlite::memory:"] {
         assert_eq!(SessionStore::open(url).unwrap().location(), ":memory:");
     }
+    let store = SessionStore::open_async(p.to_str().unwrap(), StoreOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(store.location(), p.display().to_string());
 }
 
 #[tokio::test]

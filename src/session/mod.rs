@@ -11,7 +11,7 @@ pub use claim::{SessionClaim, SessionLocks};
 pub use memory::MemorySession;
 pub use sqlite::{
     Durability, RunEnd, RunErrorInfo, RunRecord, RunStart, RunStatus, SessionInfo, SessionStore,
-    SqliteSession, StoreOptions, DEFAULT_TENANT,
+    SqliteSession, StoreOptions, StoreStats, DEFAULT_TENANT,
 };
 
 use crate::items::Item;

@@ -256,6 +256,25 @@ pub struct RunRecord {
     pub finished_at: Option<i64>,
 }
 
+/// The writer's counters since the store was opened, for the server's metrics.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct StoreStats {
+    /// Transactions committed (or attempted).
+    pub batches: u64,
+    /// Writes (add, pop, clear, run records) in them.
+    pub writes: u64,
+    /// Session items committed.
+    pub items_written: u64,
+    /// Transactions that failed to commit (their writes got errors).
+    pub failed_commits: u64,
+    /// The most writes in one transaction.
+    pub largest_batch: u64,
+    /// Time spent executing and committing transactions.
+    pub commit_seconds: f64,
+    /// Writes waiting for the writer right now.
+    pub queued_writes: u64,
+}
+
 /// A session in a tenant's list. Times are Unix milliseconds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionInfo {
@@ -375,6 +394,7 @@ struct Inner {
     locks: SessionLocks,
     recovered: u64,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    counters: Arc<writer::Counters>,
     /// Set by [`SessionStore::close`]; reads are refused after it.
     closed: std::sync::atomic::AtomicBool,
     /// Dropping this stops the checkpoint thread.
@@ -494,10 +514,14 @@ impl SessionStore {
             );
         }
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
+        let counters = Arc::new(writer::Counters::default());
         let max_batch = opts.max_batch.max(1);
         let writer = std::thread::Builder::new()
             .name("callboard-store".into())
-            .spawn(move || writer::run(conn, rx, max_batch))
+            .spawn({
+                let counters = counters.clone();
+                move || writer::run(conn, rx, max_batch, counters)
+            })
             .map_err(|e| SessionError::Open {
                 path: shown.clone(),
                 reason: format!("could not start the writer thread: {e}"),
@@ -533,6 +557,7 @@ impl SessionStore {
                 recovered,
                 writer: Mutex::new(Some(writer)),
                 closed: std::sync::atomic::AtomicBool::new(false),
+                counters,
                 stop_checkpoints: Mutex::new(stop_checkpoints),
             }),
         })
@@ -541,6 +566,29 @@ impl SessionStore {
     /// Where the store is (a path or `:memory:`).
     pub fn location(&self) -> &str {
         &self.inner.display
+    }
+
+    /// The writer's counters since open (for metrics).
+    pub fn stats(&self) -> StoreStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.inner.counters;
+        StoreStats {
+            batches: c.batches.load(Relaxed),
+            writes: c.writes.load(Relaxed),
+            items_written: c.items.load(Relaxed),
+            failed_commits: c.failed_commits.load(Relaxed),
+            largest_batch: c.largest_batch.load(Relaxed),
+            commit_seconds: c.commit_micros.load(Relaxed) as f64 / 1e6,
+            queued_writes: (self.inner.tx.max_capacity() - self.inner.tx.capacity()) as u64,
+        }
+    }
+
+    /// Opens the store on a blocking thread (for use inside async code).
+    pub async fn open_async(url: &str, opts: StoreOptions) -> Result<Self, SessionError> {
+        let url = url.to_owned();
+        tokio::task::spawn_blocking(move || Self::open_with(&url, opts))
+            .await
+            .map_err(|e| SessionError::Store(format!("the open task failed: {e}")))?
     }
 
     /// How many runs were found `running` at open and marked `interrupted`.

@@ -3,6 +3,7 @@
 //! sessions) in one transaction, so one fsync covers the whole batch. Callers await a reply
 //! that is sent only after `COMMIT` returned: an acknowledged write is durable.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rusqlite::{params, Connection};
@@ -59,7 +60,23 @@ fn store_err(what: &str, e: rusqlite::Error) -> SessionError {
 }
 
 /// The writer loop: runs until every sender is gone or a `Close` arrives.
-pub(crate) fn run(mut conn: Connection, mut rx: mpsc::Receiver<Cmd>, max_batch: usize) {
+/// Counters the writer keeps (read with [`super::SessionStore::stats`]).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub batches: AtomicU64,
+    pub writes: AtomicU64,
+    pub items: AtomicU64,
+    pub failed_commits: AtomicU64,
+    pub largest_batch: AtomicU64,
+    pub commit_micros: AtomicU64,
+}
+
+pub(crate) fn run(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Cmd>,
+    max_batch: usize,
+    counters: Arc<Counters>,
+) {
     let mut writes: Vec<(WriteOp, Reply)> = Vec::with_capacity(max_batch);
     let mut reads: Vec<ReadFn> = Vec::new();
     let mut close: Option<oneshot::Sender<()>> = None;
@@ -79,7 +96,27 @@ pub(crate) fn run(mut conn: Connection, mut rx: mpsc::Receiver<Cmd>, max_batch: 
             }
         }
         if !writes.is_empty() {
-            commit_batch(&mut conn, &mut writes);
+            let n = writes.len() as u64;
+            let items: u64 = writes
+                .iter()
+                .map(|(op, _)| match op {
+                    WriteOp::AddItems { items, .. } => items.len() as u64,
+                    _ => 0,
+                })
+                .sum();
+            let t = std::time::Instant::now();
+            let ok = commit_batch(&mut conn, &mut writes);
+            let c = &counters;
+            c.commit_micros
+                .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+            c.batches.fetch_add(1, Ordering::Relaxed);
+            c.writes.fetch_add(n, Ordering::Relaxed);
+            c.largest_batch.fetch_max(n, Ordering::Relaxed);
+            if ok {
+                c.items.fetch_add(items, Ordering::Relaxed);
+            } else {
+                c.failed_commits.fetch_add(1, Ordering::Relaxed);
+            }
         }
         for f in reads.drain(..) {
             f(&conn);
@@ -100,14 +137,15 @@ pub(crate) fn run(mut conn: Connection, mut rx: mpsc::Receiver<Cmd>, max_batch: 
     }
 }
 
-fn commit_batch(conn: &mut Connection, writes: &mut Vec<(WriteOp, Reply)>) {
+/// Commits the batch and answers every write; `false` if the transaction failed.
+fn commit_batch(conn: &mut Connection, writes: &mut Vec<(WriteOp, Reply)>) -> bool {
     let now = now_ms();
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let msg = format!("could not start a write transaction: {e}");
         for (_, reply) in writes.drain(..) {
             let _ = reply.send(Err(SessionError::Store(msg.clone())));
         }
-        return;
+        return false;
     }
     let single = writes.len() == 1;
     let mut results: Vec<(Reply, Result<WriteOut, rusqlite::Error>)> =
@@ -126,13 +164,14 @@ fn commit_batch(conn: &mut Connection, writes: &mut Vec<(WriteOp, Reply)>) {
         for (reply, r) in results {
             let _ = reply.send(r.map_err(|e| store_err("the write failed", e)));
         }
-        return;
+        return false;
     }
     match conn.execute_batch("COMMIT") {
         Ok(()) => {
             for (reply, r) in results {
                 let _ = reply.send(r.map_err(|e| store_err("the write failed", e)));
             }
+            true
         }
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
@@ -142,6 +181,7 @@ fn commit_batch(conn: &mut Connection, writes: &mut Vec<(WriteOp, Reply)>) {
             for (reply, _) in results {
                 let _ = reply.send(Err(SessionError::Store(msg.clone())));
             }
+            false
         }
     }
 }
