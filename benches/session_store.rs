@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use callboard::items::{Item, MessageItem};
-use callboard::session::{Durability, Session, SessionStore, StoreOptions};
+use callboard::model::scripted::{ScriptedModel, ScriptedTurn};
+use callboard::session::{Durability, MemorySession, Session, SessionStore, StoreOptions};
+use callboard::{Agent, Runner};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use serde_json::json;
 
@@ -101,12 +103,16 @@ fn latency_report() {
             });
             let mut sorted = samples;
             sorted.sort();
+            let st = store.stats();
             println!(
                 "turn-end add_items (4 items), synchronous={label}, {background} other sessions writing: \
-                 p50 {:?}, p99 {:?}, max {:?}",
+                 p50 {:?}, p99 {:?}, max {:?} ({} writes in {} transactions, largest {})",
                 percentile(&sorted, 0.50),
                 percentile(&sorted, 0.99),
-                sorted[sorted.len() - 1]
+                sorted[sorted.len() - 1],
+                st.writes,
+                st.batches,
+                st.largest_batch
             );
         }
     }
@@ -170,6 +176,38 @@ fn throughput(c: &mut Criterion) {
             async move { s.get_items(Some(20)).await.expect("get_items") }
         })
     });
+    g.finish();
+
+    // A whole one-turn run through the Runner, without a session, with a MemorySession and
+    // with the SQLite store: the difference is what the store adds to a run.
+    let mut g = c.benchmark_group("session_store/one_turn_run");
+    g.sample_size(50);
+    let model = Arc::new(ScriptedModel::new(vec![ScriptedTurn::message(
+        "Hello there!",
+        3,
+    )]));
+    let agent: Agent = Agent::new("bench").model_instance(model);
+    let runner: Runner = Runner::new();
+    let sqlite = open(&dir, "runs.db", Durability::Normal);
+    for kind in ["none", "memory", "sqlite"] {
+        g.bench_function(kind, |b| {
+            let mut n = 0u64;
+            b.to_async(&rt).iter(|| {
+                n += 1;
+                let session: Option<Arc<dyn Session>> = match kind {
+                    "memory" => Some(Arc::new(MemorySession::new(format!("m{n}")))),
+                    "sqlite" => Some(sqlite.session("bench", &format!("s{n}"))),
+                    _ => None,
+                };
+                let req = runner.request(&agent, "hi");
+                let req = match session {
+                    Some(s) => req.session(s),
+                    None => req,
+                };
+                async move { req.run().await.expect("run") }
+            })
+        });
+    }
     g.finish();
 }
 
