@@ -643,6 +643,7 @@ async fn url_forms() {
     for url in [
         format!("sqlite://{}", p.display()),
         format!("sqlite:{}", p.display()),
+        format!("sqlite://{}?mode=rwc", p.display()),
         p.display().to_string(),
     ] {
         let store = SessionStore::open(&url).unwrap();
@@ -927,4 +928,24 @@ fn sigkill_mid_write_loses_no_committed_turn() {
             .await
             .unwrap();
     });
+}
+
+/// A run that ends before anyone waits on it still reports completion (the `done` flag is
+/// stored even with no receiver); a run waited on after it ended used to hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_short_runs_all_finish() {
+    let model = Arc::new(ScriptedModel::new(vec![ScriptedTurn::message("ok", 1)]));
+    let agent: Agent = Agent::new("quick").model_instance(model);
+    let runner = Runner::new();
+    for i in 0..200 {
+        let run = runner.request(&agent, "hi").start().unwrap();
+        if i % 2 == 0 {
+            // Let the run finish before waiting on it.
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        tokio::time::timeout(Duration::from_secs(10), run.wait())
+            .await
+            .unwrap_or_else(|_| panic!("run {i} never finished"))
+            .unwrap();
+    }
 }

@@ -308,6 +308,9 @@ fn parse_location(url: &str) -> Result<Location, SessionError> {
         .or_else(|| url.strip_prefix("sqlite:"))
         .unwrap_or(url)
         .trim();
+    // Connection-string options (`?mode=rwc`, as other tools write them) are not used here:
+    // the store always opens read-write and creates the file.
+    let rest = rest.split_once('?').map_or(rest, |(p, _)| p);
     if rest.is_empty() {
         return Err(SessionError::Open {
             path: url.to_owned(),
@@ -341,7 +344,13 @@ fn configure(conn: &Connection, opts: &StoreOptions, writer: bool) -> rusqlite::
         // Reading the journal mode touches the file header: a file that is not a database
         // fails here, before anything is written.
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-        let _ = mode;
+        if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
+            tracing::warn!(
+                journal_mode = %mode,
+                "the session database could not switch to WAL (a network file system?); \
+                 writes stay durable but readers wait for the writer"
+            );
+        }
         // Checkpoints run on the checkpoint thread; this is only a backstop (64 MiB of WAL
         // at 4 KiB pages) in case that thread cannot keep up.
         conn.execute_batch("PRAGMA wal_autocheckpoint = 16384;")?;
