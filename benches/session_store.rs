@@ -62,59 +62,102 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx]
 }
 
-/// Turn-end latency: one session saving one turn at a time; optionally with `background`
-/// other sessions writing turns as fast as they can at the same time.
+/// How the other sessions write while one session's turn-end latency is measured.
+#[derive(Clone, Copy)]
+enum Background {
+    /// Nobody else.
+    Idle,
+    /// 16 sessions, each ending a turn every 2 ms (32,000 items/s in all).
+    Paced,
+    /// 16 sessions writing turns back to back (the writer saturated).
+    FlatOut,
+}
+
+impl Background {
+    fn label(self) -> &'static str {
+        match self {
+            Background::Idle => "alone",
+            Background::Paced => "16 sessions at 500 turns/s each",
+            Background::FlatOut => "16 sessions writing flat out",
+        }
+    }
+}
+
+/// Turn-end latency: one session saving one turn at a time while others write.
 fn latency_report() {
     let rt = runtime();
     let dir = tempfile::tempdir().expect("a temp dir");
-    for (label, durability) in [("FULL", Durability::Full), ("NORMAL", Durability::Normal)] {
-        for background in [0usize, 16] {
-            let store = open(&dir, &format!("lat-{label}-{background}.db"), durability);
-            let samples = rt.block_on(async {
-                let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-                let mut bg = Vec::new();
-                for b in 0..background {
-                    let s = store.session("bench", &format!("bg{b}"));
-                    let stop = stop.clone();
-                    bg.push(tokio::spawn(async move {
-                        let mut i = 0;
-                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                            let _ = s.add_items(turn(i)).await;
-                            i += 1;
+    let cases = [
+        (Durability::Normal, Background::Idle),
+        (Durability::Normal, Background::Paced),
+        (Durability::Normal, Background::FlatOut),
+        (Durability::Full, Background::Idle),
+        (Durability::Full, Background::Paced),
+    ];
+    for (n, (durability, background)) in cases.into_iter().enumerate() {
+        let label = match durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        let store = open(&dir, &format!("lat-{n}.db"), durability);
+        let samples = rt.block_on(async {
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let mut bg = Vec::new();
+            let others = match background {
+                Background::Idle => 0,
+                _ => 16,
+            };
+            for b in 0..others {
+                let s = store.session("bench", &format!("bg{b}"));
+                let stop = stop.clone();
+                bg.push(tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_millis(2));
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    let mut i = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        if matches!(background, Background::Paced) {
+                            tick.tick().await;
                         }
-                    }));
+                        let _ = s.add_items(turn(i)).await;
+                        i += 1;
+                    }
+                }));
+            }
+            let s = store.session("bench", "measured");
+            for i in 0..200 {
+                let _ = s.add_items(turn(i)).await;
+            }
+            let mut samples = Vec::with_capacity(5000);
+            for i in 0..5000 {
+                let items = turn(i);
+                let t = Instant::now();
+                s.add_items(items).await.expect("add_items");
+                samples.push(t.elapsed());
+                if matches!(background, Background::Paced) {
+                    // The measured session also ends turns at a human-ish pace.
+                    tokio::time::sleep(Duration::from_micros(500)).await;
                 }
-                let s = store.session("bench", "measured");
-                for i in 0..200 {
-                    let _ = s.add_items(turn(i)).await;
-                }
-                let mut samples = Vec::with_capacity(5000);
-                for i in 0..5000 {
-                    let items = turn(i);
-                    let t = Instant::now();
-                    s.add_items(items).await.expect("add_items");
-                    samples.push(t.elapsed());
-                }
-                stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                for t in bg {
-                    let _ = t.await;
-                }
-                samples
-            });
-            let mut sorted = samples;
-            sorted.sort();
-            let st = store.stats();
-            println!(
-                "turn-end add_items (4 items), synchronous={label}, {background} other sessions writing: \
-                 p50 {:?}, p99 {:?}, max {:?} ({} writes in {} transactions, largest {})",
-                percentile(&sorted, 0.50),
-                percentile(&sorted, 0.99),
-                sorted[sorted.len() - 1],
-                st.writes,
-                st.batches,
-                st.largest_batch
-            );
-        }
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            for t in bg {
+                let _ = t.await;
+            }
+            samples
+        });
+        let mut sorted = samples;
+        sorted.sort();
+        let st = store.stats();
+        println!(
+            "turn-end add_items (4 items), synchronous={label}, {}: p50 {:?}, p99 {:?}, \
+             max {:?} ({} writes in {} transactions, largest {})",
+            background.label(),
+            percentile(&sorted, 0.50),
+            percentile(&sorted, 0.99),
+            sorted[sorted.len() - 1],
+            st.writes,
+            st.batches,
+            st.largest_batch
+        );
     }
 }
 

@@ -761,42 +761,35 @@ impl SessionStore {
         let tenant = tenant.to_owned();
         let run_id = run_id.to_owned();
         self.read(move |c| {
-            let mut q = c.prepare_cached(
-                "SELECT run_id, tenant, session_id, status, starting_agent, last_agent,
-                        final_output, usage, error_type, error_message, trace_id,
-                        created_at, updated_at, finished_at
-                   FROM runs WHERE tenant = ?1 AND run_id = ?2",
-            )?;
+            let mut q = c.prepare_cached(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE tenant = ?1 AND run_id = ?2"
+            ))?;
             let mut rows = q.query(params![tenant, run_id])?;
-            let Some(r) = rows.next()? else {
-                return Ok(None);
-            };
-            let status: String = r.get(3)?;
-            let final_output: Option<String> = r.get(6)?;
-            let usage: Option<String> = r.get(7)?;
-            let error_type: Option<String> = r.get(8)?;
-            let error_message: Option<String> = r.get(9)?;
-            Ok(Some(RunRecord {
-                run_id: r.get(0)?,
-                tenant: r.get(1)?,
-                session_id: r.get(2)?,
-                status: RunStatus::parse(&status).unwrap_or(RunStatus::Interrupted),
-                starting_agent: r.get(4)?,
-                last_agent: r.get(5)?,
-                final_output: final_output.and_then(|s| serde_json::from_str(&s).ok()),
-                usage: usage.and_then(|s| serde_json::from_str(&s).ok()),
-                error: match (error_type, error_message) {
-                    (None, None) => None,
-                    (t, m) => Some(RunErrorInfo {
-                        error_type: t.unwrap_or_default(),
-                        message: m.unwrap_or_default(),
-                    }),
-                },
-                trace_id: r.get(10)?,
-                created_at: r.get(11)?,
-                updated_at: r.get(12)?,
-                finished_at: r.get(13)?,
-            }))
+            match rows.next()? {
+                Some(r) => run_from_row(r).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    /// A session's runs, newest first (at most `limit`, all when `None`).
+    pub async fn list_runs(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        limit: Option<usize>,
+    ) -> Result<Vec<RunRecord>, SessionError> {
+        let tenant = tenant.to_owned();
+        let session_id = session_id.to_owned();
+        let limit = limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        self.read(move |c| {
+            let mut q = c.prepare_cached(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE tenant = ?1 AND session_id = ?2
+                  ORDER BY created_at DESC, run_id DESC LIMIT ?3"
+            ))?;
+            let rows = q.query_map(params![tenant, session_id, limit], run_from_row)?;
+            rows.collect()
         })
         .await
     }
@@ -832,6 +825,38 @@ impl SessionStore {
         }
         Ok(())
     }
+}
+
+const RUN_COLUMNS: &str = "run_id, tenant, session_id, status, starting_agent, last_agent,
+    final_output, usage, error_type, error_message, trace_id, created_at, updated_at, finished_at";
+
+fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
+    let status: String = r.get(3)?;
+    let final_output: Option<String> = r.get(6)?;
+    let usage: Option<String> = r.get(7)?;
+    let error_type: Option<String> = r.get(8)?;
+    let error_message: Option<String> = r.get(9)?;
+    Ok(RunRecord {
+        run_id: r.get(0)?,
+        tenant: r.get(1)?,
+        session_id: r.get(2)?,
+        status: RunStatus::parse(&status).unwrap_or(RunStatus::Interrupted),
+        starting_agent: r.get(4)?,
+        last_agent: r.get(5)?,
+        final_output: final_output.and_then(|s| serde_json::from_str(&s).ok()),
+        usage: usage.and_then(|s| serde_json::from_str(&s).ok()),
+        error: match (error_type, error_message) {
+            (None, None) => None,
+            (t, m) => Some(RunErrorInfo {
+                error_type: t.unwrap_or_default(),
+                message: m.unwrap_or_default(),
+            }),
+        },
+        trace_id: r.get(10)?,
+        created_at: r.get(11)?,
+        updated_at: r.get(12)?,
+        finished_at: r.get(13)?,
+    })
 }
 
 /// One conversation in a [`SessionStore`], scoped by tenant (the SDK's `SQLiteSession`).
