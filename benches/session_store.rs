@@ -149,14 +149,15 @@ fn latency_report() {
         let st = store.stats();
         println!(
             "turn-end add_items (4 items), synchronous={label}, {}: p50 {:?}, p99 {:?}, \
-             max {:?} ({} writes in {} transactions, largest {})",
+             max {:?} ({} writes in {} transactions, largest {}; writer busy {:.1} µs/write)",
             background.label(),
             percentile(&sorted, 0.50),
             percentile(&sorted, 0.99),
             sorted[sorted.len() - 1],
             st.writes,
             st.batches,
-            st.largest_batch
+            st.largest_batch,
+            st.commit_seconds * 1e6 / st.writes.max(1) as f64
         );
     }
 }

@@ -508,6 +508,7 @@ async fn run_records_and_crash_recovery() {
     assert_eq!(v["status"], "completed");
     assert_eq!(v["usage"]["total_tokens"], 15);
     // New runs work after recovery.
+    tokio::time::sleep(Duration::from_millis(3)).await;
     store
         .record_run_start(start("run_new", "acme"))
         .await
