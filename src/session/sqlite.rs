@@ -70,7 +70,8 @@ pub struct StoreOptions {
     pub max_batch: usize,
     /// Writes waiting for the writer; callers wait (asynchronously) when it is full.
     pub queue: usize,
-    /// Idle read connections kept open.
+    /// Read connections: at most this many reads run at once (each on a blocking thread);
+    /// more wait for one.
     pub read_connections: usize,
     /// How long a statement waits for a lock held by another connection before failing.
     pub busy_timeout: Duration,
@@ -369,6 +370,9 @@ fn configure(conn: &Connection, opts: &StoreOptions, writer: bool) -> rusqlite::
 }
 
 struct ReadPool {
+    /// One permit per read connection: at most that many reads run at once, the rest wait
+    /// (asynchronously) for a connection.
+    permits: Arc<tokio::sync::Semaphore>,
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
     max_idle: usize,
@@ -550,6 +554,7 @@ impl SessionStore {
                     })?;
                 stop_checkpoints = Some(stop);
                 Some(ReadPool {
+                    permits: Arc::new(tokio::sync::Semaphore::new(opts.read_connections.max(1))),
                     path,
                     idle: Mutex::new(Vec::new()),
                     max_idle: opts.read_connections,
@@ -663,8 +668,18 @@ impl SessionStore {
                 .map_err(|_| SessionError::Closed)?
                 .map_err(|e| store_err("could not read the session store", e));
         }
+        let permit = match &self.inner.readers {
+            Some(pool) => pool
+                .permits
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| SessionError::Closed)?,
+            None => return Err(SessionError::Closed),
+        };
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let pool = inner.readers.as_ref().ok_or(SessionError::Closed)?;
             let conn = pool
                 .take()
