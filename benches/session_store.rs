@@ -51,6 +51,10 @@ fn open(dir: &tempfile::TempDir, name: &str, durability: Durability) -> SessionS
         path.to_str().expect("a UTF-8 temp path"),
         StoreOptions {
             durability,
+            checkpoint_interval: std::env::var("SESSION_BENCH_CHECKPOINT_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map_or(StoreOptions::default().checkpoint_interval, Duration::from_millis),
             ..StoreOptions::default()
         },
     )
