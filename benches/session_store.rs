@@ -54,7 +54,10 @@ fn open(dir: &tempfile::TempDir, name: &str, durability: Durability) -> SessionS
             checkpoint_interval: std::env::var("SESSION_BENCH_CHECKPOINT_MS")
                 .ok()
                 .and_then(|v| v.parse().ok())
-                .map_or(StoreOptions::default().checkpoint_interval, Duration::from_millis),
+                .map_or(
+                    StoreOptions::default().checkpoint_interval,
+                    Duration::from_millis,
+                ),
             ..StoreOptions::default()
         },
     )

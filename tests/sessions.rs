@@ -223,7 +223,7 @@ async fn concurrent_writers_keep_every_batch_whole() {
         assert_eq!(st.writes, 80);
         assert!(st.batches >= 1 && st.batches <= 80, "{st:?}");
         assert!(st.largest_batch >= 1);
-        assert_eq!(st.failed_commits, 0);
+        assert_eq!(st.failed_writes, 0);
         assert_eq!(st.queued_writes, 0);
     }
 }
@@ -949,4 +949,62 @@ async fn many_short_runs_all_finish() {
             .unwrap_or_else(|_| panic!("run {i} never finished"))
             .unwrap();
     }
+}
+
+/// A write that fails (here a trigger refuses it, as a full disk would) reports an error,
+/// leaves none of its items behind, and does not hold back the writes batched with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_write_is_atomic_and_spares_its_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("f.db");
+    let store = SessionStore::open(path.to_str().unwrap()).unwrap();
+    let s = store.session("t", "s");
+    s.add_items(vec![user("before")]).await.unwrap();
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TRIGGER no_boom BEFORE INSERT ON items WHEN NEW.item LIKE '%boom%'
+             BEGIN SELECT RAISE(ABORT, 'boom refused'); END;",
+        )
+        .unwrap();
+    }
+    match s
+        .add_items(vec![user("ok1"), user("boom"), user("ok2")])
+        .await
+    {
+        Err(SessionError::Store(m)) => assert!(m.contains("boom refused"), "{m}"),
+        other => panic!("expected a store error, got {other:?}"),
+    }
+    assert_eq!(s.get_items(None).await.unwrap(), vec![user("before")]);
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let s = store.session("t", &format!("c{i}"));
+            let text = if i == 7 {
+                "boom".to_owned()
+            } else {
+                format!("w{i}")
+            };
+            s.add_items(vec![user(&text), user("second")]).await
+        }));
+    }
+    let mut failed = 0;
+    for t in tasks {
+        if within(t).await.unwrap().is_err() {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 1);
+    for i in 0..16 {
+        let got = store
+            .session("t", &format!("c{i}"))
+            .get_items(None)
+            .await
+            .unwrap();
+        assert_eq!(got.len(), if i == 7 { 0 } else { 2 }, "session c{i}");
+    }
+    s.add_items(vec![user("after")]).await.unwrap();
+    assert_eq!(s.get_items(None).await.unwrap().len(), 2);
+    assert_eq!(store.stats().failed_writes, 2);
 }

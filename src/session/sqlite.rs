@@ -266,8 +266,9 @@ pub struct StoreStats {
     pub writes: u64,
     /// Session items committed.
     pub items_written: u64,
-    /// Transactions that failed to commit (their writes got errors).
-    pub failed_commits: u64,
+    /// Writes answered with an error (refused by the database, or in a transaction that
+    /// could not commit).
+    pub failed_writes: u64,
     /// The most writes in one transaction.
     pub largest_batch: u64,
     /// Time spent executing and committing transactions.
@@ -590,7 +591,7 @@ impl SessionStore {
             batches: c.batches.load(Relaxed),
             writes: c.writes.load(Relaxed),
             items_written: c.items.load(Relaxed),
-            failed_commits: c.failed_commits.load(Relaxed),
+            failed_writes: c.failed_writes.load(Relaxed),
             largest_batch: c.largest_batch.load(Relaxed),
             commit_seconds: c.commit_micros.load(Relaxed) as f64 / 1e6,
             queued_writes: (self.inner.tx.max_capacity() - self.inner.tx.capacity()) as u64,

@@ -66,7 +66,7 @@ pub(crate) struct Counters {
     pub batches: AtomicU64,
     pub writes: AtomicU64,
     pub items: AtomicU64,
-    pub failed_commits: AtomicU64,
+    pub failed_writes: AtomicU64,
     pub largest_batch: AtomicU64,
     pub commit_micros: AtomicU64,
 }
@@ -97,26 +97,16 @@ pub(crate) fn run(
         }
         if !writes.is_empty() {
             let n = writes.len() as u64;
-            let items: u64 = writes
-                .iter()
-                .map(|(op, _)| match op {
-                    WriteOp::AddItems { items, .. } => items.len() as u64,
-                    _ => 0,
-                })
-                .sum();
             let t = std::time::Instant::now();
-            let ok = commit_batch(&mut conn, &mut writes);
+            let (items, failed) = commit_batch(&mut conn, &mut writes);
             let c = &counters;
             c.commit_micros
                 .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
             c.batches.fetch_add(1, Ordering::Relaxed);
             c.writes.fetch_add(n, Ordering::Relaxed);
             c.largest_batch.fetch_max(n, Ordering::Relaxed);
-            if ok {
-                c.items.fetch_add(items, Ordering::Relaxed);
-            } else {
-                c.failed_commits.fetch_add(1, Ordering::Relaxed);
-            }
+            c.items.fetch_add(items, Ordering::Relaxed);
+            c.failed_writes.fetch_add(failed, Ordering::Relaxed);
         }
         for f in reads.drain(..) {
             f(&conn);
@@ -137,51 +127,67 @@ pub(crate) fn run(
     }
 }
 
-/// Commits the batch and answers every write; `false` if the transaction failed.
-fn commit_batch(conn: &mut Connection, writes: &mut Vec<(WriteOp, Reply)>) -> bool {
+fn item_count(op: &WriteOp) -> u64 {
+    match op {
+        WriteOp::AddItems { items, .. } => items.len() as u64,
+        _ => 0,
+    }
+}
+
+/// Commits the batch and answers every write. Returns the items committed and the number of
+/// writes answered with an error.
+fn commit_batch(conn: &mut Connection, writes: &mut Vec<(WriteOp, Reply)>) -> (u64, u64) {
     let now = now_ms();
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let msg = format!("could not start a write transaction: {e}");
+        let failed = writes.len() as u64;
         for (_, reply) in writes.drain(..) {
             let _ = reply.send(Err(SessionError::Store(msg.clone())));
         }
-        return false;
+        return (0, failed);
     }
     let single = writes.len() == 1;
-    let mut results: Vec<(Reply, Result<WriteOut, rusqlite::Error>)> =
+    let mut results: Vec<(Reply, u64, Result<WriteOut, rusqlite::Error>)> =
         Vec::with_capacity(writes.len());
     for (op, reply) in writes.drain(..) {
+        let items = item_count(&op);
         let r = if single {
             apply(conn, op, now)
         } else {
             // Each write in its own savepoint: one failing write does not undo the others.
             in_savepoint(conn, |c| apply(c, op, now))
         };
-        results.push((reply, r));
+        results.push((reply, items, r));
     }
-    if single && results.iter().any(|(_, r)| r.is_err()) {
+    if single && results.iter().any(|(_, _, r)| r.is_err()) {
         let _ = conn.execute_batch("ROLLBACK");
-        for (reply, r) in results {
+        for (reply, _, r) in results {
             let _ = reply.send(r.map_err(|e| store_err("the write failed", e)));
         }
-        return false;
+        return (0, 1);
     }
     match conn.execute_batch("COMMIT") {
         Ok(()) => {
-            for (reply, r) in results {
+            let (mut items, mut failed) = (0, 0);
+            for (reply, n, r) in results {
+                match &r {
+                    Ok(_) => items += n,
+                    Err(_) => failed += 1,
+                }
                 let _ = reply.send(r.map_err(|e| store_err("the write failed", e)));
             }
-            true
+            (items, failed)
         }
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
             let msg = format!(
                 "could not commit the write (is the disk full or the file read-only?): {e}"
             );
-            for (reply, _) in results {
+            let failed = results.len() as u64;
+            for (reply, _, _) in results {
                 let _ = reply.send(Err(SessionError::Store(msg.clone())));
             }
-            false
+            (0, failed)
         }
     }
 }
