@@ -1,11 +1,18 @@
 //! Session memory: the SDK's `Session` interface (a conversation's items, kept across runs),
 //! with an in-memory implementation here and durable stores beside it.
 
+pub mod claim;
 pub mod memory;
+pub mod sqlite;
 
 use async_trait::async_trait;
 
+pub use claim::{SessionClaim, SessionLocks};
 pub use memory::MemorySession;
+pub use sqlite::{
+    Durability, RunEnd, RunErrorInfo, RunRecord, RunStart, RunStatus, SessionInfo, SessionStore,
+    SqliteSession, StoreOptions, StoreStats, DEFAULT_TENANT,
+};
 
 use crate::items::Item;
 
@@ -18,6 +25,36 @@ pub enum SessionError {
     /// The session is busy with another run (see the server's concurrency policy).
     #[error("session {0} already has a run in progress; wait for it to finish or cancel it")]
     Busy(String),
+    /// The database file could not be opened or written (missing directory, permissions,
+    /// a read-only file system).
+    #[error("cannot open the session database {path}: {reason}; check that the directory exists and is writable, or set [sessions] store to another path")]
+    Open {
+        /// The path or URL that was given.
+        path: String,
+        /// What SQLite or the file system said.
+        reason: String,
+    },
+    /// The database file is not an SQLite database, or is damaged.
+    #[error("the session database {path} is corrupt or is not an SQLite database ({reason}); move the file aside to start empty, or restore it from a backup")]
+    Corrupt {
+        /// The path that was given.
+        path: String,
+        /// What SQLite said.
+        reason: String,
+    },
+    /// The database was written by a newer callboard with a schema this build does not know.
+    #[error("the session database {path} has schema version {found}, newer than this build supports ({supported}); upgrade callboard or use another file")]
+    Schema {
+        /// The path that was given.
+        path: String,
+        /// The file's schema version.
+        found: i64,
+        /// The newest version this build knows.
+        supported: i64,
+    },
+    /// The store was closed (the server is shutting down).
+    #[error("the session store is closed; no more reads or writes are accepted")]
+    Closed,
 }
 
 /// A conversation's memory (the SDK's `Session` protocol).

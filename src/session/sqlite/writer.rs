@@ -1,0 +1,336 @@
+//! The store's one writer: a dedicated thread that owns the write connection, takes commands
+//! from a bounded channel, and commits everything queued at that moment (from any number of
+//! sessions) in one transaction, so one fsync covers the whole batch. Callers await a reply
+//! that is sent only after `COMMIT` returned: an acknowledged write is durable.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use rusqlite::{params, Connection};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{now_ms, RunEnd, RunStart};
+use crate::items::Item;
+use crate::session::SessionError;
+
+/// A write, applied inside the batch's transaction.
+pub(crate) enum WriteOp {
+    AddItems {
+        tenant: Arc<str>,
+        session: Arc<str>,
+        items: Vec<String>,
+    },
+    PopItem {
+        tenant: Arc<str>,
+        session: Arc<str>,
+    },
+    Clear {
+        tenant: Arc<str>,
+        session: Arc<str>,
+    },
+    RunStart(Box<RunStart>),
+    RunEnd {
+        tenant: String,
+        run_id: String,
+        end: Box<RunEnd>,
+    },
+}
+
+/// What a write answers.
+pub(crate) enum WriteOut {
+    Done,
+    Popped(Option<Item>),
+    Changed(bool),
+}
+
+pub(crate) type Reply = oneshot::Sender<Result<WriteOut, SessionError>>;
+pub(crate) type ReadFn = Box<dyn FnOnce(&Connection) + Send>;
+
+/// A command for the writer thread.
+pub(crate) enum Cmd {
+    Write(WriteOp, Reply),
+    /// A read on the writer's connection (an in-memory database has no other).
+    Read(ReadFn),
+    /// Finish what is queued, checkpoint, and stop.
+    Close(oneshot::Sender<()>),
+}
+
+fn store_err(what: &str, e: rusqlite::Error) -> SessionError {
+    SessionError::Store(format!("{what}: {e}"))
+}
+
+/// The writer loop: runs until every sender is gone or a `Close` arrives.
+/// Counters the writer keeps (read with [`super::SessionStore::stats`]).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub batches: AtomicU64,
+    pub writes: AtomicU64,
+    pub items: AtomicU64,
+    pub failed_writes: AtomicU64,
+    pub largest_batch: AtomicU64,
+    pub commit_micros: AtomicU64,
+}
+
+pub(crate) fn run(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Cmd>,
+    max_batch: usize,
+    counters: Arc<Counters>,
+) {
+    let mut writes: Vec<(WriteOp, Reply)> = Vec::with_capacity(max_batch);
+    let mut reads: Vec<ReadFn> = Vec::new();
+    let mut close: Option<oneshot::Sender<()>> = None;
+    while let Some(first) = rx.blocking_recv() {
+        let mut next = Some(first);
+        while let Some(cmd) = next.take() {
+            match cmd {
+                Cmd::Write(op, reply) => writes.push((op, reply)),
+                Cmd::Read(f) => reads.push(f),
+                Cmd::Close(done) => {
+                    close = Some(done);
+                    break;
+                }
+            }
+            if writes.len() + reads.len() < max_batch {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !writes.is_empty() {
+            let n = writes.len() as u64;
+            let t = std::time::Instant::now();
+            let (items, failed) = commit_batch(&mut conn, &mut writes);
+            let c = &counters;
+            c.commit_micros
+                .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+            c.batches.fetch_add(1, Ordering::Relaxed);
+            c.writes.fetch_add(n, Ordering::Relaxed);
+            c.largest_batch.fetch_max(n, Ordering::Relaxed);
+            c.items.fetch_add(items, Ordering::Relaxed);
+            c.failed_writes.fetch_add(failed, Ordering::Relaxed);
+        }
+        for f in reads.drain(..) {
+            f(&conn);
+        }
+        if let Some(done) = close.take() {
+            let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+            rx.close();
+            // Answer what was queued behind the close: the store is closed.
+            while let Ok(cmd) = rx.try_recv() {
+                if let Cmd::Write(_, reply) = cmd {
+                    let _ = reply.send(Err(SessionError::Closed));
+                }
+            }
+            drop(conn);
+            let _ = done.send(());
+            return;
+        }
+    }
+}
+
+fn item_count(op: &WriteOp) -> u64 {
+    match op {
+        WriteOp::AddItems { items, .. } => items.len() as u64,
+        _ => 0,
+    }
+}
+
+/// Commits the batch and answers every write. Returns the items committed and the number of
+/// writes answered with an error.
+fn commit_batch(conn: &mut Connection, writes: &mut Vec<(WriteOp, Reply)>) -> (u64, u64) {
+    let now = now_ms();
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let msg = format!("could not start a write transaction: {e}");
+        let failed = writes.len() as u64;
+        for (_, reply) in writes.drain(..) {
+            let _ = reply.send(Err(SessionError::Store(msg.clone())));
+        }
+        return (0, failed);
+    }
+    let single = writes.len() == 1;
+    let mut results: Vec<(Reply, u64, Result<WriteOut, rusqlite::Error>)> =
+        Vec::with_capacity(writes.len());
+    for (op, reply) in writes.drain(..) {
+        let items = item_count(&op);
+        let r = if single {
+            apply(conn, op, now)
+        } else {
+            // Each write in its own savepoint: one failing write does not undo the others.
+            in_savepoint(conn, |c| apply(c, op, now))
+        };
+        results.push((reply, items, r));
+    }
+    if single && results.iter().any(|(_, _, r)| r.is_err()) {
+        let _ = conn.execute_batch("ROLLBACK");
+        for (reply, _, r) in results {
+            let _ = reply.send(r.map_err(|e| store_err("the write failed", e)));
+        }
+        return (0, 1);
+    }
+    match conn.execute_batch("COMMIT") {
+        Ok(()) => {
+            let (mut items, mut failed) = (0, 0);
+            for (reply, n, r) in results {
+                match &r {
+                    Ok(_) => items += n,
+                    Err(_) => failed += 1,
+                }
+                let _ = reply.send(r.map_err(|e| store_err("the write failed", e)));
+            }
+            (items, failed)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            let msg = format!(
+                "could not commit the write (is the disk full or the file read-only?): {e}"
+            );
+            let failed = results.len() as u64;
+            for (reply, _, _) in results {
+                let _ = reply.send(Err(SessionError::Store(msg.clone())));
+            }
+            (0, failed)
+        }
+    }
+}
+
+fn in_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.prepare_cached("SAVEPOINT w")?.execute([])?;
+    match f(conn) {
+        Ok(v) => {
+            conn.prepare_cached("RELEASE w")?.execute([])?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK TO w; RELEASE w");
+            Err(e)
+        }
+    }
+}
+
+fn apply(conn: &Connection, op: WriteOp, now: i64) -> rusqlite::Result<WriteOut> {
+    match op {
+        WriteOp::AddItems {
+            tenant,
+            session,
+            items,
+        } => {
+            if items.is_empty() {
+                return Ok(WriteOut::Done);
+            }
+            conn.prepare_cached(
+                "INSERT INTO sessions (tenant, session_id, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?3)
+                 ON CONFLICT (tenant, session_id) DO UPDATE SET updated_at = excluded.updated_at",
+            )?
+            .execute(params![&*tenant, &*session, now])?;
+            let mut ins = conn.prepare_cached(
+                "INSERT INTO items (tenant, session_id, item, created_at) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for item in &items {
+                ins.execute(params![&*tenant, &*session, item, now])?;
+            }
+            Ok(WriteOut::Done)
+        }
+        WriteOp::PopItem { tenant, session } => {
+            // The newest row that parses; rows that do not (written by hand, damaged) are
+            // dropped on the way, as the SDK's SQLiteSession does.
+            loop {
+                let row: Option<(i64, String)> = {
+                    let mut q = conn.prepare_cached(
+                        "SELECT id, item FROM items WHERE tenant = ?1 AND session_id = ?2
+                         ORDER BY id DESC LIMIT 1",
+                    )?;
+                    let mut rows = q.query(params![&*tenant, &*session])?;
+                    match rows.next()? {
+                        Some(r) => Some((r.get(0)?, r.get(1)?)),
+                        None => None,
+                    }
+                };
+                let Some((id, text)) = row else {
+                    return Ok(WriteOut::Popped(None));
+                };
+                conn.prepare_cached("DELETE FROM items WHERE id = ?1")?
+                    .execute(params![id])?;
+                conn.prepare_cached(
+                    "UPDATE sessions SET updated_at = ?3 WHERE tenant = ?1 AND session_id = ?2",
+                )?
+                .execute(params![&*tenant, &*session, now])?;
+                match serde_json::from_str::<Item>(&text) {
+                    Ok(item) => return Ok(WriteOut::Popped(Some(item))),
+                    Err(e) => {
+                        tracing::warn!(tenant = %tenant, session = %session, row = id,
+                            "dropping a session item that does not parse: {e}");
+                    }
+                }
+            }
+        }
+        WriteOp::Clear { tenant, session } => {
+            let items = conn
+                .prepare_cached("DELETE FROM items WHERE tenant = ?1 AND session_id = ?2")?
+                .execute(params![&*tenant, &*session])?;
+            let rows = conn
+                .prepare_cached("DELETE FROM sessions WHERE tenant = ?1 AND session_id = ?2")?
+                .execute(params![&*tenant, &*session])?;
+            Ok(WriteOut::Changed(items + rows > 0))
+        }
+        WriteOp::RunStart(s) => {
+            conn.prepare_cached(
+                "INSERT INTO runs (tenant, run_id, session_id, status, starting_agent,
+                                   last_agent, trace_id, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, 'running', ?4, ?4, ?5, ?6, ?6)",
+            )?
+            .execute(params![
+                s.tenant,
+                s.run_id,
+                s.session_id,
+                s.starting_agent,
+                s.trace_id,
+                now
+            ])?;
+            Ok(WriteOut::Done)
+        }
+        WriteOp::RunEnd {
+            tenant,
+            run_id,
+            end,
+        } => {
+            let final_output = end
+                .final_output
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            let usage = end
+                .usage
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            let (etype, emsg) = match &end.error {
+                Some(e) => (Some(e.error_type.as_str()), Some(e.message.as_str())),
+                None => (None, None),
+            };
+            let n = conn
+                .prepare_cached(
+                    "UPDATE runs SET status = ?3, last_agent = COALESCE(?4, last_agent),
+                        final_output = ?5, usage = ?6, error_type = ?7, error_message = ?8,
+                        updated_at = ?9, finished_at = ?9
+                     WHERE tenant = ?1 AND run_id = ?2 AND status = 'running'",
+                )?
+                .execute(params![
+                    tenant,
+                    run_id,
+                    end.status.as_str(),
+                    end.last_agent,
+                    final_output,
+                    usage,
+                    etype,
+                    emsg,
+                    now
+                ])?;
+            Ok(WriteOut::Changed(n > 0))
+        }
+    }
+}
