@@ -83,6 +83,8 @@ async fn model_only(m: &ScriptedModel, reqs: &[ModelRequest]) -> usize {
 }
 
 fn main() {
+    // `cargo test --all-targets` runs benches with `--test`: one quick pass, no table.
+    let quick = std::env::args().any(|a| a == "--test" || a == "--list");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -97,6 +99,9 @@ fn main() {
         b.to_async(&rt).iter(|| one_run(&runner, &agent))
     });
     c.final_summary();
+    if quick {
+        return;
+    }
 
     // The scripted model's own work for one run: the same three requests the engine makes.
     let reqs = rt.block_on(async {
