@@ -515,6 +515,18 @@ impl Bus {
             .clone()
     }
 
+    /// The topic stored under `key` (e.g. `"{tenant}/{session}"`), created if new, whose
+    /// frames show `session_id` (the id the client knows).
+    pub fn topic_with(&self, key: &str, session_id: &str) -> Arc<Topic> {
+        if let Some(t) = self.topics.get(key) {
+            return t.clone();
+        }
+        self.topics
+            .entry(key.to_owned())
+            .or_insert_with(|| Topic::new(session_id, self.limits))
+            .clone()
+    }
+
     /// The topic for `key` if it exists.
     pub fn get(&self, key: &str) -> Option<Arc<Topic>> {
         self.topics.get(key).map(|t| t.clone())
