@@ -73,6 +73,10 @@ pub struct ServerConfig {
     /// after their turn (milliseconds; default 10000).
     #[serde(default = "default_grace")]
     pub shutdown_grace_ms: u64,
+    /// After the grace period, how long a run cancelled "after its turn" may take to end
+    /// its turn before it is cancelled immediately (milliseconds; default 30000).
+    #[serde(default = "default_turn_timeout")]
+    pub shutdown_turn_timeout_ms: u64,
 }
 
 fn default_bind() -> String {
@@ -81,12 +85,16 @@ fn default_bind() -> String {
 fn default_grace() -> u64 {
     10_000
 }
+fn default_turn_timeout() -> u64 {
+    30_000
+}
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             bind: default_bind(),
             shutdown_grace_ms: default_grace(),
+            shutdown_turn_timeout_ms: default_turn_timeout(),
         }
     }
 }

@@ -159,6 +159,8 @@ pub struct Core {
     pub close_sockets: CancellationToken,
     /// Grace period for running turns at shutdown.
     pub grace: Duration,
+    /// How long a run cancelled after its turn may take to end that turn.
+    pub turn_timeout: Duration,
     /// The config it was built from.
     pub config: Config,
     started: Instant,
@@ -205,6 +207,7 @@ impl Core {
             stop_accepting: CancellationToken::new(),
             close_sockets: CancellationToken::new(),
             grace: Duration::from_millis(config.server.shutdown_grace_ms),
+            turn_timeout: Duration::from_millis(config.server.shutdown_turn_timeout_ms),
             config,
             started: Instant::now(),
         }))
@@ -468,7 +471,7 @@ impl Core {
         for e in self.runs.iter() {
             e.canceller.cancel(CancelMode::AfterTurn);
         }
-        let deadline = Instant::now() + self.grace;
+        let deadline = Instant::now() + self.turn_timeout;
         while !self.runs.is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -478,6 +481,16 @@ impl Core {
         let deadline = Instant::now() + Duration::from_secs(2);
         while !self.runs.is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Shutdown, last step: closes every socket and stream (code 1001) and waits, briefly,
+    /// until the connections are gone.
+    pub async fn close_connections(&self) {
+        self.close_sockets.cancel();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while self.metrics.connections.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

@@ -107,7 +107,7 @@ pub async fn serve(
     core.begin_shutdown();
     core.drain_runs().await;
     crate::trace::flush_traces();
-    core.close_sockets.cancel();
+    core.close_connections().await;
     match tokio::time::timeout(Duration::from_secs(5), &mut server).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
