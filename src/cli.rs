@@ -77,7 +77,10 @@ pub fn load_config(path: Option<&PathBuf>) -> Result<Config, ConfigError> {
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("callboard: cannot start the async runtime: {e}");
@@ -239,7 +242,10 @@ async fn run_once(a: RunArgs) -> i32 {
         return 2;
     };
     if cfg.embedded && !a.json {
-        eprintln!("callboard: embedded defaults (demo cast, models: {})", cast.models_banner);
+        eprintln!(
+            "callboard: embedded defaults (demo cast, models: {})",
+            cast.models_banner
+        );
     }
     let collector = Arc::new(Collect::default());
     if a.trace_out.is_some() {
@@ -325,7 +331,11 @@ async fn run_once(a: RunArgs) -> i32 {
     let _ = run.wait().await;
     if let Some(path) = &a.trace_out {
         crate::trace::flush_traces();
-        let lines = collector.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let lines = collector
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut text = String::new();
         for l in lines {
             text.push_str(&l.to_string());

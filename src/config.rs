@@ -476,16 +476,12 @@ impl Config {
             match (&k.key, &k.key_env) {
                 (Some(_), Some(_)) => c.push(&key, "set `key` or `key_env`, not both"),
                 (None, None) => c.push(&key, "needs `key` or `key_env`"),
-                (Some(v), None) if v.trim().is_empty() => {
-                    c.push(format!("{key}.key"), "is empty")
-                }
-                (None, Some(env)) => {
-                    if std::env::var(env).map_or(true, |v| v.trim().is_empty()) {
-                        c.push(
-                            format!("{key}.key_env"),
-                            format!("the environment variable {env} is not set (or empty)"),
-                        );
-                    }
+                (Some(v), None) if v.trim().is_empty() => c.push(format!("{key}.key"), "is empty"),
+                (None, Some(env)) if std::env::var(env).map_or(true, |v| v.trim().is_empty()) => {
+                    c.push(
+                        format!("{key}.key_env"),
+                        format!("the environment variable {env} is not set (or empty)"),
+                    );
                 }
                 _ => {}
             }
@@ -519,7 +515,10 @@ impl Config {
                     }
                     if let Some(u) = &m.base_url {
                         if !(u.starts_with("http://") || u.starts_with("https://")) {
-                            c.push(format!("{key}.base_url"), "must start with http:// or https://");
+                            c.push(
+                                format!("{key}.base_url"),
+                                "must start with http:// or https://",
+                            );
                         }
                     }
                 }
@@ -531,7 +530,10 @@ impl Config {
             if t.name.trim().is_empty() {
                 c.push(format!("{key}.name"), "is empty");
             } else if !names.insert(t.name.as_str()) {
-                c.push(format!("{key}.name"), format!("`{}` is defined twice", t.name));
+                c.push(
+                    format!("{key}.name"),
+                    format!("`{}` is defined twice", t.name),
+                );
             }
             match t.kind {
                 ToolKind::Http => match &t.url {
@@ -573,7 +575,8 @@ impl Config {
         for (i, a) in self.agents.iter().enumerate() {
             let key = format!("agents[{i}]");
             let model = a.model.as_deref().unwrap_or("default");
-            if !self.models.contains_key(model) && !(self.models.is_empty() && a.model.is_none()) {
+            let implicit_default = self.models.is_empty() && a.model.is_none();
+            if !self.models.contains_key(model) && !implicit_default {
                 c.push(
                     format!("{key}.model"),
                     format!(
@@ -586,7 +589,10 @@ impl Config {
                 if !agent_names.contains(h.as_str()) {
                     c.push(
                         format!("{key}.handoffs"),
-                        format!("no agent named `{h}` (agents: {})", join_or_none(agent_names.iter())),
+                        format!(
+                            "no agent named `{h}` (agents: {})",
+                            join_or_none(agent_names.iter())
+                        ),
                     );
                 }
             }
@@ -594,7 +600,10 @@ impl Config {
                 if !names.contains(t.as_str()) {
                     c.push(
                         format!("{key}.tools"),
-                        format!("no [[tools]] entry named `{t}` (tools: {})", join_or_none(names.iter())),
+                        format!(
+                            "no [[tools]] entry named `{t}` (tools: {})",
+                            join_or_none(names.iter())
+                        ),
                     );
                 }
             }
@@ -614,7 +623,10 @@ impl Config {
             ("max_runs_per_tenant", l.max_runs_per_tenant),
             ("max_runs_per_agent", l.max_runs_per_agent),
             ("max_connections", l.max_connections),
-            ("max_subscriptions_per_connection", l.max_subscriptions_per_connection),
+            (
+                "max_subscriptions_per_connection",
+                l.max_subscriptions_per_connection,
+            ),
             ("outbound_queue", l.outbound_queue),
             ("subscriber_queue", l.subscriber_queue),
         ] {

@@ -41,7 +41,9 @@ fn find_chromium() -> Option<String> {
 }
 
 struct Cdp {
-    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
     next_id: u64,
 }
 
@@ -71,7 +73,10 @@ impl Cdp {
 
     async fn eval(&mut self, expr: &str) -> Value {
         let v = self
-            .call("Runtime.evaluate", json!({"expression": expr, "returnByValue": true}))
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": expr, "returnByValue": true}),
+            )
             .await;
         v["result"]["result"]["value"].clone()
     }
@@ -156,7 +161,10 @@ async fn the_chat_page_streams_an_answer_in_headless_chromium() {
         .unwrap();
     let mut cdp = Cdp { ws, next_id: 0 };
     cdp.call("Runtime.enable", json!({})).await;
-    let url = format!("http://{}/?access_token=key-acme&session=browser-1", srv.addr);
+    let url = format!(
+        "http://{}/?access_token=key-acme&session=browser-1",
+        srv.addr
+    );
     cdp.call("Page.navigate", json!({"url": url})).await;
     cdp.wait_for(
         "document.getElementById('status') && document.getElementById('status').textContent === 'connected' && document.getElementById('agent').options.length > 0",
@@ -167,18 +175,27 @@ async fn the_chat_page_streams_an_answer_in_headless_chromium() {
         "document.getElementById('input').value = 'What is the weather in Oslo?'; document.getElementById('send').click(); true",
     )
     .await;
-    cdp.wait_for("document.body.dataset.state === 'done'", "the streamed answer")
-        .await;
+    cdp.wait_for(
+        "document.body.dataset.state === 'done'",
+        "the streamed answer",
+    )
+    .await;
     let text = cdp.eval("document.getElementById('log').innerText").await;
     let text = text.as_str().unwrap();
     eprintln!("chat log:\n{text}");
     assert!(text.contains("What is the weather in Oslo?"), "{text}");
     assert!(text.contains("[handoff -> Weather]"), "{text}");
     assert!(text.contains("[tool: get_weather]"), "{text}");
-    assert!(text.contains("Here is the forecast you asked for"), "{text}");
+    assert!(
+        text.contains("Here is the forecast you asked for"),
+        "{text}"
+    );
     assert!(text.contains("Oslo"), "{text}");
     assert!(text.contains("[done by Weather]"), "{text}");
     // The answer arrived as many token frames, not one message.
     let tokens = srv.core.metrics_text();
-    assert!(tokens.contains("callboard_runs_finished_total 1"), "{tokens}");
+    assert!(
+        tokens.contains("callboard_runs_finished_total 1"),
+        "{tokens}"
+    );
 }

@@ -25,7 +25,11 @@ fn parse_sse(body: &str) -> Vec<(Option<u64>, String, Value)> {
             }
         }
         if !data.is_empty() {
-            out.push((id, event, serde_json::from_str(&data).expect("SSE data is JSON")));
+            out.push((
+                id,
+                event,
+                serde_json::from_str(&data).expect("SSE data is JSON"),
+            ));
         }
     }
     out
@@ -60,7 +64,10 @@ async fn runs_as_json_and_as_sse_then_resume_with_last_event_id() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
     let events = parse_sse(&r.text().await.unwrap());
     assert_eq!(events[0].1, "run.accepted");
     assert_eq!(events[0].2["id"], "req-7");
@@ -87,26 +94,41 @@ async fn runs_as_json_and_as_sse_then_resume_with_last_event_id() {
     assert_eq!(r.status(), 200);
     let mut buf = String::new();
     while parse_sse(&buf).len() < 4 {
-        let chunk = tokio::time::timeout(WAIT, r.chunk()).await.unwrap().unwrap().unwrap();
+        let chunk = tokio::time::timeout(WAIT, r.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         buf.push_str(std::str::from_utf8(&chunk).unwrap());
     }
     let got: Vec<u64> = parse_sse(&buf).iter().filter_map(|e| e.0).collect();
     assert_eq!(got, ids[ids.len() - 4..].to_vec());
 
     let mut r = http
-        .get(srv.http(&format!("/v1/sessions/h1/events?after_seq={}&format=chat", first_run_last_seq)))
+        .get(srv.http(&format!(
+            "/v1/sessions/h1/events?after_seq={}&format=chat",
+            first_run_last_seq
+        )))
         .bearer_auth("key-acme")
         .send()
         .await
         .unwrap();
     let mut buf = String::new();
     while !buf.contains("event: run.completed") {
-        let chunk = tokio::time::timeout(WAIT, r.chunk()).await.unwrap().unwrap().unwrap();
+        let chunk = tokio::time::timeout(WAIT, r.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         buf.push_str(std::str::from_utf8(&chunk).unwrap());
     }
     let chat = parse_sse(&buf);
-    assert!(chat.iter().any(|e| e.1 == "token" && e.2["type"] == "token"));
-    assert!(chat.iter().any(|e| e.1 == "agent_change" && e.2["agent"] == "Billing"));
+    assert!(chat
+        .iter()
+        .any(|e| e.1 == "token" && e.2["type"] == "token"));
+    assert!(chat
+        .iter()
+        .any(|e| e.1 == "agent_change" && e.2["agent"] == "Billing"));
 
     // Items of the conversation: two runs' worth.
     let items: Value = http
@@ -149,24 +171,56 @@ async fn agents_health_metrics_and_error_shapes() {
         .map(|a| a["name"].as_str().unwrap())
         .collect();
     assert!(names.contains(&"Triage") && names.contains(&"Weather") && names.contains(&"Billing"));
-    let triage = agents["agents"].as_array().unwrap().iter().find(|a| a["name"] == "Triage").unwrap();
+    let triage = agents["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "Triage")
+        .unwrap();
     assert_eq!(triage["handoffs"], json!(["Weather", "Billing"]));
-    assert_eq!(reqwest::get(srv.http("/healthz")).await.unwrap().status(), 200);
-    assert_eq!(reqwest::get(srv.http("/readyz")).await.unwrap().status(), 200);
+    assert_eq!(
+        reqwest::get(srv.http("/healthz")).await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        reqwest::get(srv.http("/readyz")).await.unwrap().status(),
+        200
+    );
     let m = get("/metrics").await.unwrap().text().await.unwrap();
     assert!(m.contains("callboard_ws_connections 0"), "{m}");
     assert!(m.contains("# TYPE callboard_runs_started_total counter"));
     for (method, path, body, status, code) in [
-        ("POST", "/v1/sessions/x/runs", "{not json", 400, "bad_request"),
-        ("POST", "/v1/sessions/x/runs", r#"{"agent":"Nobody","input":"hi"}"#, 404, "unknown_agent"),
-        ("POST", "/v1/sessions/x/runs", r#"{"input":"hi"}"#, 400, "bad_request"),
+        (
+            "POST",
+            "/v1/sessions/x/runs",
+            "{not json",
+            400,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/v1/sessions/x/runs",
+            r#"{"agent":"Nobody","input":"hi"}"#,
+            404,
+            "unknown_agent",
+        ),
+        (
+            "POST",
+            "/v1/sessions/x/runs",
+            r#"{"input":"hi"}"#,
+            400,
+            "bad_request",
+        ),
         ("GET", "/v1/sessions/nope/items", "", 404, "not_found"),
         ("GET", "/v1/sessions/nope/events", "", 404, "not_found"),
         ("GET", "/v1/traces", "", 501, "not_implemented"),
         ("GET", "/no/such/path", "", 404, "not_found"),
     ] {
         let req = match method {
-            "POST" => http.post(srv.http(path)).header("content-type", "application/json").body(body.to_owned()),
+            "POST" => http
+                .post(srv.http(path))
+                .header("content-type", "application/json")
+                .body(body.to_owned()),
             _ => http.get(srv.http(path)),
         };
         let r = req.bearer_auth("key-acme").send().await.unwrap();
@@ -200,7 +254,12 @@ async fn http_tools_post_arguments_and_report_failures_to_the_model() {
         )
         .route(
             "/broken",
-            post(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "tool exploded") }),
+            post(|| async {
+                (
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "tool exploded",
+                )
+            }),
         )
         .route(
             "/slow",
@@ -262,6 +321,14 @@ timeout_ms = 200
         .collect();
     assert_eq!(outputs.len(), 3, "{outputs:?}");
     assert!(outputs.contains(&"sunny in Oslo"), "{outputs:?}");
-    assert!(outputs.iter().any(|o| o.contains("HTTP 500") && o.contains("tool exploded")), "{outputs:?}");
-    assert!(outputs.iter().any(|o| o.contains("timed out")), "{outputs:?}");
+    assert!(
+        outputs
+            .iter()
+            .any(|o| o.contains("HTTP 500") && o.contains("tool exploded")),
+        "{outputs:?}"
+    );
+    assert!(
+        outputs.iter().any(|o| o.contains("timed out")),
+        "{outputs:?}"
+    );
 }

@@ -43,7 +43,9 @@ fn spawn(config: &str) -> Server {
             }
         }
     });
-    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("server start banner");
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("server start banner");
     Server { child, addr }
 }
 
@@ -52,11 +54,16 @@ fn rand_name() -> String {
 }
 
 fn sigterm(pid: u32) {
-    let st = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let st = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(st.success());
 }
 
-async fn next_json(ws: &mut (impl StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin)) -> Result<Value, Option<u16>> {
+async fn next_json(
+    ws: &mut (impl StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin),
+) -> Result<Value, Option<u16>> {
     loop {
         let m = tokio::time::timeout(Duration::from_secs(30), ws.next())
             .await
@@ -145,7 +152,11 @@ async fn sigterm_mid_run_lets_the_run_finish_then_closes_with_1001() {
     let end = frames.iter().find(|f| f["type"] == "run.completed");
     assert!(end.is_some(), "the run finished within the grace period");
     let seqs: Vec<u64> = frames.iter().filter_map(|f| f["seq"].as_u64()).collect();
-    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "no frame lost");
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "no frame lost"
+    );
     assert_eq!(close, Some(1001));
     assert!(status.success(), "{status:?}");
 }
@@ -155,20 +166,27 @@ async fn sigterm_past_the_grace_period_cancels_after_the_turn() {
     let (frames, close, status) = sigterm_mid_run(100).await;
     let end = frames
         .iter()
-        .find(|f| f["type"].as_str().is_some_and(|t| t.starts_with("run.")) && f["type"] != "run.accepted")
+        .find(|f| {
+            f["type"].as_str().is_some_and(|t| t.starts_with("run.")) && f["type"] != "run.accepted"
+        })
         .expect("an end frame");
     assert_eq!(end["type"], "run.cancelled", "{end}");
     assert_eq!(end["mode"], "after_turn");
     // The turn in progress at SIGTERM finished: its response completed and its handoff
     // was carried out before the cancel, so no completed turn is lost.
-    let before_end: Vec<&Value> = frames.iter().take_while(|f| f["type"] != "run.cancelled").collect();
+    let before_end: Vec<&Value> = frames
+        .iter()
+        .take_while(|f| f["type"] != "run.cancelled")
+        .collect();
     let last_event = before_end.last().unwrap();
     assert!(
         last_event["event"]["type"] == "agent_updated_stream_event"
             || last_event["event"]["name"] == "handoff_occured",
         "the run stopped at a turn boundary: {last_event}"
     );
-    assert!(before_end.iter().any(|f| f["event"]["data"]["type"] == "response.completed"));
+    assert!(before_end
+        .iter()
+        .any(|f| f["event"]["data"]["type"] == "response.completed"));
     assert_eq!(close, Some(1001));
     assert!(status.success(), "{status:?}");
 }

@@ -17,25 +17,44 @@ async fn tool_call_handoff_message_run_is_seen_identically_by_two_subscribers() 
     let srv = start(TWO_TENANTS).await;
     let mut a = connect(&srv, Some("key-acme")).await;
     let mut b = connect(&srv, Some("key-acme")).await;
-    send(&mut a, run_create("r1", "s1", "Triage", "What is the weather in Oslo?")).await;
+    send(
+        &mut a,
+        run_create("r1", "s1", "Triage", "What is the weather in Oslo?"),
+    )
+    .await;
     let acc = recv(&mut a).await;
     assert_eq!(acc["type"], "run.accepted", "{acc}");
     assert_eq!(acc["id"], "r1");
     assert_eq!(acc["session_id"], "s1");
     assert!(acc.get("seq").is_none());
     let run_id = acc["run_id"].as_str().unwrap().to_owned();
-    send(&mut b, json!({"type":"session.subscribe","session_id":"s1","after_seq":0})).await;
+    send(
+        &mut b,
+        json!({"type":"session.subscribe","session_id":"s1","after_seq":0}),
+    )
+    .await;
     let fa = recv_run(&mut a).await;
     let fb = recv_run(&mut b).await;
     assert_eq!(fa, fb, "both subscribers see the same frames");
     let s = seqs(&fa);
-    assert_eq!(s, (1..=s.len() as u64).collect::<Vec<_>>(), "gapless from 1");
-    assert!(fa.iter().all(|f| f["run_id"] == run_id && f["session_id"] == "s1"));
+    assert_eq!(
+        s,
+        (1..=s.len() as u64).collect::<Vec<_>>(),
+        "gapless from 1"
+    );
+    assert!(fa
+        .iter()
+        .all(|f| f["run_id"] == run_id && f["session_id"] == "s1"));
     let names: Vec<&str> = fa
         .iter()
         .filter_map(|f| f["event"]["name"].as_str())
         .collect();
-    let pos = |n: &str| names.iter().position(|x| *x == n).unwrap_or_else(|| panic!("{n} missing in {names:?}"));
+    let pos = |n: &str| {
+        names
+            .iter()
+            .position(|x| *x == n)
+            .unwrap_or_else(|| panic!("{n} missing in {names:?}"))
+    };
     assert!(pos("handoff_occured") < pos("tool_called"));
     assert!(pos("tool_called") < pos("tool_output"));
     assert!(pos("tool_output") < pos("message_output_created"));
@@ -57,15 +76,22 @@ async fn chat_format_relays_tokens_agents_and_tools() {
     let frames = recv_run(&mut a).await;
     let types: Vec<&str> = frames.iter().map(|f| f["type"].as_str().unwrap()).collect();
     assert!(types.contains(&"agent_change"), "{types:?}");
-    assert!(types.contains(&"tool_start") && types.contains(&"tool_end"), "{types:?}");
+    assert!(
+        types.contains(&"tool_start") && types.contains(&"tool_end"),
+        "{types:?}"
+    );
     let text: String = frames
         .iter()
         .filter(|f| f["type"] == "token")
         .map(|f| f["text"].as_str().unwrap())
         .collect();
     assert!(text.contains("Paris"), "{text}");
-    assert!(frames.iter().any(|f| f["type"] == "agent_change" && f["agent"] == "Weather"));
-    assert!(frames.iter().any(|f| f["type"] == "tool_start" && f["tool"] == "get_weather"));
+    assert!(frames
+        .iter()
+        .any(|f| f["type"] == "agent_change" && f["agent"] == "Weather"));
+    assert!(frames
+        .iter()
+        .any(|f| f["type"] == "tool_start" && f["tool"] == "get_weather"));
     assert_eq!(*types.last().unwrap(), "run.completed");
     // seq numbers are the session's: increasing, with gaps where chat skips frames.
     let s = seqs(&frames);
@@ -92,14 +118,26 @@ async fn resume_after_a_dropped_connection_loses_and_duplicates_nothing() {
     tokio::time::sleep(Duration::from_millis(150)).await; // the run goes on meanwhile
     let last = seen.last().unwrap()["seq"].as_u64().unwrap();
     let mut b = connect(&srv, None).await;
-    send(&mut b, json!({"type":"session.subscribe","session_id":"s","after_seq":last})).await;
+    send(
+        &mut b,
+        json!({"type":"session.subscribe","session_id":"s","after_seq":last}),
+    )
+    .await;
     seen.extend(recv_run(&mut b).await);
     let s = seqs(&seen);
-    assert_eq!(s, (1..=s.len() as u64).collect::<Vec<_>>(), "no loss, no duplicate");
+    assert_eq!(
+        s,
+        (1..=s.len() as u64).collect::<Vec<_>>(),
+        "no loss, no duplicate"
+    );
     assert_eq!(seen.last().unwrap()["type"], "run.completed");
     // A third client replays the whole run from history.
     let mut c = connect(&srv, None).await;
-    send(&mut c, json!({"type":"session.subscribe","session_id":"s","after_seq":0})).await;
+    send(
+        &mut c,
+        json!({"type":"session.subscribe","session_id":"s","after_seq":0}),
+    )
+    .await;
     let all = recv_run(&mut c).await;
     assert_eq!(all, seen);
 }
@@ -115,12 +153,30 @@ async fn cancel_ping_and_errors_keep_the_connection_open() {
     for (frame, code) in [
         ("{nope".to_owned(), "bad_request"),
         (r#"{"type":"warp.drive"}"#.to_owned(), "bad_request"),
-        (r#"{"type":"run.create","id":"x"}"#.to_owned(), "bad_request"),
-        (run_create("x", "s", "Nobody", "hi").to_string(), "unknown_agent"),
-        (r#"{"type":"session.subscribe","session_id":"ghost"}"#.to_owned(), "not_found"),
-        (r#"{"type":"run.cancel","run_id":"run_nope"}"#.to_owned(), "not_found"),
-        (r#"{"type":"tool.result","run_id":"run_nope","call_id":"c","output":"x"}"#.to_owned(), "not_found"),
-        (run_create("x", "s", "Triage", &"y".repeat(300_000)).to_string(), "input_too_large"),
+        (
+            r#"{"type":"run.create","id":"x"}"#.to_owned(),
+            "bad_request",
+        ),
+        (
+            run_create("x", "s", "Nobody", "hi").to_string(),
+            "unknown_agent",
+        ),
+        (
+            r#"{"type":"session.subscribe","session_id":"ghost"}"#.to_owned(),
+            "not_found",
+        ),
+        (
+            r#"{"type":"run.cancel","run_id":"run_nope"}"#.to_owned(),
+            "not_found",
+        ),
+        (
+            r#"{"type":"tool.result","run_id":"run_nope","call_id":"c","output":"x"}"#.to_owned(),
+            "not_found",
+        ),
+        (
+            run_create("x", "s", "Triage", &"y".repeat(300_000)).to_string(),
+            "input_too_large",
+        ),
         ("z".repeat(1_100_000), "frame_too_large"),
     ] {
         send_raw(&mut a, frame).await;
@@ -133,7 +189,11 @@ async fn cancel_ping_and_errors_keep_the_connection_open() {
     let acc = recv(&mut a).await;
     let run_id = acc["run_id"].as_str().unwrap().to_owned();
     recv(&mut a).await;
-    send(&mut a, json!({"type":"run.cancel","run_id":run_id,"mode":"immediate"})).await;
+    send(
+        &mut a,
+        json!({"type":"run.cancel","run_id":run_id,"mode":"immediate"}),
+    )
+    .await;
     let frames = recv_run(&mut a).await;
     let end = frames.last().unwrap();
     assert_eq!(end["type"], "run.cancelled", "{end}");
@@ -166,16 +226,27 @@ async fn unauthenticated_and_cross_tenant_attempts_are_refused() {
     assert_eq!(r.status(), 200);
 
     let mut acme = connect(&srv, Some("key-acme")).await;
-    send(&mut acme, run_create("r", "secret", "Triage", "billing please")).await;
+    send(
+        &mut acme,
+        run_create("r", "secret", "Triage", "billing please"),
+    )
+    .await;
     let run_id = recv(&mut acme).await["run_id"].as_str().unwrap().to_owned();
     recv_run(&mut acme).await;
     let mut globex = connect(&srv, Some("key-globex")).await;
-    send(&mut globex, json!({"type":"session.subscribe","session_id":"secret","after_seq":0})).await;
+    send(
+        &mut globex,
+        json!({"type":"session.subscribe","session_id":"secret","after_seq":0}),
+    )
+    .await;
     let e = recv(&mut globex).await;
     assert_eq!(e["error"]["code"], "not_found", "{e}");
     send(&mut globex, json!({"type":"run.cancel","run_id":run_id})).await;
     assert_eq!(recv(&mut globex).await["error"]["code"], "not_found");
-    for path in ["/v1/sessions/secret/items", "/v1/sessions/secret/events?after_seq=0"] {
+    for path in [
+        "/v1/sessions/secret/items",
+        "/v1/sessions/secret/events?after_seq=0",
+    ] {
         let r = http
             .get(srv.http(path))
             .bearer_auth("key-globex")
@@ -192,7 +263,11 @@ async fn unauthenticated_and_cross_tenant_attempts_are_refused() {
         .unwrap();
     assert_eq!(r.status(), 404);
     // The same session id in another tenant is a different session.
-    send(&mut globex, run_create("r", "secret", "Triage", "billing please")).await;
+    send(
+        &mut globex,
+        run_create("r", "secret", "Triage", "billing please"),
+    )
+    .await;
     let acc = recv(&mut globex).await;
     assert_eq!(acc["type"], "run.accepted");
     let frames = recv_run(&mut globex).await;
@@ -232,14 +307,22 @@ timeout_ms = 10000
     let mut b = connect(&srv, None).await;
     send(&mut a, run_create("r", "t", "Assistant", "do it")).await;
     let run_id = recv(&mut a).await["run_id"].as_str().unwrap().to_owned();
-    send(&mut b, json!({"type":"session.subscribe","session_id":"t","after_seq":0})).await;
+    send(
+        &mut b,
+        json!({"type":"session.subscribe","session_id":"t","after_seq":0}),
+    )
+    .await;
     let frames = recv_until(&mut b, &["tool.call"]).await;
     let call = frames.last().unwrap();
     assert_eq!(call["name"], "confirm_with_user");
     assert_eq!(call["run_id"], run_id.as_str());
     assert_eq!(call["arguments"], r#"{"question":"Sure?"}"#);
     // The other connection of the session answers.
-    send(&mut b, json!({"type":"tool.result","run_id":run_id,"call_id":call["call_id"],"output":"yes"})).await;
+    send(
+        &mut b,
+        json!({"type":"tool.result","run_id":run_id,"call_id":call["call_id"],"output":"yes"}),
+    )
+    .await;
     let frames = recv_run(&mut a).await;
     let end = frames.last().unwrap();
     assert_eq!(end["type"], "run.completed", "{end}");
@@ -285,9 +368,17 @@ async fn a_client_that_never_reads_does_not_delay_fifty_others() {
     send(&mut starter, run_create("warm", "big", "Talker", "x")).await;
     let frames = recv_run(&mut starter).await; // the first run warms the session up
     let after = frames.last().unwrap()["seq"].as_u64().unwrap();
-    send(&mut sleeper, json!({"type":"session.subscribe","session_id":"big","after_seq":after})).await;
+    send(
+        &mut sleeper,
+        json!({"type":"session.subscribe","session_id":"big","after_seq":after}),
+    )
+    .await;
     for r in readers.iter_mut() {
-        send(r, json!({"type":"session.subscribe","session_id":"big","after_seq":after})).await;
+        send(
+            r,
+            json!({"type":"session.subscribe","session_id":"big","after_seq":after}),
+        )
+        .await;
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     let t0 = Instant::now();
@@ -296,12 +387,19 @@ async fn a_client_that_never_reads_does_not_delay_fifty_others() {
     for mut r in readers {
         tasks.push(tokio::spawn(async move {
             let frames = recv_run(&mut r).await;
-            (frames.len(), t0.elapsed(), frames.last().unwrap()["type"].clone())
+            (
+                frames.len(),
+                t0.elapsed(),
+                frames.last().unwrap()["type"].clone(),
+            )
         }));
     }
     let mut worst = Duration::ZERO;
     for t in tasks {
-        let (n, took, end) = tokio::time::timeout(Duration::from_secs(60), t).await.unwrap().unwrap();
+        let (n, took, end) = tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(end, "run.completed");
         assert!(n > 4000, "every frame arrived ({n})");
         worst = worst.max(took);
@@ -326,7 +424,11 @@ async fn a_slow_subscriber_gets_lagged_and_resumes_from_history() {
     send(&mut slow, run_create("r", "lag", "Talker", "go")).await;
     // Do not read until the run is over.
     let mut watcher = connect(&srv, None).await;
-    send(&mut watcher, json!({"type":"session.subscribe","session_id":"lag","after_seq":0})).await;
+    send(
+        &mut watcher,
+        json!({"type":"session.subscribe","session_id":"lag","after_seq":0}),
+    )
+    .await;
     recv_run_resuming(&mut watcher, "lag").await;
     let mut got: Vec<Value> = Vec::new();
     let mut lag = None;
@@ -347,17 +449,29 @@ async fn a_slow_subscriber_gets_lagged_and_resumes_from_history() {
     }
     let resume = lag.expect("the slow client was told it lagged");
     assert_eq!(got.last().map_or(0, |f| f["seq"].as_u64().unwrap()), resume);
-    send(&mut slow, json!({"type":"session.subscribe","session_id":"lag","after_seq":resume})).await;
+    send(
+        &mut slow,
+        json!({"type":"session.subscribe","session_id":"lag","after_seq":resume}),
+    )
+    .await;
     got.extend(recv_run(&mut slow).await);
     let s = seqs(&got);
-    assert_eq!(s, (1..=s.len() as u64).collect::<Vec<_>>(), "resumed without gaps");
+    assert_eq!(
+        s,
+        (1..=s.len() as u64).collect::<Vec<_>>(),
+        "resumed without gaps"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_hostile_frames_leave_the_server_and_healthy_clients_unharmed() {
     let srv = start(TWO_TENANTS).await;
     let mut healthy = connect(&srv, Some("key-acme")).await;
-    send(&mut healthy, run_create("r", "mine", "Triage", "weather in Oslo")).await;
+    send(
+        &mut healthy,
+        run_create("r", "mine", "Triage", "weather in Oslo"),
+    )
+    .await;
     recv(&mut healthy).await;
     let mine = recv_run(&mut healthy).await;
     let mut evil = connect(&srv, Some("key-globex")).await;
@@ -368,7 +482,8 @@ async fn a_thousand_hostile_frames_leave_the_server_and_healthy_clients_unharmed
         "[]".into(),
         "42".into(),
         r#"{"type":7}"#.into(),
-        r#"{"type":"run.create","session_id":"mine","agent":"Triage","input":{"deep":[1,2]}}"#.into(),
+        r#"{"type":"run.create","session_id":"mine","agent":"Triage","input":{"deep":[1,2]}}"#
+            .into(),
         r#"{"type":"session.subscribe","session_id":"mine","after_seq":0}"#.into(),
         r#"{"type":"session.subscribe","session_id":"mine","after_seq":-1}"#.into(),
         r#"{"type":"run.cancel","run_id":"run_00000000000000000000000000000000"}"#.into(),
@@ -391,12 +506,19 @@ async fn a_thousand_hostile_frames_leave_the_server_and_healthy_clients_unharmed
     // The attacker's connection still works, and so does everyone else's.
     send(&mut evil, json!({"type":"ping"})).await;
     assert_eq!(recv(&mut evil).await["type"], "pong");
-    send(&mut healthy, json!({"type":"session.subscribe","session_id":"mine","after_seq":0})).await;
+    send(
+        &mut healthy,
+        json!({"type":"session.subscribe","session_id":"mine","after_seq":0}),
+    )
+    .await;
     let replay = recv_run(&mut healthy).await;
     assert_eq!(replay, mine);
     send(&mut healthy, run_create("r2", "mine", "Triage", "billing")).await;
     assert_eq!(recv(&mut healthy).await["type"], "run.accepted");
-    assert_eq!(recv_run(&mut healthy).await.last().unwrap()["type"], "run.completed");
+    assert_eq!(
+        recv_run(&mut healthy).await.last().unwrap()["type"],
+        "run.completed"
+    );
     let r = reqwest::get(srv.http("/healthz")).await.unwrap();
     assert_eq!(r.status(), 200);
 }

@@ -52,15 +52,12 @@ where
     R: Stream<Item = Result<Message, E>> + Send + Unpin + 'static,
 {
     core.metrics.connections.fetch_add(1, Ordering::AcqRel);
-    core.metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+    core.metrics
+        .connections_total
+        .fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel(core.limits.outbound_queue);
     let write_timeout = Duration::from_millis(core.limits.write_timeout_ms.max(1));
-    let mut writer = tokio::spawn(write_loop(
-        core.clone(),
-        sink,
-        rx,
-        write_timeout,
-    ));
+    let mut writer = tokio::spawn(write_loop(core.clone(), sink, rx, write_timeout));
     let mut conn = Conn {
         core: core.clone(),
         tenant,
@@ -92,7 +89,10 @@ where
     drop(conn);
     if !writer.is_finished() {
         // The writer drains what is queued, then closes (1001 on shutdown, 1000 otherwise).
-        if tokio::time::timeout(Duration::from_secs(5), &mut writer).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), &mut writer)
+            .await
+            .is_err()
+        {
             writer.abort();
         }
     }
@@ -232,15 +232,18 @@ impl Conn {
                     self.error(c.id.as_ref(), e).await;
                 }
             }
-            ClientFrame::Subscribe(s) => {
-                match self.core.session(&self.tenant, &s.session_id) {
-                    Ok(_) => {
-                        self.follow(&s.session_id, s.after_seq, s.format.unwrap_or_default(), s.id.as_ref())
-                            .await
-                    }
-                    Err(e) => self.error(s.id.as_ref(), e).await,
+            ClientFrame::Subscribe(s) => match self.core.session(&self.tenant, &s.session_id) {
+                Ok(_) => {
+                    self.follow(
+                        &s.session_id,
+                        s.after_seq,
+                        s.format.unwrap_or_default(),
+                        s.id.as_ref(),
+                    )
+                    .await
                 }
-            }
+                Err(e) => self.error(s.id.as_ref(), e).await,
+            },
             ClientFrame::Unsubscribe(u) => match self.subs.remove(&u.session_id) {
                 Some(h) => h.abort(),
                 None => {

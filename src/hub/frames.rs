@@ -188,7 +188,9 @@ mod tests {
             Ok(ClientFrame::Ping(_))
         ));
         assert!(matches!(
-            parse(r#"{"type":"run.create","id":"r1","session_id":"s","agent":"Triage","input":"hi"}"#),
+            parse(
+                r#"{"type":"run.create","id":"r1","session_id":"s","agent":"Triage","input":"hi"}"#
+            ),
             Ok(ClientFrame::RunCreate(_))
         ));
         let (id, e) = parse(r#"{"type":"nope","id":7}"#).unwrap_err();

@@ -59,7 +59,11 @@ pub struct Cast {
 /// MERGE POINT: the OpenAI providers plug in here (`openai_responses`,
 /// `openai_chat_completions`); until they land those providers refuse to start with a clear
 /// message, while the config still parses and validates.
-pub fn build_model(file: &str, name: &str, cfg: &ModelConfig) -> Result<Arc<dyn Model>, ConfigError> {
+pub fn build_model(
+    file: &str,
+    name: &str,
+    cfg: &ModelConfig,
+) -> Result<Arc<dyn Model>, ConfigError> {
     match cfg.provider {
         ProviderKind::Scripted => {
             let model = match &cfg.script {
@@ -125,7 +129,10 @@ pub fn build_cast(cfg: &Config, calls: Arc<ClientCalls>) -> Result<Cast, ConfigE
             format!(
                 "{n} = {}{}",
                 m.provider.as_str(),
-                m.model.as_deref().map(|s| format!(" ({s})")).unwrap_or_default()
+                m.model
+                    .as_deref()
+                    .map(|s| format!(" ({s})"))
+                    .unwrap_or_default()
             )
         })
         .collect::<Vec<_>>()

@@ -13,7 +13,9 @@ pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     /// No or bad API key.
-    #[error("a valid API key is required: send `Authorization: Bearer <key>` or `?access_token=<key>`")]
+    #[error(
+        "a valid API key is required: send `Authorization: Bearer <key>` or `?access_token=<key>`"
+    )]
     Unauthorized,
     /// No agent by that name.
     #[error("no agent named `{0}`; GET /v1/agents lists them")]

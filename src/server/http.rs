@@ -209,12 +209,13 @@ pub async fn session_events(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let after = last_event_id.or(q.after_seq);
-    let sub = topic
-        .subscribe(Some(after.unwrap_or(0)))
-        .map_err(|e| ApiError::HistoryTruncated {
-            after_seq: after.unwrap_or(0),
-            oldest_seq: e.oldest_seq,
-        })?;
+    let sub =
+        topic
+            .subscribe(Some(after.unwrap_or(0)))
+            .map_err(|e| ApiError::HistoryTruncated {
+                after_seq: after.unwrap_or(0),
+                oldest_seq: e.oldest_seq,
+            })?;
     let format = q.format.unwrap_or_default();
     let close = core.close_sockets.clone();
     let session_id: Arc<str> = session_id.into();

@@ -45,7 +45,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/ws", get(crate::hub::ws_upgrade))
         .route("/v1/agents", get(http::agents))
         .route("/v1/sessions/{session_id}/runs", post(http::create_run))
-        .route("/v1/sessions/{session_id}/events", get(http::session_events))
+        .route(
+            "/v1/sessions/{session_id}/events",
+            get(http::session_events),
+        )
         .route("/v1/sessions/{session_id}/items", get(http::session_items))
         .route(
             "/v1/sessions/{session_id}",
@@ -103,7 +106,10 @@ pub async fn serve(
             return r.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
         }
     }
-    tracing::info!(runs = core.active_runs(), "shutting down: no new connections or runs");
+    tracing::info!(
+        runs = core.active_runs(),
+        "shutting down: no new connections or runs"
+    );
     core.begin_shutdown();
     core.drain_runs().await;
     crate::trace::flush_traces();

@@ -132,7 +132,10 @@ impl ClientCalls {
 
     /// Answers a waiting call; false when no such call waits.
     pub fn answer(&self, run_id: &str, call_id: &str, output: String) -> bool {
-        match self.pending.remove(&(run_id.to_owned(), call_id.to_owned())) {
+        match self
+            .pending
+            .remove(&(run_id.to_owned(), call_id.to_owned()))
+        {
             Some((_, tx)) => tx.send(output).is_ok(),
             None => false,
         }
@@ -195,8 +198,7 @@ impl Tool<()> for ClientTool {
         let timeout = self.timeout;
         async move {
             let run_id = ctx.run.run_id().to_owned();
-            let Some((run_arc, topic)) = calls.runs.get(&run_id).map(|e| e.value().clone())
-            else {
+            let Some((run_arc, topic)) = calls.runs.get(&run_id).map(|e| e.value().clone()) else {
                 return Err(ToolError::Failed(format!(
                     "`{name}` is a client-side tool and this run has no connected clients \
                      (run it through the server's WebSocket hub)"

@@ -78,7 +78,9 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Opens a WebSocket with an API key (or none).
 pub async fn connect(srv: &TestServer, key: Option<&str>) -> Ws {
-    try_connect(srv, key).await.unwrap_or_else(|e| panic!("connect: {e}"))
+    try_connect(srv, key)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"))
 }
 
 pub async fn try_connect(
