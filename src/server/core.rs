@@ -238,6 +238,11 @@ impl Core {
         self.runs.len()
     }
 
+    /// The session bus (topics are keyed `"{tenant}/{session_id}"`).
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
     /// Sessions (topics) held.
     pub fn session_count(&self) -> usize {
         self.bus.len()
