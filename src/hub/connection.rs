@@ -35,7 +35,13 @@ pub enum Out {
     Shared(Bytes),
     /// A text frame made for this connection only.
     Own(String),
+    /// A WebSocket ping (heartbeat).
+    Ping,
 }
+
+/// How often an idle connection is pinged (keeps proxies from timing it out; a dead peer
+/// then fails the write and is closed).
+pub const HEARTBEAT: Duration = Duration::from_secs(30);
 
 struct Conn {
     core: Arc<Core>,
@@ -103,6 +109,7 @@ fn to_message(o: Out) -> Option<Message> {
     match o {
         Out::Shared(b) => Utf8Bytes::try_from(b).ok().map(Message::Text),
         Out::Own(s) => Some(Message::Text(s.into())),
+        Out::Ping => Some(Message::Ping(Bytes::new())),
     }
 }
 
@@ -111,11 +118,15 @@ where
     S: Sink<Message> + Send + Unpin + 'static,
 {
     let close = core.close_sockets.clone();
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    heartbeat.reset();
     loop {
         let first = tokio::select! {
             biased;
             m = rx.recv() => m,
             _ = close.cancelled() => None,
+            _ = heartbeat.tick() => Some(Out::Ping),
         };
         let Some(first) = first else { break };
         let mut n = 0u64;
@@ -360,5 +371,75 @@ async fn forward(
             }
             None => break,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use futures::channel::mpsc as fmpsc;
+
+    async fn next_text(rx: &mut fmpsc::Receiver<Message>) -> serde_json::Value {
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), rx.next())
+                .await
+                .expect("a frame in time")
+                .expect("the connection is open");
+            if let Message::Text(t) = m {
+                return serde_json::from_str(t.as_str()).expect("JSON");
+            }
+        }
+    }
+
+    /// The protocol loop driven with channels instead of a socket.
+    #[tokio::test]
+    async fn the_loop_speaks_the_protocol_over_channels() {
+        let cfg = Config::parse("t.toml", "[models.default]\nprovider = \"scripted\"\n").unwrap();
+        let core = Core::new(cfg).unwrap();
+        let (to_client, mut from_server) = fmpsc::channel::<Message>(64);
+        let (mut to_server, from_client) =
+            fmpsc::channel::<Result<Message, std::convert::Infallible>>(64);
+        let task = tokio::spawn(run(core.clone(), "t".into(), to_client, from_client));
+        let text = |s: &str| Ok(Message::Text(s.to_owned().into()));
+        to_server.send(text(r#"{"type":"ping","id":"p"}"#)).await.unwrap();
+        assert_eq!(next_text(&mut from_server).await["type"], "pong");
+        to_server.send(text(r#"{"type":"bogus"}"#)).await.unwrap();
+        assert_eq!(
+            next_text(&mut from_server).await["error"]["code"],
+            "bad_request"
+        );
+        to_server
+            .send(text(
+                r#"{"type":"run.create","id":1,"session_id":"s","agent":"Triage","input":"billing","format":"chat"}"#,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(next_text(&mut from_server).await["type"], "run.accepted");
+        loop {
+            let f = next_text(&mut from_server).await;
+            if f["type"] == "run.completed" {
+                assert_eq!(f["last_agent"], "Billing");
+                break;
+            }
+        }
+        core.close_sockets.cancel();
+        let close = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match from_server.next().await {
+                    Some(Message::Close(c)) => return c,
+                    Some(_) => continue,
+                    None => return None,
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(close.map(|c| c.code), Some(CLOSE_GOING_AWAY));
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(core.metrics.connections.load(Ordering::Acquire), 0);
     }
 }

@@ -71,6 +71,9 @@ impl Format {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunCreate {
+    /// `run.create` when an HTTP body carries the frame's `type` (ignored otherwise).
+    #[serde(default, rename = "type")]
+    pub frame_type: Option<String>,
     /// The client's request id (echoed in `run.accepted`).
     #[serde(default)]
     pub id: Option<Value>,

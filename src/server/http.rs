@@ -123,6 +123,11 @@ pub async fn create_run(
     }
     let mut req: RunCreate = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("the request body is not a valid run: {e}")))?;
+    if req.frame_type.as_deref().is_some_and(|t| t != "run.create") {
+        return Err(ApiError::BadRequest(
+            "the body's `type` must be run.create (or absent)".into(),
+        ));
+    }
     if let Some(s) = &req.session_id {
         if *s != session_id {
             return Err(ApiError::BadRequest(
