@@ -952,5 +952,5 @@ pub(crate) fn finish<C: Send + Sync + 'static>(mut b: Baton<C>, outcome: RunOutc
     b.slot = None;
     drop(b);
     shared.topic.publish(&shared.run_id, body);
-    let _ = shared.done.send(true);
+    shared.done.send_replace(true);
 }
