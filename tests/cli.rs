@@ -141,3 +141,15 @@ fn serve_refuses_an_invalid_config_and_an_open_public_bind() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("not available in this build"));
 }
+
+#[test]
+fn the_example_config_validates() {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_callboard"));
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml");
+    let out = c
+        .args(["check-config", path])
+        .env("CALLBOARD_KEY_ACME", "example-key")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
