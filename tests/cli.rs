@@ -45,7 +45,8 @@ fn run_prints_tokens_and_markers() {
 
 #[test]
 fn run_json_prints_sdk_events_then_the_end_frame() {
-    let trace = std::env::temp_dir().join(format!("callboard-cli-trace-{}.jsonl", std::process::id()));
+    let trace =
+        std::env::temp_dir().join(format!("callboard-cli-trace-{}.jsonl", std::process::id()));
     let out = callboard(&[
         "run",
         "--json",
@@ -69,9 +70,15 @@ fn run_json_prints_sdk_events_then_the_end_frame() {
     assert_eq!(last["type"], "run.completed");
     assert_eq!(last["last_agent"], "Billing");
     let spans = std::fs::read_to_string(&trace).unwrap();
-    let objects: Vec<serde_json::Value> = spans.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let objects: Vec<serde_json::Value> = spans
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert!(objects.iter().any(|o| o["object"] == "trace"), "{spans}");
-    assert!(objects.iter().any(|o| o["object"] == "trace.span"), "{spans}");
+    assert!(
+        objects.iter().any(|o| o["object"] == "trace.span"),
+        "{spans}"
+    );
 }
 
 #[test]

@@ -34,7 +34,10 @@ fn pct(v: &mut [u128], p: f64) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn frame_latency_publish_to_client() {
-    let subscribers: usize = std::env::var("SUBSCRIBERS").ok().and_then(|s| s.parse().ok()).unwrap_or(100);
+    let subscribers: usize = std::env::var("SUBSCRIBERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100);
     let frames: usize = 2000;
     let srv = start("[limits]\nsubscriber_queue = 4096\nhistory = 4096\n").await;
     let topic = srv.core.bus().topic_with("default/lat", "lat");
@@ -42,7 +45,11 @@ async fn frame_latency_publish_to_client() {
     let mut clients = Vec::new();
     for _ in 0..subscribers {
         let mut ws = connect(&srv, None).await;
-        send(&mut ws, json!({"type":"session.subscribe","session_id":"lat"})).await;
+        send(
+            &mut ws,
+            json!({"type":"session.subscribe","session_id":"lat"}),
+        )
+        .await;
         clients.push(ws);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -51,7 +58,9 @@ async fn frame_latency_publish_to_client() {
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(frames);
             while lat.len() < frames {
-                let m = tokio::time::timeout(WAIT, ws.next()).await.expect("frame in time");
+                let m = tokio::time::timeout(WAIT, ws.next())
+                    .await
+                    .expect("frame in time");
                 if let Some(Ok(Message::Text(t))) = m {
                     let got = now_ns();
                     // Cheap parse on the client side: the timestamp is the agent name.
@@ -71,7 +80,9 @@ async fn frame_latency_publish_to_client() {
         topic.publish(
             &run,
             FrameBody::Event {
-                event: StreamEvent::AgentUpdated { new_agent: now_ns().to_string().into() },
+                event: StreamEvent::AgentUpdated {
+                    new_agent: now_ns().to_string().into(),
+                },
                 tool: None,
             },
         );
@@ -141,7 +152,11 @@ async fn small_client(addr: &str) -> Ws {
     cfg.write_buffer_size = 4096;
     let (ws, _) = tokio::time::timeout(
         WAIT,
-        tokio_tungstenite::connect_async_with_config(format!("ws://{addr}/v1/ws"), Some(cfg), false),
+        tokio_tungstenite::connect_async_with_config(
+            format!("ws://{addr}/v1/ws"),
+            Some(cfg),
+            false,
+        ),
     )
     .await
     .expect("connect in time")
@@ -152,8 +167,14 @@ async fn small_client(addr: &str) -> Ws {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn connections_sessions_and_memory_per_idle_connection() {
-    let n: usize = std::env::var("CONNECTIONS").ok().and_then(|s| s.parse().ok()).unwrap_or(4000);
-    let active: usize = std::env::var("ACTIVE_SESSIONS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
+    let n: usize = std::env::var("CONNECTIONS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4000);
+    let active: usize = std::env::var("ACTIVE_SESSIONS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
     let (bin, addr) = spawn_server(
         "[server]\nbind = \"127.0.0.1:0\"\n[models.default]\nprovider = \"scripted\"\ndelay_ms = 200\n[limits]\nmax_connections = 20000\nmax_runs_per_tenant = 20000\n",
     );
@@ -184,7 +205,9 @@ async fn connections_sessions_and_memory_per_idle_connection() {
     for ws in conns.iter_mut().take(active) {
         loop {
             assert!(Instant::now() < deadline, "runs did not finish in time");
-            let m = tokio::time::timeout(WAIT, ws.next()).await.expect("frame in time");
+            let m = tokio::time::timeout(WAIT, ws.next())
+                .await
+                .expect("frame in time");
             if let Some(Ok(Message::Text(t))) = m {
                 frames += 1;
                 if t.as_str().contains("\"run.completed\"") {

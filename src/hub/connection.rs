@@ -402,7 +402,10 @@ mod tests {
             fmpsc::channel::<Result<Message, std::convert::Infallible>>(64);
         let task = tokio::spawn(run(core.clone(), "t".into(), to_client, from_client));
         let text = |s: &str| Ok(Message::Text(s.to_owned().into()));
-        to_server.send(text(r#"{"type":"ping","id":"p"}"#)).await.unwrap();
+        to_server
+            .send(text(r#"{"type":"ping","id":"p"}"#))
+            .await
+            .unwrap();
         assert_eq!(next_text(&mut from_server).await["type"], "pong");
         to_server.send(text(r#"{"type":"bogus"}"#)).await.unwrap();
         assert_eq!(

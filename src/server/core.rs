@@ -377,25 +377,33 @@ impl Core {
         cfg.trace_metadata = (!metadata.is_empty()).then_some(metadata);
         cfg.tracing_disabled = trace.disabled;
         let run_id = gen_run_id();
-        let mut run = self
+        // Client tools find the run's topic through this; registered before the run starts,
+        // since its first turn may call one at once.
+        self.calls
+            .register_run(Arc::from(run_id.as_str()), topic.clone());
+        let started = self
             .runner
             .request_with(&agent, req.input, ())
             .config(cfg)
             .topic(topic.clone())
             .session(memory)
             .run_id(run_id.clone())
-            .start()
-            .map_err(|e| match e {
-                AgentsError::Overloaded(m) => ApiError::Overloaded(m),
-                other => {
-                    tracing::error!(error = %other, "run could not start");
-                    ApiError::Internal
-                }
-            })?;
+            .start();
+        let mut run = match started {
+            Ok(run) => run,
+            Err(e) => {
+                self.calls.finish_run(&run_id);
+                return Err(match e {
+                    AgentsError::Overloaded(m) => ApiError::Overloaded(m),
+                    other => {
+                        tracing::error!(error = %other, "run could not start");
+                        ApiError::Internal
+                    }
+                });
+            }
+        };
         let frames = if want_frames { run.frames() } else { None };
         let trace_id = run.trace_id().map(str::to_owned);
-        self.calls
-            .register_run(Arc::from(run_id.as_str()), topic.clone());
         self.runs.insert(
             run_id.clone(),
             RunEntry {
