@@ -239,6 +239,21 @@ async fn agents_health_metrics_and_error_shapes() {
     assert_eq!(r.status(), 413);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "input_too_large");
+    let body = format!(
+        r#"{{"agent":"Triage","input":"{}"}}"#,
+        "x".repeat(3_000_000)
+    );
+    let r = http
+        .post(srv.http("/v1/sessions/x/runs"))
+        .bearer_auth("key-acme")
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "frame_too_large");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

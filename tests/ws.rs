@@ -522,3 +522,27 @@ async fn a_thousand_hostile_frames_leave_the_server_and_healthy_clients_unharmed
     let r = reqwest::get(srv.http("/healthz")).await.unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_limit_refuses_with_429_and_frees_on_close() {
+    let srv = start("[limits]\nmax_connections = 2\n").await;
+    let a = connect(&srv, None).await;
+    let mut b = connect(&srv, None).await;
+    send(&mut b, json!({"type":"ping"})).await;
+    recv(&mut b).await;
+    match try_connect(&srv, None).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 429),
+        other => panic!("expected 429, got {:?}", other.map(|_| ())),
+    }
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match try_connect(&srv, None).await {
+            Ok(_) => break,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("the closed connection's place was not freed: {e}"),
+        }
+    }
+}

@@ -52,12 +52,22 @@ struct Conn {
 
 /// Serves one connection until the client leaves, the socket fails, or the server shuts
 /// down (then the socket is closed with code 1001).
-pub async fn run<S, R, E>(core: Arc<Core>, tenant: Arc<str>, sink: S, mut stream: R)
+pub async fn run<S, R, E>(core: Arc<Core>, tenant: Arc<str>, sink: S, stream: R)
 where
     S: Sink<Message> + Send + Unpin + 'static,
     R: Stream<Item = Result<Message, E>> + Send + Unpin + 'static,
 {
     core.metrics.connections.fetch_add(1, Ordering::AcqRel);
+    run_counted(core, tenant, sink, stream).await
+}
+
+/// [`run`] for a connection already counted in `metrics.connections` (the upgrade handler
+/// reserves its place against the connection limit); the count is released at the end.
+pub async fn run_counted<S, R, E>(core: Arc<Core>, tenant: Arc<str>, sink: S, mut stream: R)
+where
+    S: Sink<Message> + Send + Unpin + 'static,
+    R: Stream<Item = Result<Message, E>> + Send + Unpin + 'static,
+{
     core.metrics
         .connections_total
         .fetch_add(1, Ordering::Relaxed);

@@ -36,7 +36,15 @@ pub async fn ws_upgrade(
     if core.is_draining() {
         return ApiError::ShuttingDown.into_response();
     }
-    if core.metrics.connections.load(Ordering::Acquire) >= core.limits.max_connections {
+    // Counted from here (not only once the socket is up), so a burst of upgrades cannot
+    // overshoot the limit; the connection loop takes the count over.
+    let reserved =
+        core.metrics
+            .connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < core.limits.max_connections).then_some(n + 1)
+            });
+    if reserved.is_err() {
         core.metrics.errors.fetch_add(1, Ordering::Relaxed);
         return ApiError::Overloaded(format!(
             "the server holds {} WebSocket connections (its limit); retry later",
@@ -52,8 +60,14 @@ pub async fn ws_upgrade(
         .max_write_buffer_size(WRITE_BUFFER * 64)
         .max_message_size(hard_cap)
         .max_frame_size(hard_cap)
+        .on_failed_upgrade({
+            let core = core.clone();
+            move |_| {
+                core.metrics.connections.fetch_sub(1, Ordering::AcqRel);
+            }
+        })
         .on_upgrade(move |socket| async move {
             let (sink, stream) = socket.split();
-            connection::run(core, tenant, sink, stream).await;
+            connection::run_counted(core, tenant, sink, stream).await;
         })
 }

@@ -112,9 +112,22 @@ pub async fn create_run(
     Path(session_id): Path<String>,
     Query(q): Query<StreamQuery>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let core = st.core.clone();
+    let body = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::FrameTooLarge {
+                size: core.limits.max_frame_bytes + 1,
+                limit: core.limits.max_frame_bytes,
+            }
+        } else {
+            ApiError::BadRequest(format!(
+                "the request body could not be read: {}",
+                r.body_text()
+            ))
+        }
+    })?;
     if body.len() > core.limits.max_frame_bytes {
         return Err(ApiError::FrameTooLarge {
             size: body.len(),

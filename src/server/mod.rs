@@ -58,6 +58,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/traces/ingest", post(http::traces_unavailable))
         .route("/v1/traces/{trace_id}", get(http::traces_unavailable))
         .fallback(http::not_found)
+        // Bodies are read up to the frame limit; a larger one is answered frame_too_large.
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.core.limits.max_frame_bytes.saturating_add(1),
+        ))
         .with_state(state)
 }
 
@@ -76,6 +80,12 @@ pub fn banner(core: &Core, addr: std::net::SocketAddr) -> Vec<String> {
         names.join(", "),
         core.models_banner
     ));
+    v.push(match &core.config.sessions.store {
+        Some(store) => format!(
+            "callboard: sessions: in memory for now ({store} is configured; the durable store is wired in separately)"
+        ),
+        None => "callboard: sessions: in memory (lost at exit)".to_owned(),
+    });
     if core.auth_enabled() {
         v.push("callboard: auth on (API keys from [[auth.keys]])".to_owned());
     } else {
