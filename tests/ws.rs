@@ -546,3 +546,58 @@ async fn the_connection_limit_refuses_with_429_and_frees_on_close() {
         }
     }
 }
+
+/// Collects trace exports of the global tracer (shared by the tests of this binary; the test
+/// looks only at its own trace id).
+#[derive(Default)]
+struct Traces(std::sync::Mutex<Vec<Value>>);
+
+impl callboard::trace::TraceProcessor for Traces {
+    fn on_trace_start(&self, trace: &callboard::trace::Trace) {
+        if let Some(v) = trace.export() {
+            self.0.lock().unwrap().push(v);
+        }
+    }
+    fn on_trace_end(&self, _trace: &callboard::trace::Trace) {}
+    fn on_span_start(&self, _span: &callboard::trace::Span) {}
+    fn on_span_end(&self, _span: &callboard::trace::Span) {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_options_and_the_session_as_default_group() {
+    let traces = std::sync::Arc::new(Traces::default());
+    callboard::trace::add_trace_processor(traces.clone());
+    let srv = start(TWO_TENANTS).await;
+    let mut a = connect(&srv, Some("key-acme")).await;
+    let tid = "trace_0123456789abcdef0123456789abcdef";
+    let mut req = run_create("r", "conv-9", "Triage", "billing");
+    req["trace"] =
+        json!({"trace_id": tid, "workflow_name": "Support chat", "metadata": {"user": "u1"}});
+    send(&mut a, req).await;
+    let acc = recv(&mut a).await;
+    assert_eq!(acc["trace_id"], tid);
+    let end = recv_run(&mut a).await.pop().unwrap();
+    assert_eq!(end["trace_id"], tid);
+    let t = traces
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == tid)
+        .cloned()
+        .expect("the trace was started");
+    assert_eq!(t["workflow_name"], "Support chat");
+    assert_eq!(
+        t["group_id"], "conv-9",
+        "the session id is the default group"
+    );
+    assert_eq!(t["metadata"]["user"], "u1");
+    let mut req = run_create("r2", "conv-9", "Triage", "billing");
+    req["trace"] = json!({"disabled": true});
+    send(&mut a, req).await;
+    assert_eq!(recv(&mut a).await["trace_id"], Value::Null);
+    assert_eq!(
+        recv_run(&mut a).await.pop().unwrap()["trace_id"],
+        Value::Null
+    );
+}
