@@ -277,6 +277,10 @@ pub struct LimitsConfig {
     pub subscriber_queue: usize,
     /// A connection whose socket takes longer than this to accept a write is closed (ms).
     pub write_timeout_ms: u64,
+    /// A session with no subscriber, no run and no new frame for this long has its retained
+    /// frames dropped (its numbering continues; resuming from before gets
+    /// `history_truncated`). Milliseconds; default 15 minutes.
+    pub session_idle_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -292,6 +296,7 @@ impl Default for LimitsConfig {
             history: 4096,
             subscriber_queue: 1024,
             write_timeout_ms: 30_000,
+            session_idle_ms: 15 * 60 * 1000,
         }
     }
 }
@@ -629,6 +634,7 @@ impl Config {
             ),
             ("outbound_queue", l.outbound_queue),
             ("subscriber_queue", l.subscriber_queue),
+            ("session_idle_ms", l.session_idle_ms as usize),
         ] {
             if v == 0 {
                 c.push(format!("limits.{k}"), "must be more than 0");

@@ -601,3 +601,47 @@ async fn trace_options_and_the_session_as_default_group() {
         Value::Null
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_are_retired_and_keep_their_numbering() {
+    let srv = start("[limits]\nsession_idle_ms = 200\n").await;
+    let mut a = connect(&srv, None).await;
+    send(&mut a, run_create("r", "old", "Triage", "billing")).await;
+    recv(&mut a).await;
+    let first = recv_run(&mut a).await;
+    let last = first.last().unwrap()["seq"].as_u64().unwrap();
+    send(
+        &mut a,
+        json!({"type":"session.unsubscribe","session_id":"old"}),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while srv.core.session_count() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the idle session was not retired"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Its history is gone, its numbering is not.
+    send(
+        &mut a,
+        json!({"type":"session.subscribe","session_id":"old","after_seq":0}),
+    )
+    .await;
+    let e = recv(&mut a).await;
+    assert_eq!(e["error"]["code"], "history_truncated", "{e}");
+    assert_eq!(e["error"]["oldest_seq"], last + 1);
+    send(&mut a, run_create("r2", "old", "Triage", "billing again")).await;
+    recv(&mut a).await;
+    let second = recv_run(&mut a).await;
+    assert_eq!(second[0]["seq"], last + 1);
+    // The conversation's items survived.
+    let items: Value = reqwest::get(srv.http("/v1/sessions/old/items"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(items["items"].as_array().unwrap().len() >= 6, "{items}");
+}

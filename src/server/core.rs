@@ -2,7 +2,7 @@
 //! in-memory sessions, limits, metrics, and the shutdown switches. HTTP handlers and
 //! WebSocket connections all go through [`Core`], so both surfaces behave alike.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -147,6 +147,8 @@ pub struct Core {
     bus: Bus,
     runs: DashMap<String, RunEntry>,
     tenant_runs: DashMap<Arc<str>, usize>,
+    session_runs: DashMap<String, usize>,
+    retired: DashMap<String, u64>,
     sessions: DashMap<String, Arc<MemorySession>>,
     /// Client-side tool calls waiting for `tool.result`.
     pub calls: Arc<ClientCalls>,
@@ -201,6 +203,8 @@ impl Core {
             bus,
             runs: DashMap::new(),
             tenant_runs: DashMap::new(),
+            session_runs: DashMap::new(),
+            retired: DashMap::new(),
             sessions: DashMap::new(),
             calls,
             keys: config.key_table(),
@@ -251,11 +255,57 @@ impl Core {
         self.bus.len()
     }
 
-    /// A tenant's existing session topic, or `not_found`.
+    /// A tenant's existing session topic, or `not_found`. A session whose retained frames
+    /// were retired gets a fresh topic that continues its numbering.
     pub fn session(&self, tenant: &str, session_id: &str) -> Result<Arc<Topic>, ApiError> {
-        self.bus
-            .get(&session_key(tenant, session_id))
-            .ok_or_else(|| not_found_session(session_id))
+        let key = session_key(tenant, session_id);
+        if let Some(t) = self.bus.get(&key) {
+            return Ok(t);
+        }
+        match self.retired.get(&key).map(|e| *e) {
+            Some(last) => Ok(self.bus.topic_resuming(&key, session_id, last)),
+            None => Err(not_found_session(session_id)),
+        }
+    }
+
+    /// The topic of a session, created (or revived after retirement) for a new run.
+    fn session_topic(&self, key: &str, session_id: &str) -> Arc<Topic> {
+        match self.retired.get(key).map(|e| *e) {
+            Some(last) => self.bus.topic_resuming(key, session_id, last),
+            None => self.bus.topic_with(key, session_id),
+        }
+    }
+
+    /// Retires idle sessions' topics: no subscriber, no run, no new frame for
+    /// `limits.session_idle_ms`. Their retained frames go (the conversation's items stay);
+    /// the numbering continues when the session is used again. `seen` is the sweeper's
+    /// memory of each session's last seq and since when it has not moved.
+    pub fn retire_idle_sessions(&self, seen: &mut HashMap<String, (u64, Instant)>) -> usize {
+        let idle = Duration::from_millis(self.limits.session_idle_ms);
+        let now = Instant::now();
+        let mut retired = 0;
+        let keys: Vec<String> = self.sessions.iter().map(|e| e.key().clone()).collect();
+        seen.retain(|k, _| self.sessions.contains_key(k));
+        for key in keys {
+            let Some(topic) = self.bus.get(&key) else {
+                continue;
+            };
+            let last = topic.last_seq();
+            let busy =
+                topic.subscriber_count() > 0 || self.session_runs.get(&key).is_some_and(|n| *n > 0);
+            let entry = seen.entry(key.clone()).or_insert((last, now));
+            if busy || entry.0 != last {
+                *entry = (last, now);
+                continue;
+            }
+            if now.duration_since(entry.1) >= idle {
+                self.retired.insert(key.clone(), last);
+                self.bus.remove(&key);
+                seen.remove(&key);
+                retired += 1;
+            }
+        }
+        retired
     }
 
     /// A tenant's session memory items.
@@ -281,7 +331,8 @@ impl Core {
         let key = session_key(tenant, session_id);
         let mem = self.sessions.remove(&key).map(|(_, s)| s);
         let topic = self.bus.remove(&key);
-        if mem.is_none() && topic.is_none() {
+        let retired = self.retired.remove(&key);
+        if mem.is_none() && topic.is_none() && retired.is_none() {
             return Err(not_found_session(session_id));
         }
         if let Some(m) = mem {
@@ -347,12 +398,14 @@ impl Core {
             }
             *n += 1;
         }
+        let key = session_key(tenant, session_id);
+        *self.session_runs.entry(key.clone()).or_insert(0) += 1;
         let release = TenantSlot {
             core: self.clone(),
             tenant: tenant.clone(),
+            session: key.clone(),
         };
-        let key = session_key(tenant, session_id);
-        let topic = self.bus.topic_with(&key, session_id);
+        let topic = self.session_topic(&key, session_id);
         let memory = self
             .sessions
             .entry(key.clone())
@@ -595,14 +648,19 @@ impl Core {
     }
 }
 
+/// A run's place in its tenant's and its session's run counts; released when dropped.
 struct TenantSlot {
     core: Arc<Core>,
     tenant: Arc<str>,
+    session: String,
 }
 
 impl Drop for TenantSlot {
     fn drop(&mut self) {
         if let Some(mut n) = self.core.tenant_runs.get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+        }
+        if let Some(mut n) = self.core.session_runs.get_mut(&self.session) {
             *n = n.saturating_sub(1);
         }
     }

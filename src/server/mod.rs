@@ -110,12 +110,14 @@ pub async fn serve(
             .await
     });
     let mut server = server;
+    let janitor = tokio::spawn(retire_idle_sessions(core.clone()));
     tokio::select! {
         _ = shutdown => {}
         r = &mut server => {
             return r.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
         }
     }
+    janitor.abort();
     tracing::info!(
         runs = core.active_runs(),
         "shutting down: no new connections or runs"
@@ -130,6 +132,19 @@ pub async fn serve(
         Err(_) => {
             server.abort();
             Ok(())
+        }
+    }
+}
+
+/// Sweeps idle sessions now and then (see [`Core::retire_idle_sessions`]).
+async fn retire_idle_sessions(core: Arc<Core>) {
+    let period = Duration::from_millis((core.limits.session_idle_ms / 4).clamp(10, 30_000));
+    let mut seen = std::collections::HashMap::new();
+    loop {
+        tokio::time::sleep(period).await;
+        let n = core.retire_idle_sessions(&mut seen);
+        if n > 0 {
+            tracing::debug!(sessions = n, "retired idle sessions' frames");
         }
     }
 }
