@@ -53,6 +53,17 @@ async fn runs_as_json_and_as_sse_then_resume_with_last_event_id() {
     assert_eq!(end["session_id"], "h1");
     assert_eq!(end["last_agent"], "Weather");
     let first_run_last_seq = end["seq"].as_u64().unwrap();
+    // Input as a list of items works too (here into another session).
+    let r = http
+        .post(srv.http("/v1/sessions/h-items/runs"))
+        .bearer_auth("key-acme")
+        .json(&json!({"type":"run.create","agent":"Triage","input":[{"role":"user","content":"a billing question"}]}))
+        .timeout(WAIT)
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["last_agent"], "Billing", "{v}");
 
     let r = http
         .post(srv.http("/v1/sessions/h1/runs"))

@@ -57,7 +57,6 @@ pub async fn ws_upgrade(
     let hard_cap = core.limits.max_frame_bytes.saturating_mul(4).max(64 * 1024);
     ws.read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(WRITE_BUFFER * 64)
         .max_message_size(hard_cap)
         .max_frame_size(hard_cap)
         .on_failed_upgrade({
