@@ -645,3 +645,19 @@ async fn idle_sessions_are_retired_and_keep_their_numbering() {
         .unwrap();
     assert!(items["items"].as_array().unwrap().len() >= 6, "{items}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_frames_reach_the_client_whole() {
+    let text = "0123456789".repeat(200_000); // a 2 MB answer
+    let cfg = format!(
+        "[models.default]\nprovider = \"scripted\"\n[[models.default.script]]\noutputs = [{{ kind = \"message\", text = \"{text}\", deltas = 10 }}]\n[[agents]]\nname = \"Talker\"\n"
+    );
+    let srv = start(&cfg).await;
+    let mut a = connect(&srv, None).await;
+    send(&mut a, run_create("r", "big", "Talker", "go")).await;
+    recv(&mut a).await;
+    let frames = recv_run(&mut a).await;
+    let end = frames.last().unwrap();
+    assert_eq!(end["type"], "run.completed");
+    assert_eq!(end["final_output"].as_str().unwrap().len(), 2_000_000);
+}
