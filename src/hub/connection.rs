@@ -187,7 +187,13 @@ impl Conn {
     }
 
     async fn error(&self, id: Option<&serde_json::Value>, e: ApiError) {
-        self.core.metrics.errors.fetch_add(1, Ordering::Relaxed);
+        let message = e.to_string();
+        crate::server::telemetry::ErrorSent {
+            code: e.code(),
+            surface: "ws",
+            message: &message,
+        }
+        .emit(&self.core.metrics);
         self.send_own(e.frame(id)).await;
     }
 
@@ -373,7 +379,12 @@ async fn forward(
             }
             Some(Delivery::Lagged { resume_after_seq }) => {
                 drop(sub);
-                core.metrics.lagged.fetch_add(1, Ordering::Relaxed);
+                crate::server::telemetry::Lagged {
+                    session_id: &session_id,
+                    resume_after_seq,
+                    surface: "ws",
+                }
+                .emit(&core.metrics);
                 let _ = tx
                     .send(Out::Own(frames::lagged(&session_id, resume_after_seq)))
                     .await;

@@ -45,7 +45,6 @@ pub async fn ws_upgrade(
                 (n < core.limits.max_connections).then_some(n + 1)
             });
     if reserved.is_err() {
-        core.metrics.errors.fetch_add(1, Ordering::Relaxed);
         return ApiError::Overloaded(format!(
             "the server holds {} WebSocket connections (its limit); retry later",
             core.limits.max_connections

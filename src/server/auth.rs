@@ -72,12 +72,7 @@ impl FromRequestParts<AppState> for Tenant {
         };
         match key.as_deref().and_then(|k| core.tenant_of(k)) {
             Some(t) => Ok(Tenant(Arc::from(t))),
-            None => {
-                core.metrics
-                    .errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Err(ApiError::Unauthorized)
-            }
+            None => Err(ApiError::Unauthorized),
         }
     }
 }

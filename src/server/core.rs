@@ -132,6 +132,8 @@ pub struct Metrics {
     pub lagged: AtomicU64,
     /// Error frames and error answers sent.
     pub errors: AtomicU64,
+    /// The same, by error code.
+    pub errors_by_code: crate::server::telemetry::ErrorCounts,
     /// Live session subscriptions.
     pub subscriptions: AtomicUsize,
 }
@@ -644,6 +646,14 @@ impl Core {
             "1 while shutting down.",
             self.is_draining() as u64,
         );
+        s.push_str(
+            "# HELP callboard_errors_by_code_total Error frames and answers by code.\n# TYPE callboard_errors_by_code_total counter\n",
+        );
+        for (code, n) in m.errors_by_code.snapshot() {
+            s.push_str(&format!(
+                "callboard_errors_by_code_total{{code=\"{code}\"}} {n}\n"
+            ));
+        }
         s
     }
 }

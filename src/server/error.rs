@@ -129,6 +129,10 @@ impl ApiError {
     }
 }
 
+/// The code of an error answer, carried as a response extension so it can be counted.
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorCode(pub &'static str);
+
 /// The `error` object of answers and frames.
 #[derive(Clone, Debug, Serialize)]
 pub struct ErrorBody {
@@ -147,7 +151,9 @@ impl IntoResponse for ApiError {
         struct Body {
             error: ErrorBody,
         }
-        (self.status(), axum::Json(Body { error: self.body() })).into_response()
+        let mut res = (self.status(), axum::Json(Body { error: self.body() })).into_response();
+        res.extensions_mut().insert(ErrorCode(self.code()));
+        res
     }
 }
 

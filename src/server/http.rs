@@ -2,7 +2,6 @@
 //! metrics, traces (not in this build yet) and the chat page.
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -255,7 +254,12 @@ pub async fn session_events(
                         }
                     }
                     Delivery::Lagged { resume_after_seq } => {
-                        core.metrics.lagged.fetch_add(1, Ordering::Relaxed);
+                        crate::server::telemetry::Lagged {
+                            session_id: &sid,
+                            resume_after_seq,
+                            surface: "sse",
+                        }
+                        .emit(&core.metrics);
                         let data = json!({"type": "lagged", "session_id": &*sid, "resume_after_seq": resume_after_seq}).to_string();
                         let ev = Event::default().event("lagged").data(data);
                         return Some((Ok(ev), (sub, true, close, core, sid)));

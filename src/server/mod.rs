@@ -7,6 +7,7 @@
 //! - [`auth`]: API keys to tenants.
 //! - [`error`]: `ApiError`, the one error type of every answer.
 //! - [`http`]: the HTTP handlers (runs, SSE, sessions, agents, health, metrics, chat page).
+//! - [`telemetry`]: named events that log and count (errors, lagged subscribers).
 //!
 //! The WebSocket hub lives in [`crate::hub`].
 
@@ -15,6 +16,7 @@ pub mod build;
 pub mod core;
 pub mod error;
 pub mod http;
+pub mod telemetry;
 pub mod tools;
 
 use std::future::Future;
@@ -58,11 +60,31 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/traces/ingest", post(http::traces_unavailable))
         .route("/v1/traces/{trace_id}", get(http::traces_unavailable))
         .fallback(http::not_found)
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            count_http_errors,
+        ))
         // Bodies are read up to the frame limit; a larger one is answered frame_too_large.
         .layer(axum::extract::DefaultBodyLimit::max(
             state.core.limits.max_frame_bytes.saturating_add(1),
         ))
         .with_state(state)
+}
+
+/// Counts HTTP error answers by code (the code travels in a response extension).
+async fn count_http_errors(
+    axum::extract::State(st): axum::extract::State<AppState>,
+    res: axum::response::Response,
+) -> axum::response::Response {
+    if let Some(code) = res.extensions().get::<error::ErrorCode>() {
+        telemetry::ErrorSent {
+            code: code.0,
+            surface: "http",
+            message: "",
+        }
+        .emit(&st.core.metrics);
+    }
+    res
 }
 
 /// The lines the server prints at start: where it listens, on what, and whether auth is on.
