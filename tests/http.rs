@@ -240,8 +240,14 @@ async fn agents_health_metrics_and_error_shapes() {
         assert_eq!(v["error"]["code"], code, "{method} {path}: {v}");
     }
     let m = get("/metrics").await.unwrap().text().await.unwrap();
-    assert!(m.contains("callboard_errors_by_code_total{code=\"unknown_agent\"} 1"), "{m}");
-    assert!(m.contains("callboard_errors_by_code_total{code=\"bad_request\"} 2"), "{m}");
+    assert!(
+        m.contains("callboard_errors_by_code_total{code=\"unknown_agent\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("callboard_errors_by_code_total{code=\"bad_request\"} 2"),
+        "{m}"
+    );
     let huge = json!({"agent":"Triage","input":"x".repeat(300_000)});
     let r = http
         .post(srv.http("/v1/sessions/x/runs"))

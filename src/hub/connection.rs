@@ -227,31 +227,31 @@ impl Conn {
                         .await;
                 };
                 let format = req.format.unwrap_or_default();
-                // Subscribe before the run starts, so none of its frames is missed.
-                let already = self.subs.get(&session_id).is_some_and(|h| !h.is_finished());
-                let before = self
-                    .core
-                    .session(&self.tenant, &session_id)
-                    .map_or(0, |t| t.last_seq());
-                match self.core.start_run(&self.tenant, &session_id, req, false) {
-                    Ok(started) => {
-                        let accepted = Accepted {
-                            ty: "run.accepted",
-                            id: id.as_ref(),
-                            run_id: &started.run_id,
-                            session_id: &session_id,
-                            trace_id: started.trace_id.as_deref(),
-                        };
-                        let text = serde_json::to_string(&accepted).unwrap_or_default();
-                        self.send_own(text).await;
-                        if !already {
-                            // Replay from the seq the session had before the run started:
-                            // nothing of the run is missed, even frames already published.
-                            self.follow(&session_id, Some(before), format, id.as_ref())
-                                .await;
-                        }
-                    }
-                    Err(e) => self.error(id.as_ref(), e).await,
+                let prepared = match self.core.prepare_run(&self.tenant, &session_id, req) {
+                    Ok(p) => p,
+                    Err(e) => return self.error(id.as_ref(), e).await,
+                };
+                // run.accepted goes out before the run exists, so it precedes every frame of
+                // the run on this connection.
+                let accepted = Accepted {
+                    ty: "run.accepted",
+                    id: id.as_ref(),
+                    run_id: prepared.run_id(),
+                    session_id: &session_id,
+                    trace_id: prepared.trace_id(),
+                };
+                let text = serde_json::to_string(&accepted).unwrap_or_default();
+                self.send_own(text).await;
+                // Follow the session (if not yet) from its last seq before the run starts,
+                // so none of the run's frames is missed.
+                let following = self.subs.get(&session_id).is_some_and(|h| !h.is_finished());
+                if !following {
+                    let before = prepared.topic().last_seq();
+                    self.follow(&session_id, Some(before), format, id.as_ref())
+                        .await;
+                }
+                if let Err(e) = prepared.launch(false) {
+                    self.error(id.as_ref(), e).await;
                 }
             }
             ClientFrame::RunCancel(c) => {

@@ -25,6 +25,26 @@ use crate::server::error::ApiError;
 use crate::server::tools::ClientCalls;
 use crate::session::{MemorySession, Session};
 
+/// Where conversations are kept: opens the memory of a tenant's session.
+///
+/// MERGE POINT (sessions store): the durable store (`[sessions] store = "sqlite://..."`)
+/// implements this; [`MemoryStore`] is the in-memory default. `key` is
+/// `"{tenant}/{session_id}"`, unique across tenants.
+pub trait SessionStore: Send + Sync + 'static {
+    /// The session's memory (created empty if new).
+    fn open(&self, key: &str, session_id: &str) -> Arc<dyn Session>;
+}
+
+/// Sessions kept in memory, lost at exit.
+#[derive(Default)]
+pub struct MemoryStore;
+
+impl SessionStore for MemoryStore {
+    fn open(&self, _key: &str, session_id: &str) -> Arc<dyn Session> {
+        Arc::new(MemorySession::new(session_id))
+    }
+}
+
 /// Trace options of `run.create` (PROTOCOL.md section 2).
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -151,7 +171,8 @@ pub struct Core {
     tenant_runs: DashMap<Arc<str>, usize>,
     session_runs: DashMap<String, usize>,
     retired: DashMap<String, u64>,
-    sessions: DashMap<String, Arc<MemorySession>>,
+    sessions: DashMap<String, Arc<dyn Session>>,
+    store: Arc<dyn SessionStore>,
     /// Client-side tool calls waiting for `tool.result`.
     pub calls: Arc<ClientCalls>,
     /// The limits in force.
@@ -181,6 +202,14 @@ fn session_key(tenant: &str, session_id: &str) -> String {
 impl Core {
     /// Builds the state from a validated config: cast, runner, bus with the configured sizes.
     pub fn new(config: Config) -> Result<Arc<Core>, ConfigError> {
+        Self::with_store(config, Arc::new(MemoryStore))
+    }
+
+    /// Like [`new`](Self::new), keeping conversations in `store`.
+    pub fn with_store(
+        config: Config,
+        store: Arc<dyn SessionStore>,
+    ) -> Result<Arc<Core>, ConfigError> {
         let calls = Arc::new(ClientCalls::default());
         let cast = build_cast(&config, calls.clone())?;
         let limits = config.limits.clone();
@@ -208,6 +237,7 @@ impl Core {
             session_runs: DashMap::new(),
             retired: DashMap::new(),
             sessions: DashMap::new(),
+            store,
             calls,
             keys: config.key_table(),
             limits,
@@ -387,6 +417,18 @@ impl Core {
         req: RunCreate,
         want_frames: bool,
     ) -> Result<Started, ApiError> {
+        self.prepare_run(tenant, session_id, req)?
+            .launch(want_frames)
+    }
+
+    /// Checks and sets up a run without starting it: its id and trace id are known, so a
+    /// caller can announce it (`run.accepted`) before any of its frames exist.
+    pub fn prepare_run(
+        self: &Arc<Self>,
+        tenant: &Arc<str>,
+        session_id: &str,
+        req: RunCreate,
+    ) -> Result<PreparedRun, ApiError> {
         Self::check_session_id(session_id)?;
         let agent = self.check_run(&req)?;
         // Per-tenant concurrency: counted before the run starts, released when it ends.
@@ -411,7 +453,7 @@ impl Core {
         let memory = self
             .sessions
             .entry(key.clone())
-            .or_insert_with(|| Arc::new(MemorySession::new(session_id)))
+            .or_insert_with(|| self.store.open(&key, session_id))
             .clone();
         let trace = req.trace.unwrap_or_default();
         let mut metadata = trace.metadata.unwrap_or_default();
@@ -427,18 +469,80 @@ impl Core {
         if let Some(w) = trace.workflow_name {
             cfg.workflow_name = w;
         }
-        cfg.trace_id = trace.trace_id;
+        // The trace id is chosen here (not by the engine) so it can be announced first.
+        let traced = !trace.disabled && !crate::trace::global_tracer().is_disabled();
+        cfg.trace_id = traced.then(|| trace.trace_id.unwrap_or_else(crate::trace::gen_trace_id));
         cfg.group_id = Some(trace.group_id.unwrap_or_else(|| session_id.to_owned()));
         cfg.trace_metadata = (!metadata.is_empty()).then_some(metadata);
         cfg.tracing_disabled = trace.disabled;
-        let run_id = gen_run_id();
+        Ok(PreparedRun {
+            core: self.clone(),
+            tenant: tenant.clone(),
+            agent,
+            input: req.input,
+            run_id: gen_run_id(),
+            trace_id: cfg.trace_id.clone(),
+            cfg,
+            topic,
+            memory,
+            release,
+        })
+    }
+}
+
+/// A run checked and set up, not started yet; see [`Core::prepare_run`]. Dropping it
+/// releases its place in the limits.
+pub struct PreparedRun {
+    core: Arc<Core>,
+    tenant: Arc<str>,
+    agent: Agent,
+    input: RunInput,
+    run_id: String,
+    trace_id: Option<String>,
+    cfg: RunConfig,
+    topic: Arc<Topic>,
+    memory: Arc<dyn Session>,
+    release: TenantSlot,
+}
+
+impl PreparedRun {
+    /// The run's id.
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    /// The run's trace id (`None` when tracing is off).
+    pub fn trace_id(&self) -> Option<&str> {
+        self.trace_id.as_deref()
+    }
+
+    /// The topic it will publish on.
+    pub fn topic(&self) -> &Arc<Topic> {
+        &self.topic
+    }
+
+    /// Starts the run. `want_frames` returns its frames losslessly.
+    pub fn launch(self, want_frames: bool) -> Result<Started, ApiError> {
+        let PreparedRun {
+            core,
+            tenant,
+            agent,
+            input,
+            run_id,
+            trace_id: _,
+            cfg,
+            topic,
+            memory,
+            release,
+        } = self;
+        let this = &core;
         // Client tools find the run's topic through this; registered before the run starts,
         // since its first turn may call one at once.
-        self.calls
+        this.calls
             .register_run(Arc::from(run_id.as_str()), topic.clone());
-        let started = self
+        let started = this
             .runner
-            .request_with(&agent, req.input, ())
+            .request_with(&agent, input, ())
             .config(cfg)
             .topic(topic.clone())
             .session(memory)
@@ -447,7 +551,7 @@ impl Core {
         let mut run = match started {
             Ok(run) => run,
             Err(e) => {
-                self.calls.finish_run(&run_id);
+                this.calls.finish_run(&run_id);
                 return Err(match e {
                     AgentsError::Overloaded(m) => ApiError::Overloaded(m),
                     other => {
@@ -459,15 +563,15 @@ impl Core {
         };
         let frames = if want_frames { run.frames() } else { None };
         let trace_id = run.trace_id().map(str::to_owned);
-        self.runs.insert(
+        this.runs.insert(
             run_id.clone(),
             RunEntry {
-                tenant: tenant.clone(),
+                tenant,
                 canceller: run.canceller(),
             },
         );
-        self.metrics.runs_started.fetch_add(1, Ordering::Relaxed);
-        let core = self.clone();
+        this.metrics.runs_started.fetch_add(1, Ordering::Relaxed);
+        let core = core.clone();
         let rid = run_id.clone();
         tokio::spawn(async move {
             let _release = release;
@@ -485,7 +589,9 @@ impl Core {
             frames,
         })
     }
+}
 
+impl Core {
     /// Cancels a tenant's run.
     pub fn cancel_run(&self, tenant: &str, run_id: &str, mode: CancelMode) -> Result<(), ApiError> {
         match self.runs.get(run_id) {
