@@ -661,3 +661,20 @@ async fn large_frames_reach_the_client_whole() {
     assert_eq!(end["type"], "run.completed");
     assert_eq!(end["final_output"].as_str().unwrap().len(), 2_000_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_accepted_precedes_the_runs_frames_on_a_followed_session() {
+    let srv = start(TWO_TENANTS).await;
+    let mut a = connect(&srv, Some("key-acme")).await;
+    for i in 0..20 {
+        send(
+            &mut a,
+            run_create(&format!("r{i}"), "same", "Triage", "billing"),
+        )
+        .await;
+        let first = recv(&mut a).await;
+        assert_eq!(first["type"], "run.accepted", "run {i}: {first}");
+        let frames = recv_run(&mut a).await;
+        assert!(frames.iter().all(|f| f["run_id"] == first["run_id"]));
+    }
+}
