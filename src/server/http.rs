@@ -149,11 +149,11 @@ pub async fn create_run(
     }
     let format = q.format.or(req.format).unwrap_or_default();
     let request_id = req.id.take();
-    let started = core.start_run(&tenant, &session_id, req, true)?;
-    let Some(mut frames) = started.frames else {
-        return Err(ApiError::Internal);
-    };
     if !wants_sse(&headers) {
+        let started = core.start_run(&tenant, &session_id, req, true)?;
+        let Some(mut frames) = started.frames else {
+            return Err(ApiError::Internal);
+        };
         let close = core.close_sockets.clone();
         loop {
             let f = tokio::select! {
@@ -173,32 +173,64 @@ pub async fn create_run(
             }
         }
     }
+    // SSE: a bounded subscription of the session (taken before the run starts), filtered
+    // to this run. A client too slow for it gets `lagged` and resumes with Last-Event-ID
+    // on GET .../events.
+    let prepared = core.prepare_run(&tenant, &session_id, req)?;
+    let sub = prepared
+        .topic()
+        .subscribe(None)
+        .map_err(|_| ApiError::Internal)?;
     let accepted = json!({
         "type": "run.accepted",
         "id": request_id,
-        "run_id": started.run_id,
+        "run_id": prepared.run_id(),
         "session_id": session_id,
-        "trace_id": started.trace_id,
+        "trace_id": prepared.trace_id(),
     })
     .to_string();
+    let started = prepared.launch(false)?;
+    let run_id: Arc<str> = started.run_id.as_str().into();
     let close = core.close_sockets.clone();
     let first = futures::stream::once(async move {
         Ok::<_, Infallible>(Event::default().event("run.accepted").data(accepted))
     });
+    let sid: Arc<str> = session_id.as_str().into();
     let rest = futures::stream::unfold(
-        (frames, false, close),
-        move |(mut frames, done, close)| async move {
+        (sub, false, close, core, sid, run_id),
+        move |(mut sub, done, close, core, sid, run_id)| async move {
             if done {
                 return None;
             }
             loop {
-                let f = tokio::select! {
-                    f = frames.recv() => f,
+                let d = tokio::select! {
+                    d = sub.recv() => d,
                     _ = close.cancelled() => None,
                 }?;
-                let terminal = f.body.is_terminal();
-                if let Some(ev) = sse_event(&f, format) {
-                    return Some((Ok::<_, Infallible>(ev), (frames, terminal, close)));
+                match d {
+                    Delivery::Frame(f) => {
+                        if f.run_id != run_id {
+                            continue;
+                        }
+                        let terminal = f.body.is_terminal();
+                        if let Some(ev) = sse_event(&f, format) {
+                            return Some((
+                                Ok::<_, Infallible>(ev),
+                                (sub, terminal, close, core, sid, run_id),
+                            ));
+                        }
+                    }
+                    Delivery::Lagged { resume_after_seq } => {
+                        crate::server::telemetry::Lagged {
+                            session_id: &sid,
+                            resume_after_seq,
+                            surface: "sse",
+                        }
+                        .emit(&core.metrics);
+                        let data = json!({"type": "lagged", "session_id": &*sid, "resume_after_seq": resume_after_seq}).to_string();
+                        let ev = Event::default().event("lagged").data(data);
+                        return Some((Ok(ev), (sub, true, close, core, sid, run_id)));
+                    }
                 }
             }
         },
