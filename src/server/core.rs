@@ -779,6 +779,9 @@ impl Drop for TenantSlot {
         if let Some(mut n) = self.core.session_runs.get_mut(&self.session) {
             *n = n.saturating_sub(1);
         }
+        self.core
+            .session_runs
+            .remove_if(&self.session, |_, n| *n == 0);
     }
 }
 
