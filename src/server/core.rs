@@ -130,9 +130,36 @@ pub struct Started {
     pub frames: Option<mpsc::UnboundedReceiver<Arc<Frame>>>,
 }
 
+/// A run in the registry. It is listed before it starts (its first frames, and so its id,
+/// may reach clients before `start` returns); the canceller comes once it has started, and
+/// a cancel asked for in between is applied then.
 struct RunEntry {
     tenant: Arc<str>,
-    canceller: RunCanceller,
+    control: std::sync::Mutex<RunControl>,
+}
+
+#[derive(Default)]
+struct RunControl {
+    canceller: Option<RunCanceller>,
+    pending: Option<CancelMode>,
+}
+
+impl RunEntry {
+    fn cancel(&self, mode: CancelMode) {
+        let mut c = self.control.lock().unwrap_or_else(|e| e.into_inner());
+        match &c.canceller {
+            Some(k) => k.cancel(mode),
+            None => c.pending = Some(mode),
+        }
+    }
+
+    fn started(&self, canceller: RunCanceller) {
+        let mut c = self.control.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(mode) = c.pending.take() {
+            canceller.cancel(mode);
+        }
+        c.canceller = Some(canceller);
+    }
 }
 
 /// Counters behind `GET /metrics`.
@@ -540,6 +567,13 @@ impl PreparedRun {
         // since its first turn may call one at once.
         this.calls
             .register_run(Arc::from(run_id.as_str()), topic.clone());
+        this.runs.insert(
+            run_id.clone(),
+            RunEntry {
+                tenant,
+                control: Default::default(),
+            },
+        );
         let started = this
             .runner
             .request_with(&agent, input, ())
@@ -552,6 +586,7 @@ impl PreparedRun {
             Ok(run) => run,
             Err(e) => {
                 this.calls.finish_run(&run_id);
+                this.runs.remove(&run_id);
                 return Err(match e {
                     AgentsError::Overloaded(m) => ApiError::Overloaded(m),
                     other => {
@@ -563,13 +598,9 @@ impl PreparedRun {
         };
         let frames = if want_frames { run.frames() } else { None };
         let trace_id = run.trace_id().map(str::to_owned);
-        this.runs.insert(
-            run_id.clone(),
-            RunEntry {
-                tenant,
-                canceller: run.canceller(),
-            },
-        );
+        if let Some(e) = this.runs.get(&run_id) {
+            e.started(run.canceller());
+        }
         this.metrics.runs_started.fetch_add(1, Ordering::Relaxed);
         let core = core.clone();
         let rid = run_id.clone();
@@ -596,7 +627,7 @@ impl Core {
     pub fn cancel_run(&self, tenant: &str, run_id: &str, mode: CancelMode) -> Result<(), ApiError> {
         match self.runs.get(run_id) {
             Some(e) if &*e.tenant == tenant => {
-                e.canceller.cancel(mode);
+                e.cancel(mode);
                 Ok(())
             }
             _ => Err(not_found_run(run_id)),
@@ -646,14 +677,14 @@ impl Core {
             "grace period over: cancelling the remaining runs after their current turn"
         );
         for e in self.runs.iter() {
-            e.canceller.cancel(CancelMode::AfterTurn);
+            e.cancel(CancelMode::AfterTurn);
         }
         let deadline = Instant::now() + self.turn_timeout;
         while !self.runs.is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         for e in self.runs.iter() {
-            e.canceller.cancel(CancelMode::Immediate);
+            e.cancel(CancelMode::Immediate);
         }
         let deadline = Instant::now() + Duration::from_secs(2);
         while !self.runs.is_empty() && Instant::now() < deadline {
