@@ -35,10 +35,16 @@
 //! - [`session`]: conversation memory.
 //! - [`usage`], [`error`]: token usage and the SDK's errors.
 //! - [`demo`]: the demo cast used by the example and the server's defaults.
+//! - [`config`]: the server's TOML config and its validation.
+//! - [`server`]: the HTTP API (axum), auth, limits, graceful shutdown.
+//! - [`hub`]: the WebSocket hub fanning the bus out to clients.
+//! - [`cli`]: the `callboard` command line (`serve`, `run`, `check-config`).
 
 pub mod actor;
 pub mod agent;
 pub mod bus;
+pub mod cli;
+pub mod config;
 pub mod context;
 pub mod demo;
 pub mod error;
@@ -46,9 +52,11 @@ pub mod events;
 pub mod guardrail;
 pub mod handoff;
 pub mod hooks;
+pub mod hub;
 pub mod items;
 pub mod model;
 pub mod run;
+pub mod server;
 pub mod session;
 pub mod tool;
 pub mod trace;
