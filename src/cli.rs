@@ -14,7 +14,6 @@ use crate::model::{RawEvent, ResponseEvent};
 use crate::run::{RunConfig, Runner};
 use crate::server::build::build_cast;
 use crate::server::tools::ClientCalls;
-use crate::session::MemorySession;
 use crate::trace::{Span, Trace, TraceProcessor};
 
 /// `callboard`: agents as actors, served over WebSocket and HTTP.
@@ -158,7 +157,15 @@ async fn serve(config: Option<PathBuf>) -> i32 {
             return 2;
         }
     };
-    let core = match crate::server::Core::new(cfg) {
+    let store = match crate::server::core::open_store(&cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!("callboard: refusing to start");
+            return 2;
+        }
+    };
+    let core = match crate::server::Core::with_store(cfg, store) {
         Ok(c) => c,
         Err(e) => {
             eprint!("{e}");
@@ -273,8 +280,20 @@ async fn run_once(a: RunArgs) -> i32 {
         .request_with(&agent, a.input.clone(), ())
         .config(rc)
         .topic(topic);
+    // With --session, the conversation lives in the configured store (SQLite by default),
+    // under the tenant an auth-less server uses, so the CLI and the server share it.
+    let _store;
     if let Some(s) = &a.session {
-        req = req.session(Arc::new(MemorySession::new(s.clone())));
+        match crate::server::core::open_store(&cfg) {
+            Ok(store) => {
+                req = req.session(store.open(crate::server::auth::OPEN_TENANT, s));
+                _store = store;
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return 2;
+            }
+        }
     }
     let mut run = match req.start() {
         Ok(r) => r,

@@ -5,7 +5,10 @@ use std::process::{Command, Output};
 
 fn callboard(args: &[&str]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_callboard"));
-    c.args(args).env_remove("OPENAI_API_KEY");
+    // Run where a default `callboard.db` may be created without touching the repository.
+    c.args(args)
+        .env_remove("OPENAI_API_KEY")
+        .current_dir(std::env::temp_dir());
     let child = c
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

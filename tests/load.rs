@@ -119,6 +119,7 @@ fn spawn_server(config: &str) -> (Bin, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_callboard"))
         .args(["serve", "--config"])
         .arg(&path)
+        .current_dir(std::env::temp_dir())
         .env("CALLBOARD_LOG", "warn")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())

@@ -22,13 +22,18 @@ impl Drop for Server {
 }
 
 fn spawn(config: &str) -> Server {
-    let dir = std::env::temp_dir().join(format!("callboard-shutdown-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "callboard-shutdown-{}-{}",
+        std::process::id(),
+        rand_name()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("{}.toml", rand_name()));
     std::fs::write(&path, config).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_callboard"))
         .args(["serve", "--config"])
         .arg(&path)
+        .current_dir(&dir)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()

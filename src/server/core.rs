@@ -26,22 +26,63 @@ use crate::server::tools::ClientCalls;
 use crate::session::{MemorySession, Session};
 
 /// Where conversations are kept: opens the memory of a tenant's session.
-///
-/// MERGE POINT (sessions store): the durable store (`[sessions] store = "sqlite://..."`)
-/// implements this; [`MemoryStore`] is the in-memory default. `key` is
-/// `"{tenant}/{session_id}"`, unique across tenants.
 pub trait SessionStore: Send + Sync + 'static {
     /// The session's memory (created empty if new).
-    fn open(&self, key: &str, session_id: &str) -> Arc<dyn Session>;
+    fn open(&self, tenant: &str, session_id: &str) -> Arc<dyn Session>;
+    /// The durable store behind it, if any (run records, listing, one run per session).
+    fn durable(&self) -> Option<&crate::session::SessionStore> {
+        None
+    }
 }
 
-/// Sessions kept in memory, lost at exit.
+/// Sessions kept in memory, lost at exit (`[sessions] store = "memory"`).
 #[derive(Default)]
 pub struct MemoryStore;
 
 impl SessionStore for MemoryStore {
-    fn open(&self, _key: &str, session_id: &str) -> Arc<dyn Session> {
+    fn open(&self, _tenant: &str, session_id: &str) -> Arc<dyn Session> {
         Arc::new(MemorySession::new(session_id))
+    }
+}
+
+/// Sessions and run records in the embedded SQLite store (the default).
+pub struct SqliteStore(pub crate::session::SessionStore);
+
+impl SessionStore for SqliteStore {
+    fn open(&self, tenant: &str, session_id: &str) -> Arc<dyn Session> {
+        self.0.session(tenant, session_id)
+    }
+    fn durable(&self) -> Option<&crate::session::SessionStore> {
+        Some(&self.0)
+    }
+}
+
+/// The store `[sessions] store` names: `memory`, or an SQLite URL or path (default
+/// `sqlite://callboard.db`, in the working directory).
+pub fn open_store(config: &Config) -> Result<Arc<dyn SessionStore>, String> {
+    let url = config
+        .sessions
+        .store
+        .clone()
+        .unwrap_or_else(|| "sqlite://callboard.db".to_owned());
+    if url == "memory" || url == "memory://" {
+        return Ok(Arc::new(MemoryStore));
+    }
+    match crate::session::SessionStore::open(&url) {
+        Ok(store) => {
+            let n = store.recovered_runs();
+            if n > 0 {
+                tracing::warn!(
+                    runs = n,
+                    "runs left running by a previous process are marked interrupted"
+                );
+            }
+            Ok(Arc::new(SqliteStore(store)))
+        }
+        Err(e) => Err(format!(
+            "{}: sessions.store: cannot open {url}: {e}",
+            config.source
+        )),
     }
 }
 
@@ -279,6 +320,11 @@ impl Core {
         }))
     }
 
+    /// Whether sessions and run records survive restarts.
+    pub fn has_durable_store(&self) -> bool {
+        self.store.durable().is_some()
+    }
+
     /// Whether API keys are required (false only with no keys configured).
     pub fn auth_enabled(&self) -> bool {
         !self.keys.is_empty()
@@ -374,15 +420,62 @@ impl Core {
         session_id: &str,
     ) -> Result<Vec<crate::items::Item>, ApiError> {
         let key = session_key(tenant, session_id);
-        let mem = self
-            .sessions
-            .get(&key)
-            .map(|s| s.clone())
-            .ok_or_else(|| not_found_session(session_id))?;
-        mem.get_items(None).await.map_err(|e| {
+        let cached = self.sessions.get(&key).map(|s| s.clone());
+        let mem = match (cached, self.store.durable()) {
+            (Some(m), _) => m,
+            // After a restart a session is only in the durable store.
+            (None, Some(_)) => self.store.open(tenant, session_id),
+            (None, None) => return Err(not_found_session(session_id)),
+        };
+        let items = mem.get_items(None).await.map_err(|e| {
             tracing::error!(error = %e, "session store failed");
             ApiError::Internal
-        })
+        })?;
+        if items.is_empty() && !self.sessions.contains_key(&key) && self.bus.get(&key).is_none() {
+            return Err(not_found_session(session_id));
+        }
+        Ok(items)
+    }
+
+    /// A tenant's sessions: id, item count and times (durable store), or the ids in memory.
+    pub async fn list_sessions(&self, tenant: &str) -> Result<Value, ApiError> {
+        if let Some(d) = self.store.durable() {
+            let list = d.list_sessions(tenant, Some(1000)).await.map_err(|e| {
+                tracing::error!(error = %e, "session store failed");
+                ApiError::Internal
+            })?;
+            return serde_json::to_value(list).map_err(|_| ApiError::Internal);
+        }
+        let prefix = format!("{tenant}/");
+        let ids: Vec<Value> = self
+            .sessions
+            .iter()
+            .filter_map(|e| {
+                e.key()
+                    .strip_prefix(&prefix)
+                    .map(|id| serde_json::json!({"session_id": id}))
+            })
+            .collect();
+        Ok(Value::Array(ids))
+    }
+
+    /// A tenant's run record (status, agents, final output, usage, error, trace id, times).
+    pub async fn get_run(&self, tenant: &str, run_id: &str) -> Result<Value, ApiError> {
+        if let Some(d) = self.store.durable() {
+            let rec = d.get_run(tenant, run_id).await.map_err(|e| {
+                tracing::error!(error = %e, "session store failed");
+                ApiError::Internal
+            })?;
+            if let Some(r) = rec {
+                return serde_json::to_value(r).map_err(|_| ApiError::Internal);
+            }
+        }
+        match self.runs.get(run_id) {
+            Some(e) if &*e.tenant == tenant => {
+                Ok(serde_json::json!({"run_id": run_id, "status": "running"}))
+            }
+            _ => Err(not_found_run(run_id)),
+        }
     }
 
     /// Clears a tenant's session: its items and its retained frames.
@@ -391,7 +484,14 @@ impl Core {
         let mem = self.sessions.remove(&key).map(|(_, s)| s);
         let topic = self.bus.remove(&key);
         let retired = self.retired.remove(&key);
-        if mem.is_none() && topic.is_none() && retired.is_none() {
+        let stored = match self.store.durable() {
+            Some(d) => d.delete_session(tenant, session_id).await.map_err(|e| {
+                tracing::error!(error = %e, "session store failed");
+                ApiError::Internal
+            })?,
+            None => false,
+        };
+        if mem.is_none() && topic.is_none() && retired.is_none() && !stored {
             return Err(not_found_session(session_id));
         }
         if let Some(m) = mem {
@@ -458,6 +558,19 @@ impl Core {
     ) -> Result<PreparedRun, ApiError> {
         Self::check_session_id(session_id)?;
         let agent = self.check_run(&req)?;
+        // One run per session at a time, so a session's items never interleave.
+        let claim = match self.store.durable() {
+            Some(d) => Some(d.try_claim(tenant, session_id).map_err(|e| match e {
+                crate::session::SessionError::Busy(_) => ApiError::SessionBusy(format!(
+                    "session {session_id} already has a run in progress; wait for its end frame (or cancel it) before starting another"
+                )),
+                other => {
+                    tracing::error!(error = %other, "session store failed");
+                    ApiError::Internal
+                }
+            })?),
+            None => None,
+        };
         // Per-tenant concurrency: counted before the run starts, released when it ends.
         {
             let mut n = self.tenant_runs.entry(tenant.clone()).or_insert(0);
@@ -480,7 +593,7 @@ impl Core {
         let memory = self
             .sessions
             .entry(key.clone())
-            .or_insert_with(|| self.store.open(&key, session_id))
+            .or_insert_with(|| self.store.open(tenant, session_id))
             .clone();
         let trace = req.trace.unwrap_or_default();
         let mut metadata = trace.metadata.unwrap_or_default();
@@ -513,6 +626,7 @@ impl Core {
             topic,
             memory,
             release,
+            claim,
         })
     }
 }
@@ -530,6 +644,7 @@ pub struct PreparedRun {
     topic: Arc<Topic>,
     memory: Arc<dyn Session>,
     release: TenantSlot,
+    claim: Option<crate::session::SessionClaim>,
 }
 
 impl PreparedRun {
@@ -561,7 +676,10 @@ impl PreparedRun {
             topic,
             memory,
             release,
+            claim,
         } = self;
+        let starting_agent = agent.name().to_owned();
+        let session_id = topic.session_id().to_string();
         let this = &core;
         // Client tools find the run's topic through this; registered before the run starts,
         // since its first turn may call one at once.
@@ -604,10 +722,42 @@ impl PreparedRun {
         this.metrics.runs_started.fetch_add(1, Ordering::Relaxed);
         let core = core.clone();
         let rid = run_id.clone();
+        let tenant_name = this
+            .runs
+            .get(&run_id)
+            .map(|e| e.tenant.to_string())
+            .unwrap_or_default();
         tokio::spawn(async move {
             let _release = release;
-            if let Err(e) = run.wait().await {
-                tracing::info!(run_id = %rid, error = %e, "run failed");
+            let _claim = claim;
+            let durable = core.store.durable();
+            if let Some(d) = durable {
+                let start = crate::session::RunStart {
+                    run_id: rid.clone(),
+                    tenant: tenant_name.clone(),
+                    session_id: Some(session_id),
+                    starting_agent,
+                    trace_id: run.trace_id().map(str::to_owned),
+                };
+                if let Err(e) = d.record_run_start(start).await {
+                    tracing::error!(run_id = %rid, error = %e, "could not record the run's start");
+                }
+            }
+            run.done().await;
+            if let Some(outcome) = run.outcome() {
+                if let crate::run::RunOutcome::Failed(e) = &outcome {
+                    tracing::info!(run_id = %rid, error = %e, "run failed");
+                }
+                if let Some(d) = durable {
+                    let end = crate::session::RunEnd::from_outcome(
+                        &outcome,
+                        &run.last_agent(),
+                        run.usage(),
+                    );
+                    if let Err(e) = d.record_run_end(&tenant_name, &rid, end).await {
+                        tracing::error!(run_id = %rid, error = %e, "could not record the run's end");
+                    }
+                }
             }
             core.runs.remove(&rid);
             core.calls.finish_run(&rid);

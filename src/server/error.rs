@@ -42,6 +42,9 @@ pub enum ApiError {
     /// A limit on concurrent runs or connections was reached.
     #[error("{0}")]
     Overloaded(String),
+    /// The session already has a run in progress (one run per session at a time).
+    #[error("{0}")]
+    SessionBusy(String),
     /// Resume from a seq that history no longer holds.
     #[error("seq {after_seq} is older than the session's retained history (oldest retained seq: {oldest_seq}); resubscribe with after_seq >= {}", oldest_seq.saturating_sub(1))]
     HistoryTruncated {
@@ -72,6 +75,7 @@ impl ApiError {
             ApiError::FrameTooLarge { .. } => "frame_too_large",
             ApiError::InputTooLarge { .. } => "input_too_large",
             ApiError::Overloaded(_) => "overloaded",
+            ApiError::SessionBusy(_) => "session_busy",
             ApiError::HistoryTruncated { .. } => "history_truncated",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::NotImplemented(_) => "not_implemented",
@@ -89,6 +93,7 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::SessionBusy(_) => StatusCode::CONFLICT,
             ApiError::HistoryTruncated { .. } => StatusCode::GONE,
             ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,

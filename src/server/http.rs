@@ -313,6 +313,24 @@ pub async fn session_items(
     Ok(Json(json!({ "session_id": session_id, "items": items })))
 }
 
+/// `GET /v1/sessions`: the tenant's sessions.
+pub async fn list_sessions(
+    State(st): State<AppState>,
+    Tenant(tenant): Tenant,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let sessions = st.core.list_sessions(&tenant).await?;
+    Ok(Json(json!({ "sessions": sessions })))
+}
+
+/// `GET /v1/runs/{run_id}`: the record of one of the tenant's runs.
+pub async fn get_run(
+    State(st): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(run_id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(st.core.get_run(&tenant, &run_id).await?))
+}
+
 /// `DELETE /v1/sessions/{session_id}`: clears the session.
 pub async fn delete_session(
     State(st): State<AppState>,

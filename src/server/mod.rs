@@ -51,6 +51,8 @@ pub fn app(state: AppState) -> Router {
             "/v1/sessions/{session_id}/events",
             get(http::session_events),
         )
+        .route("/v1/sessions", get(http::list_sessions))
+        .route("/v1/runs/{run_id}", get(http::get_run))
         .route("/v1/sessions/{session_id}/items", get(http::session_items))
         .route(
             "/v1/sessions/{session_id}",
@@ -102,11 +104,17 @@ pub fn banner(core: &Core, addr: std::net::SocketAddr) -> Vec<String> {
         names.join(", "),
         core.models_banner
     ));
-    v.push(match &core.config.sessions.store {
-        Some(store) => format!(
-            "callboard: sessions: in memory for now ({store} is configured; the durable store is wired in separately)"
-        ),
-        None => "callboard: sessions: in memory (lost at exit)".to_owned(),
+    v.push(if core.has_durable_store() {
+        format!(
+            "callboard: sessions and run records: {} (SQLite, WAL)",
+            core.config
+                .sessions
+                .store
+                .as_deref()
+                .unwrap_or("sqlite://callboard.db")
+        )
+    } else {
+        "callboard: sessions: in memory (lost at exit)".to_owned()
     });
     if core.auth_enabled() {
         v.push("callboard: auth on (API keys from [[auth.keys]])".to_owned());
