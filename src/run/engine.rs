@@ -59,7 +59,8 @@ async fn start_agent<C: Send + Sync + 'static>(b: &mut Baton<C>) {
         name: agent.name().to_owned(),
         handoffs: vec![],
         tools: vec![],
-        output_type: agent.output_type_name().map(str::to_owned),
+        // The SDK names a plain-text agent's output type "str".
+        output_type: Some(agent.output_type_name().unwrap_or("str").to_owned()),
     });
     let handoffs: Vec<String> = agent
         .handoff_names()
@@ -376,12 +377,20 @@ async fn run_tool<C: Send + Sync + 'static>(
     tool: &Arc<dyn Tool<C>>,
 ) -> String {
     let sensitive = b.env.include_sensitive;
+    // As in the SDK, the span starts bare and the arguments are filled in after its start.
     let span = turn_span.child(SpanData::Function {
         name: call.name.clone(),
-        input: sensitive.then(|| call.arguments.clone()),
+        input: None,
         output: None,
         mcp_data: None,
     });
+    if sensitive {
+        span.update(|d| {
+            if let SpanData::Function { input, .. } = d {
+                *input = Some(call.arguments.clone());
+            }
+        });
+    }
     let agent = b.agent.name();
     if let Some(h) = &b.env.hooks {
         h.on_tool_start(&b.ctx, agent, tool.name()).await;

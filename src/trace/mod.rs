@@ -6,13 +6,20 @@
 //! function span and [`trace`] groups several runs under one trace, as the SDK's `trace()`
 //! does.
 
+pub mod batch;
+pub mod config;
 pub mod processor;
+pub mod sinks;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use serde_json::{json, Map, Value};
+
+pub use batch::{BatchConfig, BatchTraceProcessor, ExportItem, ItemKind, TraceStats};
+pub use config::{TracingConfig, TracingConfigError, TracingSetup};
+pub use sinks::{Sink, SinkError};
 
 pub use processor::{
     add_trace_processor, flush_traces, global_tracer, set_trace_processors, set_tracing_disabled,
@@ -583,7 +590,12 @@ pub async fn with_span<F: Future>(span: Span, fut: F) -> F::Output {
 /// Runs `fut` inside a trace: runs started within share it and create none of their own,
 /// as inside the SDK's `with trace(...)`. The trace ends when `fut` completes.
 pub async fn trace<F: Future>(opts: TraceOptions, fut: F) -> F::Output {
-    let t = global_tracer().start_trace(opts);
+    trace_with(global_tracer(), opts, fut).await
+}
+
+/// [`trace`] reporting to `tracer` instead of the global one.
+pub async fn trace_with<F: Future>(tracer: &Tracer, opts: TraceOptions, fut: F) -> F::Output {
+    let t = tracer.start_trace(opts);
     let out = CURRENT_TRACE.scope(t.clone(), fut).await;
     t.finish();
     out
