@@ -23,7 +23,7 @@ pub use sinks::{Sink, SinkError};
 
 pub use processor::{
     add_trace_processor, flush_traces, global_tracer, set_trace_processors, set_tracing_disabled,
-    TraceProcessor, Tracer,
+    shutdown_traces, TraceProcessor, Tracer,
 };
 
 use crate::usage::Usage;
