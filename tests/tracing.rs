@@ -1089,3 +1089,36 @@ async fn config_builds_a_pipeline_that_feeds_the_store() {
     assert_eq!((sum.traces, sum.spans), (1, 1));
     assert_eq!(store.list_traces(&TraceQuery::default()).unwrap().len(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_is_quick_when_idle_and_after_runs() {
+    let store = TraceStore::open_in_memory().unwrap();
+    let (tracer, p) = pipeline(vec![Arc::new(StoreSink::new(store))], quick_batches());
+    let t0 = std::time::Instant::now();
+    assert!(p.flush().await);
+    let idle = t0.elapsed();
+    run_reference(&tracer, cfg(&tracer)).await;
+    let t1 = std::time::Instant::now();
+    assert!(p.flush().await);
+    let busy = t1.elapsed();
+    assert!(idle < Duration::from_secs(1), "idle flush took {idle:?}");
+    assert!(busy < Duration::from_secs(1), "flush took {busy:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_runs_on_one_runner_traced_then_not() {
+    let store = TraceStore::open_in_memory().unwrap();
+    let (tracer, p) = pipeline(vec![Arc::new(StoreSink::new(store))], quick_batches());
+    let runner: Runner = Runner::new();
+    let agent = reference_cast();
+    for i in 0..600 {
+        let c = RunConfig::default()
+            .tracer(tracer.clone())
+            .tracing_disabled(i % 2 == 1);
+        tokio::time::timeout(WAIT, runner.request(&agent, "weather?").config(c).run())
+            .await
+            .unwrap_or_else(|_| panic!("run {i} timed out"))
+            .unwrap();
+    }
+    assert!(p.flush().await);
+}

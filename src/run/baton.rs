@@ -126,7 +126,7 @@ impl<C: Send + Sync + 'static> Drop for Baton<C> {
                 .outcome
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()) = Some(RunOutcome::Failed(err));
-            let _ = self.shared.done.send(true);
+            self.shared.done.send_replace(true);
         }
     }
 }

@@ -961,5 +961,7 @@ pub(crate) fn finish<C: Send + Sync + 'static>(mut b: Baton<C>, outcome: RunOutc
     b.slot = None;
     drop(b);
     shared.topic.publish(&shared.run_id, body);
-    let _ = shared.done.send(true);
+    // send_replace: `send` drops the value when no one has subscribed yet, and a caller
+    // that subscribes later would then wait forever.
+    shared.done.send_replace(true);
 }
