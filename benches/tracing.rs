@@ -55,36 +55,61 @@ fn process_cpu() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// What a run is traced into.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    /// Tracing off.
+    Off,
+    /// Spans made, no processor (the engine's own cost of tracing).
+    SpansOnly,
+    /// Spans handed to the tracing actor, which has no sink.
+    ActorNoSink,
+    /// Spans through the actor into the SQLite store sink.
+    Store,
+}
+
 struct Setup {
     runner: Runner,
     agent: Agent,
-    tracer: Tracer,
-    processor: BatchTraceProcessor,
-    _dir: std::path::PathBuf,
+    spans_only: Tracer,
+    actor: (Tracer, BatchTraceProcessor),
+    store: (Tracer, BatchTraceProcessor),
+    dir: std::path::PathBuf,
+}
+
+fn traced_into(sinks: Vec<Arc<dyn Sink>>) -> (Tracer, BatchTraceProcessor) {
+    let processor = BatchTraceProcessor::new(sinks, BatchConfig::default());
+    let tracer = Tracer::new();
+    tracer.set_disabled(false);
+    tracer.add_processor(Arc::new(processor.clone()));
+    (tracer, processor)
 }
 
 fn setup() -> Setup {
     let dir = std::env::temp_dir().join(format!("callboard-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let store = TraceStore::open(dir.join("traces.db")).expect("store");
-    let sinks: Vec<Arc<dyn Sink>> = vec![Arc::new(StoreSink::new(store))];
-    let processor = BatchTraceProcessor::new(sinks, BatchConfig::default());
-    let tracer = Tracer::new();
-    tracer.set_disabled(false);
-    tracer.add_processor(Arc::new(processor.clone()));
+    let spans_only = Tracer::new();
+    spans_only.set_disabled(false);
     Setup {
         runner: Runner::new(),
         agent: cast(),
-        tracer,
-        processor,
-        _dir: dir,
+        spans_only,
+        actor: traced_into(vec![]),
+        store: traced_into(vec![Arc::new(StoreSink::new(store))]),
+        dir,
     }
 }
 
-async fn runs(s: &Setup, n: u64, traced: bool) -> Duration {
+async fn runs(s: &Setup, n: u64, mode: Mode) -> Duration {
+    let (tracer, processor) = match mode {
+        Mode::Off | Mode::SpansOnly => (&s.spans_only, None),
+        Mode::ActorNoSink => (&s.actor.0, Some(&s.actor.1)),
+        Mode::Store => (&s.store.0, Some(&s.store.1)),
+    };
     let cfg = RunConfig::default()
-        .tracer(s.tracer.clone())
-        .tracing_disabled(!traced);
+        .tracer(tracer.clone())
+        .tracing_disabled(mode == Mode::Off);
     let start = process_cpu();
     for _ in 0..n {
         let r = s
@@ -97,7 +122,9 @@ async fn runs(s: &Setup, n: u64, traced: bool) -> Duration {
         std::hint::black_box(r);
     }
     // Count the export work of these runs too.
-    s.processor.flush().await;
+    if let Some(p) = processor {
+        p.flush().await;
+    }
     process_cpu() - start
 }
 
@@ -108,47 +135,55 @@ fn bench(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let s = Arc::new(rt.block_on(async { setup() }));
-    // The headline figure: alternating blocks of runs off and on, summed, as one ratio.
-    let (mut off, mut on) = (Duration::ZERO, Duration::ZERO);
+    // The headline figures: alternating blocks of runs in each mode, summed.
+    let modes = [Mode::Off, Mode::SpansOnly, Mode::ActorNoSink, Mode::Store];
+    let mut cpu = [Duration::ZERO; 4];
     let (blocks, per_block) = (10, 200u64);
     rt.block_on(async {
-        runs(&s, 200, true).await;
+        for m in modes {
+            runs(&s, 100, m).await;
+        }
         for _ in 0..blocks {
-            off += runs(&s, per_block, false).await;
-            on += runs(&s, per_block, true).await;
+            for (i, m) in modes.iter().enumerate() {
+                cpu[i] += runs(&s, per_block, *m).await;
+            }
         }
     });
     let n = (blocks as u64 * per_block) as f64;
-    let (off_us, on_us) = (off.as_secs_f64() * 1e6 / n, on.as_secs_f64() * 1e6 / n);
-    println!(
-        "tracing overhead: CPU per 3-turn run off {off_us:.1} µs, on (store sink) {on_us:.1} µs, ratio {:.3} (+{:.1}%) over {} runs each",
-        on_us / off_us,
-        (on_us / off_us - 1.0) * 100.0,
-        n
-    );
+    let us: Vec<f64> = cpu.iter().map(|d| d.as_secs_f64() * 1e6 / n).collect();
+    println!("CPU per 3-turn run (process CPU time, {n} runs per mode, alternating blocks of {per_block}):");
+    for (m, u) in modes.iter().zip(&us) {
+        println!(
+            "  {:<12} {u:>8.1} µs  ratio {:.3} (+{:.1}%)",
+            format!("{m:?}"),
+            u / us[0],
+            (u / us[0] - 1.0) * 100.0
+        );
+    }
     let mut g = c.benchmark_group("run_3_turns_cpu");
-    g.measurement_time(Duration::from_secs(8));
-    for (name, traced) in [("tracing_off", false), ("tracing_store", true)] {
+    g.measurement_time(Duration::from_secs(5));
+    for (name, mode) in [("tracing_off", Mode::Off), ("tracing_store", Mode::Store)] {
         let s = s.clone();
         g.bench_function(name, |b| {
             b.to_async(&rt).iter_custom(|iters| {
                 let s = s.clone();
-                async move { runs(&s, iters, traced).await }
+                async move { runs(&s, iters, mode).await }
             })
         });
     }
     g.finish();
 
-    let st = s.processor.stats().snapshot();
+    let st = s.store.1.stats().snapshot();
     println!(
-        "tracing pipeline: queued {}, exported {}, dropped {}, failed {}",
+        "store pipeline: queued {}, exported {}, dropped {}, failed {}",
         st.queued,
         st.exported(),
         st.dropped_total(),
         st.failed()
     );
-    s.processor.shutdown_blocking();
-    let _ = std::fs::remove_dir_all(&s._dir);
+    s.store.1.shutdown_blocking();
+    s.actor.1.shutdown_blocking();
+    let _ = std::fs::remove_dir_all(&s.dir);
 }
 
 criterion_group!(benches, bench);
