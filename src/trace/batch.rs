@@ -1,17 +1,25 @@
-//! The tracing actor and its processor: [`BatchTraceProcessor`] hands finished spans and new
-//! traces to an actix actor without ever blocking a run, the actor batches them (the SDK's
-//! `BatchTraceProcessor` knobs and defaults) and feeds every [`Sink`] through a worker of
-//! its own, so a sink that panics, fails or hangs never touches a run or another sink.
+//! The tracing actor and its processor: [`BatchTraceProcessor`] stages new traces and
+//! finished spans for an actix actor without ever blocking a run (a short lock and a push;
+//! when the queue is full the item is dropped and counted). The actor takes them in batches
+//! (the SDK's `BatchTraceProcessor` knobs and defaults: on the trigger ratio, which wakes it
+//! with one `try_send`, on its timer, on flush and on shutdown) and feeds every [`Sink`]
+//! through a worker of its own, so a sink that panics, fails or hangs never touches a run or
+//! another sink.
 //!
 //! ```text
-//!  run ──try_send──► TraceActor (actix, bounded mailbox) ──batch──► sink worker ──► Sink
-//!   (drop + count     buffer; export on trigger ratio,             (own thread,   (console, jsonl,
-//!    when full)       timer, force_flush, shutdown)                 timeouts)      store, openai, otlp)
+//!  run ──push──► staging queue ◄──take── TraceActor (actix) ──batch──► sink worker ──► Sink
+//!   (drop + count   (max_queue_size)       wakes: trigger ratio,       (own thread,   (console,
+//!    when full)                            timer, flush, shutdown       timeouts,      jsonl, store,
+//!                                                                       panics caught) openai, otlp)
 //! ```
+//!
+//! Why staging and not one actor message per span: a message per span costs a cross-thread
+//! wake-up of the actor's thread most of the time (measured: about 7 µs of CPU per span on
+//! this machine); the staging queue batches the hand-over itself.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::{Actor, Addr, AsyncContext, Context, Handler, Message};
@@ -23,6 +31,9 @@ use tokio::sync::mpsc;
 use super::processor::TraceProcessor;
 use super::sinks::Sink;
 use super::{Span, Trace};
+
+/// Mailbox of the tracing actor: only wake-ups, flushes and shutdowns travel through it.
+const CONTROL_MAILBOX: usize = 64;
 
 /// Batching knobs, with the SDK's defaults.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -272,10 +283,10 @@ impl TraceEvent {
     }
 }
 
-/// One trace event from a run.
-struct Enqueue(TraceEvent);
+/// The staging queue reached the export trigger: export now rather than on the timer.
+struct Wake;
 
-impl Message for Enqueue {
+impl Message for Wake {
     type Result = ();
 }
 
@@ -316,12 +327,17 @@ struct SinkHandle {
 // ---------------------------------------------------------------------------------------
 // The actor.
 
-/// The tracing actor: buffers trace events and hands batches to the sink workers.
+/// What runs and the actor share: the staging queue runs append to (one short lock per
+/// item, no message), and whether a wake-up is already on its way.
+struct Staging {
+    events: Mutex<Vec<TraceEvent>>,
+    wake_pending: AtomicBool,
+}
+
+/// The tracing actor: takes what runs staged and hands batches to the sink workers.
 struct TraceActor {
     cfg: BatchConfig,
-    buffer: Vec<TraceEvent>,
-    /// Items between a run's `try_send` and a batch (mailbox and buffer).
-    queued: Arc<AtomicUsize>,
+    staging: Arc<Staging>,
     sinks: Vec<SinkHandle>,
     stats: Arc<TraceStats>,
 }
@@ -336,16 +352,27 @@ impl Actor for TraceActor {
 }
 
 impl TraceActor {
-    /// Moves the buffer out in batches of `max_batch_size` to every sink. A sink whose
-    /// queue is full loses the batch (counted), except when `force` (flush, shutdown).
+    /// Takes everything staged and hands it to every sink in batches of `max_batch_size`. A
+    /// sink whose queue is full loses the batch (counted), except when `force` (flush,
+    /// shutdown).
     fn export_all(&mut self, force: bool) {
-        if self.buffer.is_empty() {
-            return;
-        }
-        let events = std::mem::take(&mut self.buffer);
-        self.queued.fetch_sub(events.len(), Ordering::AcqRel);
+        self.staging.wake_pending.store(false, Ordering::Release);
+        let events = {
+            let mut g = self
+                .staging
+                .events
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if g.is_empty() {
+                return;
+            }
+            std::mem::replace(&mut *g, Vec::with_capacity(64))
+        };
         let items: Vec<ExportItem> = events.iter().filter_map(TraceEvent::export).collect();
         drop(events);
+        if self.sinks.is_empty() {
+            return;
+        }
         let limit = self.cfg.sink_queue_batches();
         let mut rest = items.into_iter().peekable();
         while rest.peek().is_some() {
@@ -371,15 +398,12 @@ impl TraceActor {
     }
 }
 
-impl Handler<Enqueue> for TraceActor {
+impl Handler<Wake> for TraceActor {
     type Result = ();
 
-    /// Buffers the event; exports at once when the buffer reaches the trigger size.
-    fn handle(&mut self, msg: Enqueue, _ctx: &mut Self::Context) {
-        self.buffer.push(msg.0);
-        if self.buffer.len() >= self.cfg.trigger_size() {
-            self.export_all(false);
-        }
+    /// The staging queue reached the trigger size: export now.
+    fn handle(&mut self, _msg: Wake, _ctx: &mut Self::Context) {
+        self.export_all(false);
     }
 }
 
@@ -494,7 +518,7 @@ fn spawn_worker(
 pub struct BatchTraceProcessor {
     addr: Addr<TraceActor>,
     cfg: BatchConfig,
-    queued: Arc<AtomicUsize>,
+    staging: Arc<Staging>,
     stats: Arc<TraceStats>,
     shut: Arc<AtomicBool>,
 }
@@ -527,20 +551,19 @@ impl BatchTraceProcessor {
             .enumerate()
             .map(|(i, s)| spawn_worker(s, i, stats.clone(), timeout))
             .collect();
-        let queued = Arc::new(AtomicUsize::new(0));
+        let staging = Arc::new(Staging {
+            events: Mutex::new(Vec::with_capacity(64)),
+            wake_pending: AtomicBool::new(false),
+        });
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<()>(1);
         let actor_cfg = cfg.clone();
-        let (q, st) = (queued.clone(), stats.clone());
-        // The mailbox holds the whole queue; its capacity is set before the first message
-        // is accepted (we wait for that below).
-        let mailbox = cfg.max_queue_size + 16;
+        let (q, st) = (staging.clone(), stats.clone());
         let addr = TraceActor::start_in_arbiter(crate::actor::actor_arbiter(), move |ctx| {
-            ctx.set_mailbox_capacity(mailbox);
+            ctx.set_mailbox_capacity(CONTROL_MAILBOX);
             let _ = ready_tx.send(());
             TraceActor {
-                buffer: Vec::with_capacity(actor_cfg.trigger_size().min(1 << 16)),
                 cfg: actor_cfg,
-                queued: q,
+                staging: q,
                 sinks: handles,
                 stats: st,
             }
@@ -551,7 +574,7 @@ impl BatchTraceProcessor {
         BatchTraceProcessor {
             addr,
             cfg,
-            queued,
+            staging,
             stats,
             shut: Arc::new(AtomicBool::new(false)),
         }
@@ -567,23 +590,33 @@ impl BatchTraceProcessor {
         &self.cfg
     }
 
+    /// Stages one event for the actor: a short lock and a push, no message, so a run pays
+    /// next to nothing; the actor is woken (one `try_send`) only when the queue reaches the
+    /// export trigger, and otherwise exports on its timer, as the SDK's processor does.
     fn enqueue(&self, ev: TraceEvent) {
         if self.shut.load(Ordering::Relaxed) {
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.cfg.max_queue_size {
-            self.queued.fetch_sub(1, Ordering::AcqRel);
             self.drop_one();
             return;
         }
-        match self.addr.try_send(Enqueue(ev)) {
-            Ok(()) => {
-                self.stats.queued.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(_) => {
-                self.queued.fetch_sub(1, Ordering::AcqRel);
+        let n = {
+            let mut g = self
+                .staging
+                .events
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if g.len() >= self.cfg.max_queue_size {
+                drop(g);
                 self.drop_one();
+                return;
+            }
+            g.push(ev);
+            g.len()
+        };
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        if n >= self.cfg.trigger_size() && !self.staging.wake_pending.swap(true, Ordering::AcqRel) {
+            // A full mailbox means a wake-up is already queued; nothing is lost.
+            if self.addr.try_send(Wake).is_err() {
+                self.staging.wake_pending.store(false, Ordering::Release);
             }
         }
     }

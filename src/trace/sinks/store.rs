@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS spans (
     ended_at   TEXT,
     export     TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS spans_trace ON spans(trace_id, started_at);
+CREATE INDEX IF NOT EXISTS spans_trace ON spans(trace_id);
 ";
 
 /// Filters of a trace listing; every field is optional.
@@ -149,10 +149,12 @@ impl TraceStore {
                 "INSERT OR REPLACE INTO spans (span_id, trace_id, parent_id, span_type, started_at, ended_at, export)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
+            let mut stubbed = std::collections::HashSet::new();
             for item in items {
                 let v = &item.value;
                 match item.kind {
                     ItemKind::Trace => {
+                        stubbed.insert(item.trace_id.as_str());
                         put_trace.execute(params![
                             item.trace_id,
                             v["workflow_name"].as_str(),
@@ -171,10 +173,13 @@ impl TraceStore {
                             sum.skipped += 1;
                             continue;
                         };
-                        // A span may come before (or without) its trace, e.g. by ingest.
-                        let stub = serde_json::json!({"object": "trace", "id": item.trace_id,
-                            "workflow_name": null, "group_id": null, "metadata": null});
-                        stub_trace.execute(params![item.trace_id, now, json_text(&stub)])?;
+                        // A span may come before (or without) its trace, e.g. by ingest;
+                        // once per trace and batch is enough.
+                        if stubbed.insert(item.trace_id.as_str()) {
+                            let stub = serde_json::json!({"object": "trace", "id": item.trace_id,
+                                "workflow_name": null, "group_id": null, "metadata": null});
+                            stub_trace.execute(params![item.trace_id, now, json_text(&stub)])?;
+                        }
                         put_span.execute(params![
                             id,
                             item.trace_id,
