@@ -107,24 +107,48 @@ pub enum ItemKind {
     Span,
 }
 
-/// One item of a batch: its kind, its trace id and its SDK export JSON.
+/// Where a span sits, for sinks that index or arrange spans without parsing their JSON.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpanMeta {
+    /// `span_<24 hex>`.
+    pub id: String,
+    /// The parent span, if any.
+    pub parent_id: Option<String>,
+    /// The exported type (`agent`, `custom`, ...).
+    pub span_type: String,
+    /// Start time.
+    pub started_at: Option<String>,
+    /// End time.
+    pub ended_at: Option<String>,
+}
+
+/// One item of a batch: its kind, its trace id and its SDK export as compact JSON text
+/// (made once, shared by every sink).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExportItem {
     /// Trace, trace end or span.
     pub kind: ItemKind,
     /// The trace it belongs to.
     pub trace_id: String,
-    /// The SDK's export object (`object: "trace"` or `"trace.span"`).
-    pub value: Value,
+    /// The SDK's export object (`object: "trace"` or `"trace.span"`) as JSON text.
+    pub json: String,
+    /// For spans: id, parent, type and times.
+    pub span: Option<SpanMeta>,
 }
 
 impl ExportItem {
+    /// The export object as a JSON tree (parsed on each call).
+    pub fn value(&self) -> Value {
+        serde_json::from_str(&self.json).unwrap_or(Value::Null)
+    }
+
     /// The item for a trace start or end, when the trace is enabled.
     pub fn from_trace(trace: &Trace, kind: ItemKind) -> Option<Self> {
         Some(ExportItem {
             kind,
             trace_id: trace.trace_id().to_owned(),
-            value: trace.export()?,
+            json: trace.export_json()?,
+            span: None,
         })
     }
 
@@ -133,25 +157,47 @@ impl ExportItem {
         Some(ExportItem {
             kind: ItemKind::Span,
             trace_id: span.trace_id()?.to_owned(),
-            value: span.export()?,
+            json: span.export_json()?,
+            span: Some(SpanMeta {
+                id: span.span_id()?.to_owned(),
+                parent_id: span.parent_id().map(str::to_owned),
+                span_type: span.span_type()?.to_owned(),
+                started_at: span.started_at().map(str::to_owned),
+                ended_at: span.ended_at(),
+            }),
         })
     }
 
     /// Items for bodies of `POST /v1/traces/ingest`: each object with `object: "trace"` or
-    /// `"trace.span"`; anything else is skipped.
+    /// `"trace.span"` and an id; anything else is skipped.
     pub fn from_values(values: impl IntoIterator<Item = Value>) -> Vec<Self> {
         values
             .into_iter()
             .filter_map(|v| {
-                let (kind, trace_id) = match v.get("object").and_then(Value::as_str) {
-                    Some("trace") => (ItemKind::Trace, v.get("id")?.as_str()?.to_owned()),
-                    Some("trace.span") => (ItemKind::Span, v.get("trace_id")?.as_str()?.to_owned()),
+                let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+                let (kind, trace_id, span) = match v.get("object").and_then(Value::as_str) {
+                    Some("trace") => (ItemKind::Trace, s("id")?, None),
+                    Some("trace.span") => (
+                        ItemKind::Span,
+                        s("trace_id")?,
+                        Some(SpanMeta {
+                            id: s("id")?,
+                            parent_id: s("parent_id"),
+                            span_type: v["span_data"]["type"]
+                                .as_str()
+                                .unwrap_or("custom")
+                                .to_owned(),
+                            started_at: s("started_at"),
+                            ended_at: s("ended_at"),
+                        }),
+                    ),
                     _ => return None,
                 };
                 Some(ExportItem {
                     kind,
                     trace_id,
-                    value: v,
+                    json: serde_json::to_string(&v).ok()?,
+                    span,
                 })
             })
             .collect()

@@ -191,14 +191,14 @@ impl Sink for ConsoleSink {
                         *seq += 1;
                         let s = *seq;
                         let p = open.entry(item.trace_id.clone()).or_default();
-                        p.trace = Some(item.value.clone());
+                        p.trace = Some(item.value());
                         p.seq = s;
                     }
                     ItemKind::Span => {
                         open.entry(item.trace_id.clone())
                             .or_default()
                             .spans
-                            .push(item.value.clone());
+                            .push(item.value());
                     }
                     ItemKind::TraceEnd => {
                         if let Some(p) = open.remove(&item.trace_id) {

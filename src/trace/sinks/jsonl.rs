@@ -51,8 +51,7 @@ impl Sink for JsonlSink {
     async fn export(&self, batch: &[ExportItem]) -> Result<(), SinkError> {
         let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
         for item in batch.iter().filter(|i| i.kind != ItemKind::TraceEnd) {
-            serde_json::to_writer(&mut *f, &item.value)
-                .map_err(|e| self.io(std::io::Error::other(e)))?;
+            f.write_all(item.json.as_bytes()).map_err(|e| self.io(e))?;
             f.write_all(b"\n").map_err(|e| self.io(e))?;
         }
         f.flush().map_err(|e| self.io(e))

@@ -135,15 +135,30 @@ impl OpenAiSink {
         &self.url
     }
 
-    /// The request body for a batch: traces and spans (trace ends are not sent), with large
-    /// fields cut.
-    pub fn body(&self, batch: &[ExportItem]) -> Value {
-        let data: Vec<Value> = batch
-            .iter()
-            .filter(|i| i.kind != ItemKind::TraceEnd)
-            .map(|i| sanitize_item(&i.value, self.sanitize_usage))
-            .collect();
-        serde_json::json!({ "data": data })
+    /// The request body for a batch: `{"data":[...]}` with traces and spans (trace ends
+    /// are not sent) and large fields cut. Items are copied as they are unless they may need
+    /// cutting or sanitising.
+    pub fn body(&self, batch: &[ExportItem]) -> String {
+        let mut out =
+            String::with_capacity(batch.iter().map(|i| i.json.len() + 1).sum::<usize>() + 16);
+        out.push_str("{\"data\":[");
+        let mut first = true;
+        for item in batch.iter().filter(|i| i.kind != ItemKind::TraceEnd) {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            let needs_work = item.kind == ItemKind::Span
+                && (self.sanitize_usage || item.json.len() > MAX_FIELD_BYTES);
+            if needs_work {
+                let v = sanitize_item(&item.value(), self.sanitize_usage);
+                out.push_str(&serde_json::to_string(&v).unwrap_or_else(|_| "null".into()));
+            } else {
+                out.push_str(&item.json);
+            }
+        }
+        out.push_str("]}");
+        out
     }
 }
 
@@ -309,8 +324,7 @@ impl Sink for OpenAiSink {
         if batch.iter().all(|i| i.kind == ItemKind::TraceEnd) {
             return Ok(());
         }
-        let body = serde_json::to_vec(&self.body(batch))
-            .map_err(|e| SinkError::Other(format!("could not encode the batch: {e}")))?;
+        let body = self.body(batch);
         post_with_retry(&self.client, &self.url, headers, body.into(), self.policy).await
     }
 }

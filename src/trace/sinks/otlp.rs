@@ -123,14 +123,15 @@ impl OtlpSink {
         for item in batch {
             match item.kind {
                 ItemKind::Trace => {
+                    let value = item.value();
                     if traces.len() >= MAX_TRACES_KEPT {
                         traces.clear();
                     }
                     traces.insert(
                         item.trace_id.clone(),
                         TraceInfo {
-                            workflow_name: item.value["workflow_name"].as_str().map(str::to_owned),
-                            group_id: item.value["group_id"].as_str().map(str::to_owned),
+                            workflow_name: value["workflow_name"].as_str().map(str::to_owned),
+                            group_id: value["group_id"].as_str().map(str::to_owned),
                         },
                     );
                 }
@@ -139,7 +140,7 @@ impl OtlpSink {
                 }
                 ItemKind::Span => {
                     let info = traces.get(&item.trace_id).cloned().unwrap_or_default();
-                    spans.push(to_otlp_span(&item.value, &info));
+                    spans.push(to_otlp_span(&item.value(), &info));
                 }
             }
         }

@@ -15,6 +15,9 @@ use serde_json::Value;
 use super::{Sink, SinkError};
 use crate::trace::batch::{ExportItem, ItemKind};
 
+// Spans are stored in chunks: one row per trace and batch holding a JSON array of span
+// exports, so a run costs a couple of row writes instead of one per span (measured: per-span
+// rows made the store sink cost more than the run itself).
 const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
 PRAGMA synchronous = NORMAL;
@@ -30,16 +33,12 @@ CREATE TABLE IF NOT EXISTS traces (
 CREATE INDEX IF NOT EXISTS traces_workflow ON traces(workflow_name, created_at);
 CREATE INDEX IF NOT EXISTS traces_group ON traces(group_id, created_at);
 CREATE INDEX IF NOT EXISTS traces_created ON traces(created_at);
-CREATE TABLE IF NOT EXISTS spans (
-    span_id    TEXT PRIMARY KEY,
-    trace_id   TEXT NOT NULL,
-    parent_id  TEXT,
-    span_type  TEXT,
-    started_at TEXT,
-    ended_at   TEXT,
-    export     TEXT NOT NULL
+CREATE TABLE IF NOT EXISTS span_chunks (
+    trace_id TEXT NOT NULL,
+    n        INTEGER NOT NULL,
+    spans    TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS spans_trace ON spans(trace_id);
+CREATE INDEX IF NOT EXISTS span_chunks_trace ON span_chunks(trace_id);
 ";
 
 /// Filters of a trace listing; every field is optional.
@@ -127,70 +126,96 @@ impl TraceStore {
         })
     }
 
-    /// Stores trace starts, trace ends and spans (one transaction).
+    /// Stores trace starts, trace ends and spans (one transaction; per trace, one row
+    /// write for its spans in this batch).
     pub fn insert(&self, items: &[ExportItem]) -> Result<IngestSummary, SinkError> {
+        #[derive(Default)]
+        struct Group<'a> {
+            trace: Option<&'a ExportItem>,
+            ended: bool,
+            spans: Vec<&'a str>,
+        }
+        let mut order: Vec<&str> = Vec::new();
+        let mut groups: std::collections::HashMap<&str, Group<'_>> =
+            std::collections::HashMap::new();
+        let mut sum = IngestSummary::default();
+        for item in items {
+            let g = groups.entry(item.trace_id.as_str()).or_insert_with(|| {
+                order.push(item.trace_id.as_str());
+                Group::default()
+            });
+            match item.kind {
+                ItemKind::Trace => {
+                    g.trace = Some(item);
+                    sum.traces += 1;
+                }
+                ItemKind::TraceEnd => g.ended = true,
+                ItemKind::Span => {
+                    g.spans.push(&item.json);
+                    sum.spans += 1;
+                }
+            }
+        }
+        let now = crate::trace::time_iso();
         let mut conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let tx = conn.transaction()?;
-        let mut sum = IngestSummary::default();
         {
-            let now = crate::trace::time_iso();
             let mut put_trace = tx.prepare_cached(
-                "INSERT INTO traces (trace_id, workflow_name, group_id, tenant, created_at, export)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO traces (trace_id, workflow_name, group_id, tenant, created_at, ended_at, export)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT(trace_id) DO UPDATE SET workflow_name = excluded.workflow_name,
-                   group_id = excluded.group_id, tenant = excluded.tenant, export = excluded.export",
+                   group_id = excluded.group_id, tenant = excluded.tenant, export = excluded.export,
+                   ended_at = COALESCE(excluded.ended_at, traces.ended_at)",
             )?;
-            let mut end_trace =
-                tx.prepare_cached("UPDATE traces SET ended_at = ?2 WHERE trace_id = ?1")?;
             let mut stub_trace = tx.prepare_cached(
                 "INSERT OR IGNORE INTO traces (trace_id, created_at, export) VALUES (?1, ?2, ?3)",
             )?;
-            let mut put_span = tx.prepare_cached(
-                "INSERT OR REPLACE INTO spans (span_id, trace_id, parent_id, span_type, started_at, ended_at, export)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            let mut end_trace =
+                tx.prepare_cached("UPDATE traces SET ended_at = ?2 WHERE trace_id = ?1")?;
+            let mut put_spans = tx.prepare_cached(
+                "INSERT INTO span_chunks (trace_id, n, spans) VALUES (?1, ?2, ?3)",
             )?;
-            let mut stubbed = std::collections::HashSet::new();
-            for item in items {
-                let v = &item.value;
-                match item.kind {
-                    ItemKind::Trace => {
-                        stubbed.insert(item.trace_id.as_str());
+            for id in order {
+                let Some(g) = groups.get(id) else { continue };
+                let ended = g.ended.then_some(now.as_str());
+                match g.trace {
+                    Some(t) => {
+                        let v = t.value();
                         put_trace.execute(params![
-                            item.trace_id,
+                            id,
                             v["workflow_name"].as_str(),
                             v["group_id"].as_str(),
                             v["metadata"]["tenant"].as_str(),
                             now,
-                            json_text(v),
+                            ended,
+                            t.json,
                         ])?;
-                        sum.traces += 1;
                     }
-                    ItemKind::TraceEnd => {
-                        end_trace.execute(params![item.trace_id, now])?;
-                    }
-                    ItemKind::Span => {
-                        let Some(id) = v["id"].as_str() else {
-                            sum.skipped += 1;
-                            continue;
-                        };
-                        // A span may come before (or without) its trace, e.g. by ingest;
-                        // once per trace and batch is enough.
-                        if stubbed.insert(item.trace_id.as_str()) {
-                            let stub = serde_json::json!({"object": "trace", "id": item.trace_id,
+                    None => {
+                        if !g.spans.is_empty() {
+                            // Spans may come before (or without) their trace, e.g. by ingest.
+                            let stub = serde_json::json!({"object": "trace", "id": id,
                                 "workflow_name": null, "group_id": null, "metadata": null});
-                            stub_trace.execute(params![item.trace_id, now, json_text(&stub)])?;
+                            stub_trace.execute(params![id, now, json_text(&stub)])?;
                         }
-                        put_span.execute(params![
-                            id,
-                            item.trace_id,
-                            v["parent_id"].as_str(),
-                            v["span_data"]["type"].as_str(),
-                            v["started_at"].as_str(),
-                            v["ended_at"].as_str(),
-                            json_text(v),
-                        ])?;
-                        sum.spans += 1;
+                        if let Some(e) = ended {
+                            end_trace.execute(params![id, e])?;
+                        }
                     }
+                }
+                if !g.spans.is_empty() {
+                    let mut arr = String::with_capacity(
+                        g.spans.iter().map(|s| s.len() + 1).sum::<usize>() + 2,
+                    );
+                    arr.push('[');
+                    for (i, s) in g.spans.iter().enumerate() {
+                        if i > 0 {
+                            arr.push(',');
+                        }
+                        arr.push_str(s);
+                    }
+                    arr.push(']');
+                    put_spans.execute(params![id, g.spans.len() as i64, arr])?;
                 }
             }
         }
@@ -214,7 +239,7 @@ impl TraceStore {
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let mut sql = String::from(
             "SELECT t.trace_id, t.workflow_name, t.group_id, t.export, t.created_at, t.ended_at,
-                    (SELECT COUNT(*) FROM spans s WHERE s.trace_id = t.trace_id)
+                    (SELECT COALESCE(SUM(c.n), 0) FROM span_chunks c WHERE c.trace_id = t.trace_id)
              FROM traces t WHERE 1 = 1",
         );
         let mut args: Vec<String> = Vec::new();
@@ -276,14 +301,30 @@ impl TraceStore {
             return Ok(None);
         }
         let trace: Value = serde_json::from_str(&export).unwrap_or(Value::Null);
-        let mut stmt = conn.prepare_cached(
-            "SELECT export FROM spans WHERE trace_id = ?1 ORDER BY started_at, rowid",
-        )?;
-        let spans = stmt
+        let mut stmt = conn
+            .prepare_cached("SELECT spans FROM span_chunks WHERE trace_id = ?1 ORDER BY rowid")?;
+        let chunks = stmt
             .query_map(params![trace_id], |r| r.get::<_, String>(0))?
-            .filter_map(|r| r.ok())
-            .filter_map(|s| serde_json::from_str(&s).ok())
-            .collect();
+            .filter_map(|r| r.ok());
+        // A span sent twice (an SDK retry, ingest and export) is kept once: the last copy.
+        let mut spans: Vec<Value> = Vec::new();
+        let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for chunk in chunks {
+            let Ok(Value::Array(list)) = serde_json::from_str::<Value>(&chunk) else {
+                continue;
+            };
+            for span in list {
+                let id = span["id"].as_str().unwrap_or("").to_owned();
+                match at.get(&id) {
+                    Some(&i) if !id.is_empty() => spans[i] = span,
+                    _ => {
+                        at.insert(id, spans.len());
+                        spans.push(span);
+                    }
+                }
+            }
+        }
+        spans.sort_by(|a, b| a["started_at"].as_str().cmp(&b["started_at"].as_str()));
         Ok(Some((trace, spans)))
     }
 
