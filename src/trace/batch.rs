@@ -107,21 +107,6 @@ pub enum ItemKind {
     Span,
 }
 
-/// Where a span sits, for sinks that index or arrange spans without parsing their JSON.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SpanMeta {
-    /// `span_<24 hex>`.
-    pub id: String,
-    /// The parent span, if any.
-    pub parent_id: Option<String>,
-    /// The exported type (`agent`, `custom`, ...).
-    pub span_type: String,
-    /// Start time.
-    pub started_at: Option<String>,
-    /// End time.
-    pub ended_at: Option<String>,
-}
-
 /// One item of a batch: its kind, its trace id and its SDK export as compact JSON text
 /// (made once, shared by every sink).
 #[derive(Clone, Debug, PartialEq)]
@@ -132,8 +117,6 @@ pub struct ExportItem {
     pub trace_id: String,
     /// The SDK's export object (`object: "trace"` or `"trace.span"`) as JSON text.
     pub json: String,
-    /// For spans: id, parent, type and times.
-    pub span: Option<SpanMeta>,
 }
 
 impl ExportItem {
@@ -148,7 +131,6 @@ impl ExportItem {
             kind,
             trace_id: trace.trace_id().to_owned(),
             json: trace.export_json()?,
-            span: None,
         })
     }
 
@@ -158,13 +140,6 @@ impl ExportItem {
             kind: ItemKind::Span,
             trace_id: span.trace_id()?.to_owned(),
             json: span.export_json()?,
-            span: Some(SpanMeta {
-                id: span.span_id()?.to_owned(),
-                parent_id: span.parent_id().map(str::to_owned),
-                span_type: span.span_type()?.to_owned(),
-                started_at: span.started_at().map(str::to_owned),
-                ended_at: span.ended_at(),
-            }),
         })
     }
 
@@ -175,29 +150,18 @@ impl ExportItem {
             .into_iter()
             .filter_map(|v| {
                 let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
-                let (kind, trace_id, span) = match v.get("object").and_then(Value::as_str) {
-                    Some("trace") => (ItemKind::Trace, s("id")?, None),
-                    Some("trace.span") => (
-                        ItemKind::Span,
-                        s("trace_id")?,
-                        Some(SpanMeta {
-                            id: s("id")?,
-                            parent_id: s("parent_id"),
-                            span_type: v["span_data"]["type"]
-                                .as_str()
-                                .unwrap_or("custom")
-                                .to_owned(),
-                            started_at: s("started_at"),
-                            ended_at: s("ended_at"),
-                        }),
-                    ),
+                let (kind, trace_id) = match v.get("object").and_then(Value::as_str) {
+                    Some("trace") => (ItemKind::Trace, s("id")?),
+                    Some("trace.span") => {
+                        s("id")?;
+                        (ItemKind::Span, s("trace_id")?)
+                    }
                     _ => return None,
                 };
                 Some(ExportItem {
                     kind,
                     trace_id,
                     json: serde_json::to_string(&v).ok()?,
-                    span,
                 })
             })
             .collect()
@@ -414,11 +378,11 @@ impl TraceActor {
             }
             std::mem::replace(&mut *g, Vec::with_capacity(64))
         };
-        let items: Vec<ExportItem> = events.iter().filter_map(TraceEvent::export).collect();
-        drop(events);
         if self.sinks.is_empty() {
             return;
         }
+        let items: Vec<ExportItem> = events.iter().filter_map(TraceEvent::export).collect();
+        drop(events);
         let limit = self.cfg.sink_queue_batches();
         let mut rest = items.into_iter().peekable();
         while rest.peek().is_some() {
