@@ -138,26 +138,37 @@ fn bench(c: &mut Criterion) {
     // The headline figures: alternating blocks of runs in each mode, summed.
     let modes = [Mode::Off, Mode::SpansOnly, Mode::ActorNoSink, Mode::Store];
     let mut cpu = [Duration::ZERO; 4];
-    let (blocks, per_block) = (10, 200u64);
+    let mut block_ratios: [Vec<f64>; 4] = Default::default();
+    let (blocks, per_block) = (20, 200u64);
     rt.block_on(async {
         for m in modes {
             runs(&s, 100, m).await;
         }
         for _ in 0..blocks {
+            let mut this = [Duration::ZERO; 4];
             for (i, m) in modes.iter().enumerate() {
-                cpu[i] += runs(&s, per_block, *m).await;
+                this[i] = runs(&s, per_block, *m).await;
+                cpu[i] += this[i];
+            }
+            for i in 0..4 {
+                block_ratios[i].push(this[i].as_secs_f64() / this[0].as_secs_f64());
             }
         }
     });
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
     let n = (blocks as u64 * per_block) as f64;
     let us: Vec<f64> = cpu.iter().map(|d| d.as_secs_f64() * 1e6 / n).collect();
     println!("CPU per 3-turn run (process CPU time, {n} runs per mode, alternating blocks of {per_block}):");
-    for (m, u) in modes.iter().zip(&us) {
+    for (i, (m, u)) in modes.iter().zip(&us).enumerate() {
         println!(
-            "  {:<12} {u:>8.1} µs  ratio {:.3} (+{:.1}%)",
+            "  {:<12} {u:>8.1} µs  ratio {:.3} (+{:.1}%), median of per-block ratios {:.3}",
             format!("{m:?}"),
             u / us[0],
-            (u / us[0] - 1.0) * 100.0
+            (u / us[0] - 1.0) * 100.0,
+            median(&mut block_ratios[i])
         );
     }
     let mut g = c.benchmark_group("run_3_turns_cpu");
