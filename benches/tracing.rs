@@ -64,8 +64,27 @@ enum Mode {
     SpansOnly,
     /// Spans handed to the tracing actor, which has no sink.
     ActorNoSink,
+    /// Spans exported to JSON by the actor and handed to a sink that does nothing.
+    NullSink,
     /// Spans through the actor into the SQLite store sink.
     Store,
+}
+
+/// A sink that takes batches and does nothing with them.
+struct Null;
+
+#[async_trait::async_trait]
+impl Sink for Null {
+    fn name(&self) -> &str {
+        "null"
+    }
+    async fn export(
+        &self,
+        batch: &[callboard::trace::ExportItem],
+    ) -> Result<(), callboard::trace::SinkError> {
+        std::hint::black_box(batch);
+        Ok(())
+    }
 }
 
 struct Setup {
@@ -73,6 +92,7 @@ struct Setup {
     agent: Agent,
     spans_only: Tracer,
     actor: (Tracer, BatchTraceProcessor),
+    null: (Tracer, BatchTraceProcessor),
     store: (Tracer, BatchTraceProcessor),
     dir: std::path::PathBuf,
 }
@@ -96,6 +116,7 @@ fn setup() -> Setup {
         agent: cast(),
         spans_only,
         actor: traced_into(vec![]),
+        null: traced_into(vec![Arc::new(Null)]),
         store: traced_into(vec![Arc::new(StoreSink::new(store))]),
         dir,
     }
@@ -105,6 +126,7 @@ async fn runs(s: &Setup, n: u64, mode: Mode) -> Duration {
     let (tracer, processor) = match mode {
         Mode::Off | Mode::SpansOnly => (&s.spans_only, None),
         Mode::ActorNoSink => (&s.actor.0, Some(&s.actor.1)),
+        Mode::NullSink => (&s.null.0, Some(&s.null.1)),
         Mode::Store => (&s.store.0, Some(&s.store.1)),
     };
     let cfg = RunConfig::default()
@@ -136,21 +158,27 @@ fn bench(c: &mut Criterion) {
         .expect("runtime");
     let s = Arc::new(rt.block_on(async { setup() }));
     // The headline figures: alternating blocks of runs in each mode, summed.
-    let modes = [Mode::Off, Mode::SpansOnly, Mode::ActorNoSink, Mode::Store];
-    let mut cpu = [Duration::ZERO; 4];
-    let mut block_ratios: [Vec<f64>; 4] = Default::default();
-    let (blocks, per_block) = (20, 200u64);
+    let modes = [
+        Mode::Off,
+        Mode::SpansOnly,
+        Mode::ActorNoSink,
+        Mode::NullSink,
+        Mode::Store,
+    ];
+    let mut cpu = [Duration::ZERO; 5];
+    let mut block_ratios: [Vec<f64>; 5] = Default::default();
+    let (blocks, per_block) = (15, 200u64);
     rt.block_on(async {
         for m in modes {
             runs(&s, 100, m).await;
         }
         for _ in 0..blocks {
-            let mut this = [Duration::ZERO; 4];
+            let mut this = [Duration::ZERO; 5];
             for (i, m) in modes.iter().enumerate() {
                 this[i] = runs(&s, per_block, *m).await;
                 cpu[i] += this[i];
             }
-            for i in 0..4 {
+            for i in 0..5 {
                 block_ratios[i].push(this[i].as_secs_f64() / this[0].as_secs_f64());
             }
         }
@@ -194,6 +222,7 @@ fn bench(c: &mut Criterion) {
     );
     s.store.1.shutdown_blocking();
     s.actor.1.shutdown_blocking();
+    s.null.1.shutdown_blocking();
     let _ = std::fs::remove_dir_all(&s.dir);
 }
 

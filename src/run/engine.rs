@@ -249,17 +249,25 @@ fn model_span<C: Send + Sync + 'static>(
             response_id: None,
             usage: None,
         }),
-        ModelApi::ChatCompletions => turn_span.child(SpanData::Generation {
-            input: if b.env.include_sensitive {
-                serde_json::to_value(&req.input).ok()
-            } else {
-                None
-            },
-            output: None,
-            model: Some(model.name().to_owned()),
-            model_config: Some(req.settings.to_json()),
-            usage: None,
-        }),
+        ModelApi::ChatCompletions => {
+            // As in the SDK, the input is filled in after the span's start.
+            let span = turn_span.child(SpanData::Generation {
+                input: None,
+                output: None,
+                model: Some(model.name().to_owned()),
+                model_config: Some(req.settings.to_json()),
+                usage: None,
+            });
+            if b.env.include_sensitive {
+                let messages = serde_json::to_value(&req.input).ok();
+                span.update(|d| {
+                    if let SpanData::Generation { input, .. } = d {
+                        *input = messages;
+                    }
+                });
+            }
+            span
+        }
     }
 }
 
