@@ -157,6 +157,15 @@ fn bench(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let s = Arc::new(rt.block_on(async { setup() }));
+    // For profilers: `TRACING_BENCH_PROFILE=1` only does store-sink runs, then stops.
+    if std::env::var("TRACING_BENCH_PROFILE").is_ok() {
+        rt.block_on(async {
+            for _ in 0..20 {
+                runs(&s, 250, Mode::Store).await;
+            }
+        });
+        return;
+    }
     // The headline figures: alternating blocks of runs in each mode, summed.
     let modes = [
         Mode::Off,

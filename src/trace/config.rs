@@ -231,7 +231,7 @@ impl TracingConfig {
                         source,
                     })?;
                     store = Some(s.clone());
-                    Arc::new(StoreSink::new(s))
+                    Arc::new(StoreSink::with_batch_size(s, self.batch.max_batch_size))
                 }
                 SinkKind::Openai => {
                     let s = OpenAiSink::new(&self.openai).map_err(|source| {
