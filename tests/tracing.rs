@@ -1122,3 +1122,43 @@ async fn many_runs_on_one_runner_traced_then_not() {
     }
     assert!(p.flush().await);
 }
+
+#[tokio::test]
+async fn dropping_the_last_processor_delivers_and_stops_its_pipeline() {
+    struct Watch(Arc<Collect>, Arc<AtomicUsize>);
+    #[async_trait]
+    impl Sink for Watch {
+        fn name(&self) -> &str {
+            "watch"
+        }
+        async fn export(&self, batch: &[ExportItem]) -> Result<(), SinkError> {
+            self.0.export(batch).await
+        }
+        async fn shutdown(&self) -> Result<(), SinkError> {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+    let got = Arc::new(Collect::default());
+    let shut = Arc::new(AtomicUsize::new(0));
+    let (tracer, p) = pipeline(
+        vec![Arc::new(Watch(got.clone(), shut.clone()))],
+        // Queued items hold the tracer (and so the processor) until the next export.
+        BatchConfig {
+            schedule_delay_ms: 50,
+            ..quick_batches()
+        },
+    );
+    let t = tracer.start_trace(TraceOptions::default());
+    t.finish();
+    drop(t);
+    drop(tracer);
+    drop(p);
+    let deadline = std::time::Instant::now() + WAIT;
+    while shut.load(Ordering::Relaxed) == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(shut.load(Ordering::Relaxed), 1);
+    assert_eq!(got.count(ItemKind::Trace), 1);
+    assert_eq!(got.count(ItemKind::TraceEnd), 1);
+}

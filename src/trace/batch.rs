@@ -531,6 +531,27 @@ pub struct BatchTraceProcessor {
     staging: Arc<Staging>,
     stats: Arc<TraceStats>,
     shut: Arc<AtomicBool>,
+    _stop: Arc<StopOnDrop>,
+}
+
+/// Held by every clone of the processor: when the last one goes, the actor exports what is
+/// left, shuts the sinks down and stops, so no thread outlives its pipeline. (Queued items
+/// hold their tracer, and so the processor, until the export that takes them.)
+struct StopOnDrop {
+    addr: Addr<TraceActor>,
+    shut: Arc<AtomicBool>,
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if !self.shut.swap(true, Ordering::AcqRel) {
+            let (tx, _rx) = std::sync::mpsc::sync_channel(1);
+            self.addr.do_send(Flush {
+                ack: Arc::new(Ack(tx)),
+                shutdown: true,
+            });
+        }
+    }
 }
 
 impl std::fmt::Debug for BatchTraceProcessor {
@@ -581,12 +602,17 @@ impl BatchTraceProcessor {
         if ready_rx.recv_timeout(Duration::from_secs(10)).is_err() {
             tracing::error!("the tracing actor did not start in 10s; trace items may be dropped");
         }
+        let shut = Arc::new(AtomicBool::new(false));
         BatchTraceProcessor {
+            _stop: Arc::new(StopOnDrop {
+                addr: addr.clone(),
+                shut: shut.clone(),
+            }),
             addr,
             cfg,
             staging,
             stats,
-            shut: Arc::new(AtomicBool::new(false)),
+            shut,
         }
     }
 
