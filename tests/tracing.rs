@@ -1162,3 +1162,84 @@ async fn dropping_the_last_processor_delivers_and_stops_its_pipeline() {
     assert_eq!(got.count(ItemKind::Trace), 1);
     assert_eq!(got.count(ItemKind::TraceEnd), 1);
 }
+
+#[tokio::test]
+async fn span_errors_are_the_sdks() {
+    let find = |rec: &Recorder, l: &str| -> Value {
+        rec.of("span_end")
+            .into_iter()
+            .find(|s| label(s) == l)
+            .unwrap_or_else(|| panic!("no {l}"))
+    };
+    // A tool that fails: non-fatal error on its function span; the run goes on.
+    let (tracer, rec) = recording_tracer();
+    let model = Arc::new(ScriptedModel::new(vec![
+        ScriptedTurn::call("boom", json!({"city": "x"})),
+        ScriptedTurn::message("ok", 1),
+    ]));
+    let tool = FunctionTool::new(
+        "boom",
+        "Fails.",
+        |_ctx: ToolContext<()>, _a: CityArgs| async move { Err::<String, _>("kaput") },
+    );
+    let agent: Agent = Agent::new("A").model_instance(model).tool(tool);
+    let runner: Runner = Runner::new();
+    tokio::time::timeout(WAIT, runner.request(&agent, "x").config(cfg(&tracer)).run())
+        .await
+        .unwrap()
+        .unwrap();
+    let f = find(&rec, "function:boom");
+    assert_eq!(f["error"]["message"], "Error running tool (non-fatal)");
+    assert_eq!(f["error"]["data"]["tool_name"], "boom");
+    assert!(find(&rec, "agent:A")["error"].is_null());
+
+    // Max turns: the agent span says so, with max_turns.
+    let (tracer, rec) = recording_tracer();
+    let model = Arc::new(
+        ScriptedModel::new(vec![ScriptedTurn::call(
+            "get_weather",
+            json!({"city": "x"}),
+        )])
+        .repeat_last(),
+    );
+    let tool = FunctionTool::new(
+        "get_weather",
+        "w",
+        |_ctx: ToolContext<()>, _a: CityArgs| async move { Ok::<_, String>("sun".to_owned()) },
+    );
+    let agent: Agent = Agent::new("A").model_instance(model).tool(tool);
+    let err = tokio::time::timeout(
+        WAIT,
+        runner
+            .request(&agent, "x")
+            .config(cfg(&tracer).max_turns(3))
+            .run(),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert_eq!(err.to_string(), "Max turns (3) exceeded");
+    let a = find(&rec, "agent:A");
+    assert_eq!(a["error"]["message"], "Max turns exceeded");
+    assert_eq!(a["error"]["data"], json!({"max_turns": 3}));
+
+    // A tool the agent does not have: on the turn span, and the agent span's run error.
+    let (tracer, rec) = recording_tracer();
+    let model = Arc::new(ScriptedModel::new(vec![ScriptedTurn::call(
+        "nope",
+        json!({}),
+    )]));
+    let agent: Agent = Agent::new("A").model_instance(model);
+    tokio::time::timeout(WAIT, runner.request(&agent, "x").config(cfg(&tracer)).run())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        find(&rec, "custom:turn")["error"]["message"],
+        "Tool not found"
+    );
+    assert_eq!(
+        find(&rec, "agent:A")["error"]["message"],
+        "Error in agent run"
+    );
+}

@@ -776,8 +776,9 @@ async fn turn_body<C: Send + Sync + 'static>(
                     });
                     tool_calls.push((fc.clone(), t.clone()));
                 } else {
-                    b.agent_span
-                        .set_error("Tool not found", Some(json!({"tool_name": fc.name})));
+                    // The SDK puts this on the current span, the turn's; the agent span
+                    // then gets "Error in agent run" as the run fails.
+                    turn_span.set_error("Tool not found", Some(json!({"tool_name": fc.name})));
                     b.shared
                         .raw_responses
                         .lock()
