@@ -1243,3 +1243,69 @@ async fn span_errors_are_the_sdks() {
         "Error in agent run"
     );
 }
+
+#[tokio::test]
+async fn guardrail_and_multiple_handoff_spans() {
+    use callboard::{GuardrailFunctionOutput, InputGuardrail};
+    let find_all = |rec: &Recorder, l: &str| -> Vec<Value> {
+        rec.of("span_end")
+            .into_iter()
+            .filter(|s| label(s) == l)
+            .collect()
+    };
+    // Two handoffs in one turn: the first wins; the span records both.
+    let (tracer, rec) = recording_tracer();
+    let model = Arc::new(ScriptedModel::new(vec![
+        ScriptedTurn::new().with_handoff("B").with_handoff("C"),
+        ScriptedTurn::message("from B", 1),
+    ]));
+    let b = Agent::new("B").model_instance(model.clone());
+    let c = Agent::new("C").model_instance(model.clone());
+    let a: Agent = Agent::new("A")
+        .model_instance(model)
+        .handoff(&b)
+        .handoff(&c)
+        .input_guardrail(InputGuardrail::new("polite", |_c, _a, _i| async {
+            GuardrailFunctionOutput::pass(json!({}))
+        }));
+    let runner: Runner = Runner::new();
+    let r = tokio::time::timeout(WAIT, runner.request(&a, "x").config(cfg(&tracer)).run())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.last_agent, "B");
+    let h = &find_all(&rec, "handoff")[0];
+    assert_eq!(h["span_data"]["to_agent"], "B");
+    assert_eq!(h["error"]["message"], "Multiple handoffs requested");
+    assert_eq!(h["error"]["data"]["requested_agents"], json!(["B", "C"]));
+    let g = &find_all(&rec, "guardrail")[0];
+    assert_eq!(g["span_data"]["name"], "polite");
+    assert_eq!(g["span_data"]["triggered"], false);
+    let agent_a = &find_all(&rec, "agent:A")[0];
+    assert_eq!(
+        g["parent_id"], agent_a["id"],
+        "guardrails sit under the agent span"
+    );
+
+    // A tripped input guardrail: triggered on its span, the SDK's error on the agent span.
+    let (tracer, rec) = recording_tracer();
+    let model = Arc::new(ScriptedModel::new(vec![ScriptedTurn::message("hi", 1)]));
+    let a: Agent = Agent::new("A")
+        .model_instance(model)
+        .input_guardrail(InputGuardrail::new("strict", |_c, _a, _i| async {
+            GuardrailFunctionOutput::trip(json!({"why": "no"}))
+        }));
+    let err = tokio::time::timeout(WAIT, runner.request(&a, "x").config(cfg(&tracer)).run())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("triggered tripwire"), "{err}");
+    assert_eq!(
+        find_all(&rec, "guardrail")[0]["span_data"]["triggered"],
+        true
+    );
+    assert_eq!(
+        find_all(&rec, "agent:A")[0]["error"]["message"],
+        "Guardrail tripwire triggered"
+    );
+}
