@@ -70,6 +70,24 @@ enum Mode {
     Store,
 }
 
+/// A sink that keeps what it is given.
+#[derive(Default)]
+struct Collect(std::sync::Mutex<Vec<callboard::trace::ExportItem>>);
+
+#[async_trait::async_trait]
+impl Sink for Collect {
+    fn name(&self) -> &str {
+        "collect"
+    }
+    async fn export(
+        &self,
+        batch: &[callboard::trace::ExportItem],
+    ) -> Result<(), callboard::trace::SinkError> {
+        self.0.lock().expect("items").extend_from_slice(batch);
+        Ok(())
+    }
+}
+
 /// A sink that takes batches and does nothing with them.
 struct Null;
 
@@ -157,6 +175,39 @@ fn bench(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let s = Arc::new(rt.block_on(async { setup() }));
+    // The store alone: `TRACING_BENCH_STORE=1` times inserts of recorded runs' items.
+    if std::env::var("TRACING_BENCH_STORE").is_ok() {
+        let sample = Arc::new(Collect::default());
+        let (tracer, p) = traced_into(vec![sample.clone()]);
+        let cfg = RunConfig::default().tracer(tracer.clone());
+        rt.block_on(async {
+            for _ in 0..50 {
+                let r = s
+                    .runner
+                    .request(&s.agent, "weather?")
+                    .config(cfg.clone())
+                    .run()
+                    .await;
+                std::hint::black_box(r.expect("run"));
+            }
+            p.flush().await;
+        });
+        let items = sample.0.lock().expect("items").clone();
+        for (n, size) in [(1, 128), (2, 1024)] {
+            let store = TraceStore::open(s.dir.join(format!("store-only-{n}.db"))).expect("store");
+            let start = process_cpu();
+            for _ in 0..40 {
+                for chunk in items.chunks(size) {
+                    store.insert(chunk).expect("insert");
+                }
+            }
+            let per_run = (process_cpu() - start).as_secs_f64() * 1e6 / (40.0 * 50.0);
+            println!(
+                "store insert: {per_run:.1} µs of CPU per run's items (transactions of {size})"
+            );
+        }
+        return;
+    }
     // For profilers: `TRACING_BENCH_PROFILE=1` only does store-sink runs, then stops.
     if std::env::var("TRACING_BENCH_PROFILE").is_ok() {
         rt.block_on(async {
