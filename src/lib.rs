@@ -31,7 +31,8 @@
 //! - [`run`]: the `Runner`, `RunConfig`, results, and the one engine.
 //! - [`actor`]: agent actors, their mailboxes, and the stage that holds them.
 //! - [`bus`]: session topics with gapless `seq`, history and lag handling.
-//! - [`trace`]: traces, spans, processors.
+//! - [`trace`]: traces, spans, processors, the tracing actor (`trace::batch`), the sinks
+//!   (`trace::sinks`: console, jsonl, store, openai, otlp) and the `[tracing]` config.
 //! - [`session`]: conversation memory.
 //! - [`usage`], [`error`]: token usage and the SDK's errors.
 //! - [`demo`]: the demo cast used by the example and the server's defaults.
