@@ -173,6 +173,14 @@ async fn serve(config: Option<PathBuf>) -> i32 {
             return 2;
         }
     };
+    match core.config.tracing.install(crate::trace::global_tracer()) {
+        Ok(setup) => core.set_tracing(setup),
+        Err(e) => {
+            eprintln!("{}: {e}", core.config.source);
+            eprintln!("callboard: refusing to start");
+            return 2;
+        }
+    }
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -184,7 +192,14 @@ async fn serve(config: Option<PathBuf>) -> i32 {
     for line in crate::server::banner(&core, local) {
         eprintln!("{line}");
     }
-    match crate::server::serve(listener, core, crate::server::shutdown_signal()).await {
+    let served =
+        crate::server::serve(listener, core.clone(), crate::server::shutdown_signal()).await;
+    if let Some(t) = core.tracing() {
+        if !t.shutdown().await {
+            eprintln!("callboard: a trace sink did not finish in time; some spans may be lost");
+        }
+    }
+    match served {
         Ok(()) => {
             eprintln!("callboard: stopped");
             0

@@ -311,17 +311,8 @@ fn default_tool_timeout() -> u64 {
     30_000
 }
 
-/// `[tracing]`.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TracingConfig {
-    /// Sinks: `console`, `jsonl`, `store`, `openai`, `otlp`.
-    #[serde(default)]
-    pub sinks: Vec<String>,
-    /// More keys for the sinks (paths, endpoints), read by the tracing sinks.
-    #[serde(flatten)]
-    pub extra: BTreeMap<String, Value>,
-}
+/// `[tracing]`: the tracing pipeline's config (sinks, batching, sink options).
+pub use crate::trace::config::TracingConfig;
 
 /// `[sessions]`.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -690,13 +681,8 @@ impl Config {
                 }
             }
         }
-        for s in &self.tracing.sinks {
-            if !["console", "jsonl", "store", "openai", "otlp"].contains(&s.as_str()) {
-                c.push(
-                    "tracing.sinks",
-                    format!("unknown sink `{s}`; expected console, jsonl, store, openai or otlp"),
-                );
-            }
+        for p in self.tracing.problems() {
+            c.push("tracing", p.to_string());
         }
         let l = &self.limits;
         for (k, v) in [

@@ -260,6 +260,7 @@ pub struct Core {
     /// The config it was built from.
     pub config: Config,
     started: Instant,
+    tracing: std::sync::OnceLock<crate::trace::config::TracingSetup>,
 }
 
 /// The bus key of a tenant's session.
@@ -317,7 +318,24 @@ impl Core {
             turn_timeout: Duration::from_millis(config.server.shutdown_turn_timeout_ms),
             config,
             started: Instant::now(),
+            tracing: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Attaches the running tracing pipeline (its store backs `GET /v1/traces`, its counters
+    /// go to `/metrics`). Once only.
+    pub fn set_tracing(&self, setup: crate::trace::config::TracingSetup) {
+        let _ = self.tracing.set(setup);
+    }
+
+    /// The tracing pipeline, when attached.
+    pub fn tracing(&self) -> Option<&crate::trace::config::TracingSetup> {
+        self.tracing.get()
+    }
+
+    /// The trace store, when the `store` sink is on.
+    pub fn trace_store(&self) -> Option<crate::trace::sinks::store::TraceStore> {
+        self.tracing.get().and_then(|t| t.store.clone())
     }
 
     /// Whether sessions and run records survive restarts.
@@ -602,6 +620,8 @@ impl Core {
                 metadata.entry(k).or_insert(v);
             }
         }
+        // The trace store scopes traces by this key, so a tenant sees only its own.
+        metadata.insert("tenant".into(), Value::String(tenant.to_string()));
         let mut cfg = RunConfig::default();
         if let Some(n) = req.max_turns {
             cfg.max_turns = n;
@@ -940,6 +960,9 @@ impl Core {
             s.push_str(&format!(
                 "callboard_errors_by_code_total{{code=\"{code}\"}} {n}\n"
             ));
+        }
+        if let Some(p) = self.tracing().and_then(|t| t.processor.as_ref()) {
+            s.push_str(&p.stats().snapshot().prometheus());
         }
         s
     }

@@ -58,9 +58,9 @@ pub fn app(state: AppState) -> Router {
             "/v1/sessions/{session_id}",
             axum::routing::delete(http::delete_session),
         )
-        .route("/v1/traces", get(http::traces_unavailable))
-        .route("/v1/traces/ingest", post(http::traces_unavailable))
-        .route("/v1/traces/{trace_id}", get(http::traces_unavailable))
+        .route("/v1/traces", get(http::list_traces))
+        .route("/v1/traces/ingest", post(http::ingest_traces))
+        .route("/v1/traces/{trace_id}", get(http::get_trace))
         .fallback(http::not_found)
         .layer(axum::middleware::map_response_with_state(
             state.clone(),
@@ -115,6 +115,18 @@ pub fn banner(core: &Core, addr: std::net::SocketAddr) -> Vec<String> {
         )
     } else {
         "callboard: sessions: in memory (lost at exit)".to_owned()
+    });
+    let sinks: Vec<String> = core
+        .config
+        .tracing
+        .sinks
+        .iter()
+        .map(|k| format!("{k:?}").to_lowercase())
+        .collect();
+    v.push(if core.config.tracing.disabled || sinks.is_empty() {
+        "callboard: tracing off".to_owned()
+    } else {
+        format!("callboard: tracing to {}", sinks.join(", "))
     });
     if core.auth_enabled() {
         v.push("callboard: auth on (API keys from [[auth.keys]])".to_owned());
