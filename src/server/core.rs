@@ -998,7 +998,7 @@ fn not_found_session(session_id: &str) -> ApiError {
 
 fn not_found_run(run_id: &str) -> ApiError {
     ApiError::NotFound(format!(
-        "no run `{}` in progress",
+        "no run `{}` (runs are visible to the tenant that started them)",
         run_id.chars().take(100).collect::<String>()
     ))
 }
