@@ -9,6 +9,7 @@ use futures::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -21,12 +22,12 @@ pub const FRAME_WAIT: Duration = Duration::from_secs(60);
 
 /// Opens one connection.
 pub async fn connect(url: &str) -> Result<Ws, String> {
-    match tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio_tungstenite::connect_async(url),
-    )
-    .await
-    {
+    // Small buffers: 10,000 client connections must fit in this process too.
+    let cfg = WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0);
+    let conn = tokio_tungstenite::connect_async_with_config(url, Some(cfg), true);
+    match tokio::time::timeout(Duration::from_secs(30), conn).await {
         Ok(Ok((ws, _))) => Ok(ws),
         Ok(Err(e)) => Err(format!("connect: {e}")),
         Err(_) => Err("connect: timed out".into()),
