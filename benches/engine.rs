@@ -85,12 +85,31 @@ async fn model_only(m: &ScriptedModel, reqs: &[ModelRequest]) -> usize {
 fn main() {
     // `cargo test --all-targets` runs benches with `--test`: one quick pass, no table.
     let quick = std::env::args().any(|a| a == "--test" || a == "--list");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = if std::env::var("ENGINE_BENCH_RT").as_deref() == Ok("current") {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    }
+    .expect("runtime");
     let runner: Runner = rt.block_on(async { Runner::new() });
     let agent = cast();
+
+    // `ENGINE_BENCH_PROFILE=N`: just N runs one at a time (for callgrind / perf).
+    if let Some(n) = std::env::var("ENGINE_BENCH_PROFILE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        rt.block_on(async {
+            for _ in 0..n {
+                one_run(&runner, &agent).await;
+            }
+        });
+        return;
+    }
 
     let mut c = Criterion::default()
         .configure_from_args()
@@ -152,6 +171,31 @@ fn main() {
         "scripted model alone: {:.1} µs CPU per run",
         model_cpu * 1e6
     );
+    table(
+        "multi-thread (one worker per core)",
+        &rt,
+        &runner,
+        &agent,
+        model_cpu,
+    );
+    let current = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let runner2: Runner = current.block_on(async { Runner::new() });
+    table("current-thread", &current, &runner2, &agent, model_cpu);
+}
+
+/// Runs, CPU and throughput at 1, 100 and 1,000 concurrent runs on one runtime.
+fn table(
+    flavour: &str,
+    rt: &tokio::runtime::Runtime,
+    runner: &Runner,
+    agent: &Agent,
+    model_cpu: f64,
+) {
+    println!();
+    println!("tokio runtime: {flavour}");
     println!("| concurrent runs | runs | runs/s | CPU µs/run | engine CPU µs/run (minus model) | CPU µs/event | errors |");
     println!("|---|---|---|---|---|---|---|");
     for &conc in &[1usize, 100, 1000] {
@@ -165,7 +209,7 @@ fn main() {
                 let runs: Vec<_> = (0..conc)
                     .map(|_| {
                         runner
-                            .request(&agent, "weather in Oslo?")
+                            .request(agent, "weather in Oslo?")
                             .config(cfg())
                             .start()
                     })

@@ -1,8 +1,10 @@
 //! The session bus: one topic per session, frames numbered by a gapless `seq`, a bounded
 //! history for resume, and any number of subscribers.
 //!
-//! A frame is serialised once, when it is published; every subscriber and the history share
-//! the same bytes. Live delivery uses a bounded broadcast ring: a subscriber that stops
+//! A frame is serialised at most once, by the first subscriber that needs its bytes (a
+//! WebSocket or SSE connection); every other subscriber and the history share those bytes.
+//! In-process consumers (the library's `stream_events`) read the typed event and never pay
+//! for JSON. Live delivery uses a bounded broadcast ring: a subscriber that stops
 //! reading never blocks the publisher or the others; when it falls behind by more than the
 //! ring holds it is told [`Delivery::Lagged`] with the last `seq` it received, and resumes
 //! from history with `after_seq`.
@@ -120,7 +122,7 @@ pub struct Frame {
     pub run_id: Arc<str>,
     /// What it says.
     pub body: FrameBody,
-    json: Bytes,
+    json: OnceLock<Bytes>,
     chat: OnceLock<Option<Bytes>>,
 }
 
@@ -200,28 +202,29 @@ impl Serialize for SdkFrame<'_> {
 }
 
 impl Frame {
-    /// Builds and serialises a frame.
+    /// Builds a frame (serialised later, once, when first needed).
     pub fn new(session_id: Arc<str>, seq: u64, run_id: Arc<str>, body: FrameBody) -> Frame {
-        let mut f = Frame {
+        Frame {
             session_id,
             seq,
             run_id,
             body,
-            json: Bytes::new(),
+            json: OnceLock::new(),
             chat: OnceLock::new(),
-        };
-        f.json = match serde_json::to_vec(&SdkFrame(&f)) {
-            Ok(v) => Bytes::from(v),
-            Err(e) => Bytes::from(format!(
-                "{{\"type\":\"error\",\"error\":{{\"code\":\"internal\",\"message\":\"frame could not be serialised: {e}\"}}}}"
-            )),
-        };
-        f
+        }
     }
 
-    /// The frame as PROTOCOL.md's full (`sdk`) format JSON.
+    /// The frame as PROTOCOL.md's full (`sdk`) format JSON, serialised on first use.
     pub fn json(&self) -> &Bytes {
-        &self.json
+        self.json.get_or_init(|| {
+            let mut buf = Vec::with_capacity(384);
+            match serde_json::to_writer(&mut buf, &SdkFrame(self)) {
+                Ok(()) => Bytes::from(buf),
+                Err(e) => Bytes::from(format!(
+                    "{{\"type\":\"error\",\"error\":{{\"code\":\"internal\",\"message\":\"frame could not be serialised: {e}\"}}}}"
+                )),
+            }
+        })
     }
 
     /// The frame in the compact `chat` format, or `None` when that format skips it.
@@ -255,7 +258,7 @@ impl Frame {
                     _ => return None,
                 },
             },
-            _ => return Some(self.json.clone()),
+            _ => return Some(self.json().clone()),
         };
         struct Chat<'a>(&'a Frame, &'a str, &'a str, &'a str);
         impl Serialize for Chat<'_> {

@@ -712,7 +712,11 @@ async fn turn_body<C: Send + Sync + 'static>(
         None => u.add_request_without_usage(),
     });
     let sensitive = b.env.include_sensitive;
-    let usage_json = response.usage.as_ref().map(trace::model_usage_json);
+    let usage_json = if mspan.is_enabled() {
+        response.usage.as_ref().map(trace::model_usage_json)
+    } else {
+        None
+    };
     mspan.update(|d| match d {
         SpanData::Response { response_id, usage } => {
             *response_id = Some(response.id.clone());
