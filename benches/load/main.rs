@@ -108,6 +108,8 @@ pub struct Opts {
     pub api: String,
     pub test_mode: bool,
     pub callboard_bin: PathBuf,
+    /// Run the server on its scripted provider (for builds without the OpenAI providers).
+    pub scripted_server: bool,
 }
 
 impl Opts {
@@ -122,7 +124,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: cargo bench --bench load -- [--preset quick|full] [--reps N] [--out DIR] \
          [--only engine,python,ws-runs,ws-latency,idle,fanout] [--no-python] [--api chat|responses] \
-         [--callboard-bin PATH]\n       load fake-model [--port P] [--tokens K] [--delay-ms D]"
+         [--callboard-bin PATH] [--scripted-server]\n       load fake-model [--port P] [--tokens K] [--delay-ms D]"
     );
     std::process::exit(2)
 }
@@ -166,6 +168,7 @@ fn main() {
         api: "chat".into(),
         test_mode,
         callboard_bin: PathBuf::from(env!("CARGO_BIN_EXE_callboard")),
+        scripted_server: false,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -186,6 +189,10 @@ fn main() {
             "--out" => opts.out = it.next().map(PathBuf::from).unwrap_or_else(|| usage()),
             "--only" => opts.only = it.next().map(|v| v.split(',').map(str::to_owned).collect()),
             "--no-python" => opts.python = false,
+            "--scripted-server" => {
+                opts.scripted_server = true;
+                check::SCRIPTED_DELTAS.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             "--api" => match it.next().map(String::as_str) {
                 Some(a @ ("chat" | "responses")) => opts.api = a.to_owned(),
                 _ => usage(),

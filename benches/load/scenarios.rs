@@ -71,11 +71,29 @@ fn free_port() -> Result<u16, String> {
 }
 
 /// The server config the harness runs callboard with.
-pub fn server_config(bind: SocketAddr, model: SocketAddr, api: &str) -> String {
+pub fn server_config(
+    bind: SocketAddr,
+    model: SocketAddr,
+    api: &str,
+    scripted: Option<usize>,
+) -> String {
     let provider = if api == "responses" {
         "openai_responses"
     } else {
         "openai_chat_completions"
+    };
+    let models = match scripted {
+        None => format!(
+            "provider = \"{provider}\"\nbase_url = \"http://{model}/v1\"\nmodel = \"fake\"\n"
+        ),
+        Some(k) => {
+            let text: String = (0..k).map(|i| format!("w{i}@0 ")).collect();
+            format!(
+                "provider = \"scripted\"\n\n[[models.default.script]]\noutputs = [{{ kind = \"call\", name = \"get_weather\", arguments = '{{\"city\":\"Oslo\"}}' }}]\n\n\
+                 [[models.default.script]]\noutputs = [{{ kind = \"call\", name = \"transfer_to_writer\", arguments = \"{{}}\" }}]\n\n\
+                 [[models.default.script]]\noutputs = [{{ kind = \"message\", text = \"{text}\", deltas = {k} }}]\n"
+            )
+        }
     };
     format!(
         r#"# Written by the load harness (benches/load): agents on the fake model server.
@@ -83,10 +101,7 @@ pub fn server_config(bind: SocketAddr, model: SocketAddr, api: &str) -> String {
 bind = "{bind}"
 
 [models.default]
-provider = "{provider}"
-base_url = "http://{model}/v1"
-model = "fake"
-
+{models}
 [[agents]]
 name = "Triage"
 instructions = "Get the weather, then hand off to Writer."
@@ -119,6 +134,15 @@ history = 8192
     )
 }
 
+/// Deltas per answer: as asked, or the script's when the server plays its scripted model.
+fn tokens_for(opts: &Opts, asked: usize) -> usize {
+    if opts.scripted_server {
+        opts.preset.tokens
+    } else {
+        asked
+    }
+}
+
 /// Starts `callboard serve` on the fake model; `None` when this build has no server.
 fn spawn_server(opts: &Opts, model: SocketAddr) -> Result<Option<(Proc, SocketAddr)>, String> {
     let help = Command::new(&opts.callboard_bin)
@@ -133,7 +157,9 @@ fn spawn_server(opts: &Opts, model: SocketAddr) -> Result<Option<(Proc, SocketAd
     let bind: SocketAddr = ([127, 0, 0, 1], port).into();
     std::fs::create_dir_all(&opts.out).map_err(|e| e.to_string())?;
     let cfg = opts.out.join("server.toml");
-    std::fs::write(&cfg, server_config(bind, model, &opts.api)).map_err(|e| e.to_string())?;
+    let scripted = opts.scripted_server.then_some(opts.preset.tokens);
+    std::fs::write(&cfg, server_config(bind, model, &opts.api, scripted))
+        .map_err(|e| e.to_string())?;
     let log = std::fs::File::create(opts.out.join("server.log")).map_err(|e| e.to_string())?;
     let log2 = log.try_clone().map_err(|e| e.to_string())?;
     let child = Command::new(&opts.callboard_bin)
@@ -509,6 +535,7 @@ fn ws_conversations(
     rep: usize,
 ) -> Scenario {
     let p = &opts.preset;
+    let tokens = tokens_for(opts, tokens);
     let c = Arc::new(Counters::default());
     let stop = Arc::new(AtomicBool::new(false));
     let total = (sessions * runs_each) as u64;
@@ -663,6 +690,7 @@ fn fanout(
     } else {
         ("fanout", p.fan_runs, p.fan_tokens, 0)
     };
+    let tokens = tokens_for(opts, tokens);
     let session = format!("{name}-{rep}-{}", crate::model::now_ns());
     let c = Arc::new(Counters::default());
     let deadline = Instant::now() + p.scenario_timeout;
