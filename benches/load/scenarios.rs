@@ -695,7 +695,15 @@ fn fanout(
     let c = Arc::new(Counters::default());
     let deadline = Instant::now() + p.scenario_timeout;
     let url = srv.url.clone();
-    // Connect and subscribe everyone first.
+    let prompt = format!("weather in Oslo please tokens={tokens} delay_ms={delay}");
+    // The session exists once a run was created on it: one run first, then everyone
+    // subscribes after its last seq.
+    let (mut driver, after) = rt.block_on(async {
+        let mut driver = ws::connect(&url).await?;
+        ws::start_run(&mut driver, &session, &prompt, 0).await?;
+        let after = ws::wait_end(&mut driver).await?;
+        Ok::<_, String>((driver, after))
+    })?;
     let subs = rt.block_on(async {
         let sem = Arc::new(tokio::sync::Semaphore::new(64));
         let mut tasks = Vec::new();
@@ -704,7 +712,7 @@ fn fanout(
             tasks.push(tokio::spawn(async move {
                 let _permit = sem.acquire_owned().await.map_err(|e| e.to_string())?;
                 let mut w = ws::connect(&url).await?;
-                ws::subscribe(&mut w, &session, None).await?;
+                ws::subscribe(&mut w, &session, Some(after)).await?;
                 Ok::<_, String>(w)
             }));
         }
@@ -723,21 +731,20 @@ fn fanout(
     let sam = sampler(name, expected, true, c.clone(), stop.clone());
     let cpu0 = srv.cpu();
     let t0 = Instant::now();
-    let prompt = format!("weather in Oslo please tokens={tokens} delay_ms={delay}");
     let res = rt.block_on(async {
         let mut tasks = Vec::new();
         for w in subs {
             tasks.push(tokio::spawn(ws::fan_subscriber(
                 w,
                 session.clone(),
+                after,
                 runs,
                 tokens,
                 c.clone(),
                 deadline,
             )));
         }
-        let mut driver = ws::connect(&url).await?;
-        for r in 0..runs {
+        for r in 1..=runs {
             ws::start_run(&mut driver, &session, &prompt, r as u64).await?;
             ws::wait_end(&mut driver).await?;
         }

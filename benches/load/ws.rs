@@ -234,6 +234,7 @@ pub async fn subscribe(ws: &mut Ws, session: &str, after_seq: Option<u64>) -> Re
 pub async fn fan_subscriber(
     mut ws: Ws,
     session: String,
+    after_seq: u64,
     runs: usize,
     tokens: usize,
     c: Arc<Counters>,
@@ -241,6 +242,7 @@ pub async fn fan_subscriber(
 ) {
     let mut lat = histogram();
     let mut fol = Follower::new();
+    fol.seq.last = after_seq;
     let mut run = RunCheck::default();
     let mut done = 0;
     while done < runs {
@@ -332,12 +334,13 @@ pub async fn start_run(ws: &mut Ws, session: &str, prompt: &str, req: u64) -> Re
     }
 }
 
-/// Waits until the run on the driver's connection ends (the driver is subscribed too).
-pub async fn wait_end(ws: &mut Ws) -> Result<(), String> {
+/// Waits until the run on the driver's connection ends (the driver is subscribed too);
+/// returns the seq of its `run.completed`.
+pub async fn wait_end(ws: &mut Ws) -> Result<u64, String> {
     loop {
         let t = next_text(ws).await?;
         match scan::frame_type(&t) {
-            Some("run.completed") => return Ok(()),
+            Some("run.completed") => return Ok(scan::u64_field(&t, "seq").unwrap_or(0)),
             Some("run.failed") | Some("run.cancelled") | Some("error") => {
                 return Err(format!("fan-out run: {t}"))
             }
