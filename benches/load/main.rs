@@ -5,7 +5,7 @@
 //! cargo bench --bench load -- [--preset quick|full] [--reps N] [--out DIR] [--only a,b] [--no-python]
 //! ```
 //!
-//! See docs/load.md. Under `cargo test --all-targets` (`--test`) it runs the quick preset
+//! See docs/load.md. Under `cargo test --all-targets` (unoptimised) it runs the quick preset
 //! without the Python SDK and fails on any lost, duplicated or reordered frame or error.
 
 mod check;
@@ -153,9 +153,10 @@ fn main() {
         }
         return;
     }
-    // `cargo test --all-targets` runs bench targets with `--test`; `--bench` comes from
-    // `cargo bench`.
-    let test_mode = args.iter().any(|a| a == "--test");
+    // `cargo test --all-targets` runs this target unoptimised (the test profile) and without
+    // arguments: that is the smoke test (quick preset, no Python, no timing). `--test` asks
+    // for it explicitly; `cargo bench` builds it optimised.
+    let test_mode = args.iter().any(|a| a == "--test") || cfg!(debug_assertions);
     if args.iter().any(|a| a == "--list") {
         return;
     }

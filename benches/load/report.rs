@@ -75,7 +75,7 @@ pub struct Scenario {
 
 impl Scenario {
     pub fn set_latency(&mut self, h: Option<&Histogram<u64>>) {
-        let Some(h) = h.filter(|h| h.len() > 0) else {
+        let Some(h) = h.filter(|h| !h.is_empty()) else {
             return;
         };
         self.latency = Some(Latency::of(h));

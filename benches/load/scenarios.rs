@@ -145,12 +145,14 @@ fn tokens_for(opts: &Opts, asked: usize) -> usize {
 
 /// Starts `callboard serve` on the fake model; `None` when this build has no server.
 fn spawn_server(opts: &Opts, model: SocketAddr) -> Result<Option<(Proc, SocketAddr)>, String> {
+    // A build without the server has no `serve --config`.
     let help = Command::new(&opts.callboard_bin)
         .args(["serve", "--help"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    if !help.is_ok_and(|s| s.success()) {
+        .output();
+    let has_serve = help.is_ok_and(|o| {
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("--config")
+    });
+    if !has_serve {
         return Ok(None);
     }
     let port = free_port()?;

@@ -87,6 +87,7 @@ impl Follower {
 }
 
 /// One conversation on `session`; returns the run's frames seen.
+#[allow(clippy::too_many_arguments)]
 async fn one_run(
     ws: &mut Ws,
     session: &str,
