@@ -123,8 +123,8 @@ impl Opts {
 fn usage() -> ! {
     eprintln!(
         "usage: cargo bench --bench load -- [--preset quick|full] [--reps N] [--out DIR] \
-         [--only engine,python,ws-runs,ws-latency,idle,fanout] [--no-python] [--api chat|responses] \
-         [--callboard-bin PATH] [--scripted-server]\n       load fake-model [--port P] [--tokens K] [--delay-ms D]"
+         [--only engine,python,idle,ws-runs,ws-latency,fanout,fanout-paced] [--no-python] [--api chat|responses] \
+         [--tokens K] [--callboard-bin PATH] [--scripted-server]\n       load fake-model [--port P] [--tokens K] [--delay-ms D]"
     );
     std::process::exit(2)
 }
@@ -189,6 +189,12 @@ fn main() {
             }
             "--out" => opts.out = it.next().map(PathBuf::from).unwrap_or_else(|| usage()),
             "--only" => opts.only = it.next().map(|v| v.split(',').map(str::to_owned).collect()),
+            "--tokens" => {
+                opts.preset.tokens = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| usage())
+            }
             "--no-python" => opts.python = false,
             "--scripted-server" => {
                 opts.scripted_server = true;

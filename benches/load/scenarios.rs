@@ -129,7 +129,7 @@ store = "memory"
 [limits]
 max_runs_per_tenant = 100000
 max_connections = 20000
-history = 8192
+history = 32768
 "#
     )
 }
@@ -603,6 +603,7 @@ fn ws_conversations(
             );
         }
         sc.memory_kib.insert("server_rss_peak".into(), pk as f64);
+        sc.memory_kib.insert("server_rss_start".into(), r0 as f64);
     }
     sc
 }
@@ -848,7 +849,7 @@ pub fn run_all(opts: &Opts) -> Result<bool, String> {
             &mut notes,
         );
     }
-    let want_ws = ["ws-runs", "ws-latency", "idle", "fanout"]
+    let want_ws = ["ws-runs", "ws-latency", "idle", "fanout", "fanout-paced"]
         .iter()
         .any(|s| opts.wants(s));
     if want_ws {
@@ -857,15 +858,22 @@ pub fn run_all(opts: &Opts) -> Result<bool, String> {
                 "{} has no `serve` command in this build: WebSocket scenarios skipped",
                 opts.callboard_bin.display()
             )),
-            Some((proc, addr)) => {
-                let srv = Server {
-                    proc,
-                    url: format!("ws://{addr}/v1/ws"),
+            Some(first) => {
+                // Every repetition of every scenario gets a fresh server, so memory figures
+                // start from the same baseline.
+                drop(first);
+                let fresh = || -> Result<Server, String> {
+                    let (proc, addr) =
+                        spawn_server(opts, model_addr)?.ok_or("the server went away")?;
+                    Ok(Server {
+                        proc,
+                        url: format!("ws://{addr}/v1/ws"),
+                    })
                 };
                 if opts.wants("idle") {
                     repeat(
                         opts,
-                        |_| Ok(idle(opts, &rt, &srv)),
+                        |_| Ok(idle(opts, &rt, &fresh()?)),
                         &mut scenarios,
                         &mut notes,
                     );
@@ -874,6 +882,7 @@ pub fn run_all(opts: &Opts) -> Result<bool, String> {
                     repeat(
                         opts,
                         |r| {
+                            let srv = fresh()?;
                             Ok(ws_conversations(
                                 "ws-runs",
                                 format!(
@@ -899,6 +908,7 @@ pub fn run_all(opts: &Opts) -> Result<bool, String> {
                     repeat(
                         opts,
                         |r| {
+                            let srv = fresh()?;
                             Ok(ws_conversations(
                                 "ws-latency",
                                 format!(
@@ -923,13 +933,15 @@ pub fn run_all(opts: &Opts) -> Result<bool, String> {
                 if opts.wants("fanout") {
                     repeat(
                         opts,
-                        |r| fanout(opts, &rt, &srv, false, r),
+                        |r| fanout(opts, &rt, &fresh()?, false, r),
                         &mut scenarios,
                         &mut notes,
                     );
+                }
+                if opts.wants("fanout-paced") && !opts.scripted_server {
                     repeat(
                         opts,
-                        |r| fanout(opts, &rt, &srv, true, r),
+                        |r| fanout(opts, &rt, &fresh()?, true, r),
                         &mut scenarios,
                         &mut notes,
                     );

@@ -259,6 +259,10 @@ pub async fn fan_subscriber(
             }
         };
         let ty = scan::frame_type(&t).unwrap_or("");
+        if ty == "error" {
+            c.error(format!("fan-out subscriber: {t}"));
+            break;
+        }
         if ty == "lagged" {
             c.lagged.fetch_add(1, Ordering::Relaxed);
             fol.resync = true;
