@@ -346,6 +346,15 @@ pub async fn wait_end(ws: &mut Ws) -> Result<u64, String> {
         let t = next_text(ws).await?;
         match scan::frame_type(&t) {
             Some("run.completed") => return Ok(scan::u64_field(&t, "seq").unwrap_or(0)),
+            Some("lagged") => {
+                let after = scan::u64_field(&t, "resume_after_seq").unwrap_or(0);
+                let session = scan::str_field(&t, "session_id").unwrap_or("").to_owned();
+                send(
+                    ws,
+                    json!({"type": "session.subscribe", "session_id": session, "after_seq": after}),
+                )
+                .await?;
+            }
             Some("run.failed") | Some("run.cancelled") | Some("error") => {
                 return Err(format!("fan-out run: {t}"))
             }
