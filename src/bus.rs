@@ -337,6 +337,18 @@ impl Topic {
         })
     }
 
+    /// A new empty topic whose first frame will be `after_seq + 1`: a session whose earlier
+    /// frames were retired keeps its numbering, so resuming clients see no reused seq.
+    pub fn resuming(
+        session_id: impl Into<Arc<str>>,
+        limits: BusLimits,
+        after_seq: u64,
+    ) -> Arc<Topic> {
+        let t = Topic::new(session_id, limits);
+        t.lock().next_seq = after_seq + 1;
+        t
+    }
+
     /// The session id.
     pub fn session_id(&self) -> &Arc<str> {
         &self.session_id
@@ -515,6 +527,30 @@ impl Bus {
         self.topics
             .entry(key.to_owned())
             .or_insert_with(|| Topic::new(key, self.limits))
+            .clone()
+    }
+
+    /// The topic stored under `key` (e.g. `"{tenant}/{session}"`), created if new, whose
+    /// frames show `session_id` (the id the client knows).
+    pub fn topic_with(&self, key: &str, session_id: &str) -> Arc<Topic> {
+        if let Some(t) = self.topics.get(key) {
+            return t.clone();
+        }
+        self.topics
+            .entry(key.to_owned())
+            .or_insert_with(|| Topic::new(session_id, self.limits))
+            .clone()
+    }
+
+    /// Like [`topic_with`](Self::topic_with), but a topic created now numbers its frames
+    /// after `after_seq` (see [`Topic::resuming`]).
+    pub fn topic_resuming(&self, key: &str, session_id: &str, after_seq: u64) -> Arc<Topic> {
+        if let Some(t) = self.topics.get(key) {
+            return t.clone();
+        }
+        self.topics
+            .entry(key.to_owned())
+            .or_insert_with(|| Topic::resuming(session_id, self.limits, after_seq))
             .clone()
     }
 

@@ -31,14 +31,21 @@
 //! - [`run`]: the `Runner`, `RunConfig`, results, and the one engine.
 //! - [`actor`]: agent actors, their mailboxes, and the stage that holds them.
 //! - [`bus`]: session topics with gapless `seq`, history and lag handling.
-//! - [`trace`]: traces, spans, processors.
+//! - [`trace`]: traces, spans, processors, the tracing actor (`trace::batch`), the sinks
+//!   (`trace::sinks`: console, jsonl, store, openai, otlp) and the `[tracing]` config.
 //! - [`session`]: conversation memory.
 //! - [`usage`], [`error`]: token usage and the SDK's errors.
 //! - [`demo`]: the demo cast used by the example and the server's defaults.
+//! - [`config`]: the server's TOML config and its validation.
+//! - [`server`]: the HTTP API (axum), auth, limits, graceful shutdown.
+//! - [`hub`]: the WebSocket hub fanning the bus out to clients.
+//! - [`cli`]: the `callboard` command line (`serve`, `run`, `check-config`).
 
 pub mod actor;
 pub mod agent;
 pub mod bus;
+pub mod cli;
+pub mod config;
 pub mod context;
 pub mod demo;
 pub mod error;
@@ -46,9 +53,11 @@ pub mod events;
 pub mod guardrail;
 pub mod handoff;
 pub mod hooks;
+pub mod hub;
 pub mod items;
 pub mod model;
 pub mod run;
+pub mod server;
 pub mod session;
 pub mod tool;
 pub mod trace;

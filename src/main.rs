@@ -1,8 +1,5 @@
-//! The `callboard` command line.
+//! The `callboard` command line: `serve`, `run`, `check-config` (see [`callboard::cli`]).
 
 fn main() {
-    println!(
-        "callboard {}: the server lands with its issue; try `cargo run --example chat`.",
-        env!("CARGO_PKG_VERSION")
-    );
+    std::process::exit(callboard::cli::main());
 }

@@ -964,3 +964,16 @@ async fn bus_subscribers_see_the_run_with_gapless_seq() {
     assert_eq!(seqs, (1..=37).collect::<Vec<u64>>());
     run.wait().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_panic_inside_a_turn_still_ends_the_stream() {
+    let m = Arc::new(ScriptedModel::from_fn(|_req, _turn| panic!("model bug")));
+    let a = Agent::new("A").model_instance(m);
+    let runner: Runner = Runner::new();
+    let mut run = runner.run_streamed(&a, "x").unwrap();
+    let got = collect(&mut run).await;
+    assert_eq!(got, ["agent:A"]);
+    let e = run.error().unwrap();
+    assert_eq!(e.sdk_name(), "UserError");
+    assert!(run.is_complete());
+}

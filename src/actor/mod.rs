@@ -25,7 +25,8 @@ pub const DEFAULT_MAILBOX: usize = 1024;
 /// Default limit on runs held by one agent at once.
 pub const DEFAULT_MAX_RUNS_PER_AGENT: usize = 100_000;
 
-fn actor_arbiter() -> &'static ArbiterHandle {
+/// The arbiter of the library's actix `System`, started on its own thread on first use.
+pub(crate) fn actor_arbiter() -> &'static ArbiterHandle {
     static HOST: OnceLock<ArbiterHandle> = OnceLock::new();
     HOST.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();

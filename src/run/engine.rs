@@ -59,7 +59,8 @@ async fn start_agent<C: Send + Sync + 'static>(b: &mut Baton<C>) {
         name: agent.name().to_owned(),
         handoffs: vec![],
         tools: vec![],
-        output_type: agent.output_type_name().map(str::to_owned),
+        // The SDK names a plain-text agent's output type "str".
+        output_type: Some(agent.output_type_name().unwrap_or("str").to_owned()),
     });
     let handoffs: Vec<String> = agent
         .handoff_names()
@@ -248,17 +249,25 @@ fn model_span<C: Send + Sync + 'static>(
             response_id: None,
             usage: None,
         }),
-        ModelApi::ChatCompletions => turn_span.child(SpanData::Generation {
-            input: if b.env.include_sensitive {
-                serde_json::to_value(&req.input).ok()
-            } else {
-                None
-            },
-            output: None,
-            model: Some(model.name().to_owned()),
-            model_config: Some(req.settings.to_json()),
-            usage: None,
-        }),
+        ModelApi::ChatCompletions => {
+            // As in the SDK, the input is filled in after the span's start.
+            let span = turn_span.child(SpanData::Generation {
+                input: None,
+                output: None,
+                model: Some(model.name().to_owned()),
+                model_config: Some(req.settings.to_json()),
+                usage: None,
+            });
+            if b.env.include_sensitive {
+                let messages = serde_json::to_value(&req.input).ok();
+                span.update(|d| {
+                    if let SpanData::Generation { input, .. } = d {
+                        *input = messages;
+                    }
+                });
+            }
+            span
+        }
     }
 }
 
@@ -376,12 +385,20 @@ async fn run_tool<C: Send + Sync + 'static>(
     tool: &Arc<dyn Tool<C>>,
 ) -> String {
     let sensitive = b.env.include_sensitive;
+    // As in the SDK, the span starts bare and the arguments are filled in after its start.
     let span = turn_span.child(SpanData::Function {
         name: call.name.clone(),
-        input: sensitive.then(|| call.arguments.clone()),
+        input: None,
         output: None,
         mcp_data: None,
     });
+    if sensitive {
+        span.update(|d| {
+            if let SpanData::Function { input, .. } = d {
+                *input = Some(call.arguments.clone());
+            }
+        });
+    }
     let agent = b.agent.name();
     if let Some(h) = &b.env.hooks {
         h.on_tool_start(&b.ctx, agent, tool.name()).await;
@@ -763,8 +780,9 @@ async fn turn_body<C: Send + Sync + 'static>(
                     });
                     tool_calls.push((fc.clone(), t.clone()));
                 } else {
-                    b.agent_span
-                        .set_error("Tool not found", Some(json!({"tool_name": fc.name})));
+                    // The SDK puts this on the current span, the turn's; the agent span
+                    // then gets "Error in agent run" as the run fails.
+                    turn_span.set_error("Tool not found", Some(json!({"tool_name": fc.name})));
                     b.shared
                         .raw_responses
                         .lock()

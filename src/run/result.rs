@@ -172,7 +172,8 @@ impl<C: Send + Sync + 'static> RunResultStreaming<C> {
             .clone()
     }
 
-    fn outcome(&self) -> Option<RunOutcome> {
+    /// How the run ended, once it has.
+    pub fn outcome(&self) -> Option<RunOutcome> {
         self.shared
             .outcome
             .lock()
@@ -218,6 +219,16 @@ impl<C: Send + Sync + 'static> RunResultStreaming<C> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Waits for the end of the run without consuming the handle.
+    pub async fn done(&self) {
+        let mut done = self.shared.done.subscribe();
+        while !*done.borrow_and_update() {
+            if done.changed().await.is_err() {
+                break;
+            }
+        }
     }
 
     /// Waits for the end of the run and returns its result, or its error. A cancelled run

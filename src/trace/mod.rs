@@ -6,7 +6,10 @@
 //! function span and [`trace`] groups several runs under one trace, as the SDK's `trace()`
 //! does.
 
+pub mod batch;
+pub mod config;
 pub mod processor;
+pub mod sinks;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -14,23 +17,28 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
+pub use batch::{BatchConfig, BatchTraceProcessor, ExportItem, ItemKind, TraceStats};
+pub use config::{TracingConfig, TracingConfigError, TracingSetup};
+pub use sinks::{Sink, SinkError};
+
 pub use processor::{
     add_trace_processor, flush_traces, global_tracer, set_trace_processors, set_tracing_disabled,
-    TraceProcessor, Tracer,
+    shutdown_traces, TraceProcessor, Tracer,
 };
 
 use crate::usage::Usage;
 
-/// A random id `prefix_<hex>` with `hex_len` hex digits.
+/// A random id `prefix_<hex>` with `hex_len` (at most 32) hex digits.
 fn gen_id(prefix: &str, hex_len: usize) -> String {
     use rand::Rng;
-    let mut rng = rand::rng();
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut bits: u128 = rand::rng().random();
     let mut s = String::with_capacity(prefix.len() + 1 + hex_len);
     s.push_str(prefix);
     s.push('_');
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for _ in 0..hex_len {
-        s.push(HEX[rng.random_range(0..16)] as char);
+    for _ in 0..hex_len.min(32) {
+        s.push(HEX[(bits & 0xf) as usize] as char);
+        bits >>= 4;
     }
     s
 }
@@ -52,9 +60,22 @@ pub fn gen_group_id() -> String {
 
 /// Now as the SDK writes times: ISO-8601 with microseconds and `+00:00`.
 pub fn time_iso() -> String {
-    chrono::Utc::now()
-        .format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
-        .to_string()
+    use chrono::{Datelike, Timelike};
+    use std::fmt::Write;
+    let t = chrono::Utc::now();
+    let mut s = String::with_capacity(32);
+    let _ = write!(
+        s,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}+00:00",
+        t.year(),
+        t.month(),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.nanosecond() % 1_000_000_000 / 1000
+    );
+    s
 }
 
 /// The data of a span, one variant per SDK span type.
@@ -172,66 +193,174 @@ impl SpanData {
 
     /// The `span_data` object of the SDK's export.
     pub fn export(&self) -> Value {
+        serde_json::to_value(self.view()).unwrap_or(Value::Null)
+    }
+
+    /// A borrowed view that serialises as the SDK's `span_data` (type first, then the
+    /// fields in the SDK's order).
+    fn view(&self) -> DataView<'_> {
         match self {
             SpanData::Agent {
                 name,
                 handoffs,
                 tools,
                 output_type,
-            } => {
-                json!({"type": "agent", "name": name, "handoffs": handoffs, "tools": tools, "output_type": output_type})
-            }
-            SpanData::Task { name, usage } => {
-                let mut data = json!({"sdk_span_type": "task", "name": name});
-                if let Some(u) = usage {
-                    data["usage"] = u.clone();
-                }
-                json!({"type": "custom", "name": "task", "data": data})
-            }
+            } => DataView::Agent {
+                name,
+                handoffs,
+                tools,
+                output_type: output_type.as_deref(),
+            },
+            SpanData::Task { name, usage } => DataView::Custom {
+                name: "task",
+                data: CustomData::Task {
+                    sdk_span_type: "task",
+                    name,
+                    usage: usage.as_ref(),
+                },
+            },
             SpanData::Turn {
                 turn,
                 agent_name,
                 usage,
-            } => {
-                let mut data =
-                    json!({"sdk_span_type": "turn", "turn": turn, "agent_name": agent_name});
-                if let Some(u) = usage {
-                    data["usage"] = u.clone();
-                }
-                json!({"type": "custom", "name": "turn", "data": data})
-            }
-            SpanData::Response { response_id, usage } => {
-                json!({"type": "response", "response_id": response_id, "usage": usage})
-            }
+            } => DataView::Custom {
+                name: "turn",
+                data: CustomData::Turn {
+                    sdk_span_type: "turn",
+                    turn: *turn,
+                    agent_name,
+                    usage: usage.as_ref(),
+                },
+            },
+            SpanData::Response { response_id, usage } => DataView::Response {
+                response_id: response_id.as_deref(),
+                usage: usage.as_ref(),
+            },
             SpanData::Generation {
                 input,
                 output,
                 model,
                 model_config,
                 usage,
-            } => {
-                json!({"type": "generation", "input": input, "output": output, "model": model, "model_config": model_config, "usage": usage})
-            }
+            } => DataView::Generation {
+                input: input.as_ref(),
+                output: output.as_ref(),
+                model: model.as_deref(),
+                model_config: model_config.as_ref(),
+                usage: usage.as_ref(),
+            },
             SpanData::Function {
                 name,
                 input,
                 output,
                 mcp_data,
-            } => {
-                json!({"type": "function", "name": name, "input": input, "output": output, "mcp_data": mcp_data})
-            }
+            } => DataView::Function {
+                name,
+                input: input.as_deref(),
+                output: output.as_deref(),
+                mcp_data: mcp_data.as_ref(),
+            },
             SpanData::Handoff {
                 from_agent,
                 to_agent,
-            } => json!({"type": "handoff", "from_agent": from_agent, "to_agent": to_agent}),
-            SpanData::Guardrail { name, triggered } => {
-                json!({"type": "guardrail", "name": name, "triggered": triggered})
-            }
-            SpanData::Custom { name, data } => {
-                json!({"type": "custom", "name": name, "data": data})
-            }
+            } => DataView::Handoff {
+                from_agent: from_agent.as_deref(),
+                to_agent: to_agent.as_deref(),
+            },
+            SpanData::Guardrail { name, triggered } => DataView::Guardrail {
+                name,
+                triggered: *triggered,
+            },
+            SpanData::Custom { name, data } => DataView::Custom {
+                name,
+                data: CustomData::Free(data),
+            },
         }
     }
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum DataView<'a> {
+    Agent {
+        name: &'a str,
+        handoffs: &'a [String],
+        tools: &'a [String],
+        output_type: Option<&'a str>,
+    },
+    Response {
+        response_id: Option<&'a str>,
+        usage: Option<&'a Value>,
+    },
+    Generation {
+        input: Option<&'a Value>,
+        output: Option<&'a Value>,
+        model: Option<&'a str>,
+        model_config: Option<&'a Value>,
+        usage: Option<&'a Value>,
+    },
+    Function {
+        name: &'a str,
+        input: Option<&'a str>,
+        output: Option<&'a str>,
+        mcp_data: Option<&'a Value>,
+    },
+    Handoff {
+        from_agent: Option<&'a str>,
+        to_agent: Option<&'a str>,
+    },
+    Guardrail {
+        name: &'a str,
+        triggered: bool,
+    },
+    Custom {
+        name: &'a str,
+        data: CustomData<'a>,
+    },
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum CustomData<'a> {
+    Task {
+        sdk_span_type: &'static str,
+        name: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        usage: Option<&'a Value>,
+    },
+    Turn {
+        sdk_span_type: &'static str,
+        turn: u64,
+        agent_name: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        usage: Option<&'a Value>,
+    },
+    Free(&'a Value),
+}
+
+/// The SDK's span export, as a borrowed view for serialisation.
+#[derive(Serialize)]
+struct SpanView<'a> {
+    object: &'static str,
+    id: &'a str,
+    trace_id: &'a str,
+    parent_id: Option<&'a str>,
+    started_at: &'a str,
+    ended_at: Option<&'a str>,
+    span_data: DataView<'a>,
+    error: Option<&'a SpanError>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<&'a Map<String, Value>>,
+}
+
+/// The SDK's trace export, as a borrowed view for serialisation.
+#[derive(Serialize)]
+struct TraceView<'a> {
+    object: &'static str,
+    id: &'a str,
+    workflow_name: &'a str,
+    group_id: Option<&'a str>,
+    metadata: Option<&'a Map<String, Value>>,
 }
 
 /// Usage of one model call as span data (the SDK's `model_usage_to_span_usage`).
@@ -315,14 +444,23 @@ impl Trace {
 
     /// The SDK's trace export: `{"object":"trace","id","workflow_name","group_id","metadata"}`.
     pub fn export(&self) -> Option<Value> {
+        serde_json::to_value(self.view()?).ok()
+    }
+
+    /// The SDK's trace export as compact JSON text (one pass, no intermediate tree).
+    pub fn export_json(&self) -> Option<String> {
+        serde_json::to_string(&self.view()?).ok()
+    }
+
+    fn view(&self) -> Option<TraceView<'_>> {
         let t = self.0.as_ref()?;
-        Some(json!({
-            "object": "trace",
-            "id": t.trace_id,
-            "workflow_name": t.workflow_name,
-            "group_id": t.group_id,
-            "metadata": t.metadata,
-        }))
+        Some(TraceView {
+            object: "trace",
+            id: &t.trace_id,
+            workflow_name: &t.workflow_name,
+            group_id: t.group_id.as_deref(),
+            metadata: t.metadata.as_ref(),
+        })
     }
 
     /// Ends the trace and tells the processors (once).
@@ -534,26 +672,53 @@ impl Span {
 
     /// The SDK's span export (`object: "trace.span"`), when enabled.
     pub fn export(&self) -> Option<Value> {
+        self.with_view(|v| serde_json::to_value(v).ok())?
+    }
+
+    /// The SDK's span export as compact JSON text (one pass, no intermediate tree).
+    pub fn export_json(&self) -> Option<String> {
+        self.with_view(|v| serde_json::to_string(v).ok())?
+    }
+
+    fn with_view<R>(&self, f: impl FnOnce(&SpanView<'_>) -> R) -> Option<R> {
         let s = self.0.as_ref()?;
         let st = s.state.lock().unwrap_or_else(|e| e.into_inner());
-        let mut v = json!({
-            "object": "trace.span",
-            "id": s.span_id,
-            "trace_id": s.trace.trace_id(),
-            "parent_id": s.parent_id,
-            "started_at": s.started_at,
-            "ended_at": st.ended_at,
-            "span_data": st.data.export(),
-            "error": st.error,
-        });
-        if let Some(tracer) = s.trace.tracer() {
-            if tracer.copies_metadata_to_spans() {
-                if let Some(md) = s.trace.inner().and_then(|t| t.metadata.as_ref()) {
-                    v["metadata"] = Value::Object(md.clone());
-                }
-            }
-        }
-        Some(v)
+        let metadata = s
+            .trace
+            .inner()
+            .filter(|t| t.tracer.copies_metadata_to_spans())
+            .and_then(|t| t.metadata.as_ref());
+        let view = SpanView {
+            object: "trace.span",
+            id: &s.span_id,
+            trace_id: s.trace.trace_id(),
+            parent_id: s.parent_id.as_deref(),
+            started_at: &s.started_at,
+            ended_at: st.ended_at.as_deref(),
+            span_data: st.data.view(),
+            error: st.error.as_ref(),
+            metadata,
+        };
+        Some(f(&view))
+    }
+
+    /// The span's type as exported (`agent`, `custom`, ...), when enabled.
+    pub fn span_type(&self) -> Option<&'static str> {
+        let s = self.0.as_ref()?;
+        let st = s.state.lock().unwrap_or_else(|e| e.into_inner());
+        Some(st.data.type_name())
+    }
+
+    /// The start time, when enabled.
+    pub fn started_at(&self) -> Option<&str> {
+        self.0.as_ref().map(|s| s.started_at.as_str())
+    }
+
+    /// The end time, when ended.
+    pub fn ended_at(&self) -> Option<String> {
+        let s = self.0.as_ref()?;
+        let st = s.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.ended_at.clone()
     }
 }
 
@@ -583,7 +748,12 @@ pub async fn with_span<F: Future>(span: Span, fut: F) -> F::Output {
 /// Runs `fut` inside a trace: runs started within share it and create none of their own,
 /// as inside the SDK's `with trace(...)`. The trace ends when `fut` completes.
 pub async fn trace<F: Future>(opts: TraceOptions, fut: F) -> F::Output {
-    let t = global_tracer().start_trace(opts);
+    trace_with(global_tracer(), opts, fut).await
+}
+
+/// [`trace`] reporting to `tracer` instead of the global one.
+pub async fn trace_with<F: Future>(tracer: &Tracer, opts: TraceOptions, fut: F) -> F::Output {
+    let t = tracer.start_trace(opts);
     let out = CURRENT_TRACE.scope(t.clone(), fut).await;
     t.finish();
     out

@@ -185,3 +185,9 @@ pub fn set_tracing_disabled(disabled: bool) {
 pub fn flush_traces() {
     global_tracer().force_flush();
 }
+
+/// Flushes and shuts down the global tracer's processors; call it once when the program
+/// ends (the SDK does this at interpreter exit) so no queued span is lost.
+pub fn shutdown_traces() {
+    global_tracer().shutdown();
+}

@@ -1,0 +1,469 @@
+//! One WebSocket connection: a reader that parses client frames and acts on them, one
+//! forwarder task per followed session, and a writer draining the bounded outbound queue.
+//!
+//! The loop is generic over `Sink<Message>` / `Stream<Item = Result<Message, E>>`, so tests
+//! can drive it with channels; the socket is a thin adapter.
+//!
+//! Slow clients: a forwarder waits when the outbound queue is full; the bus never waits for
+//! it. When the bus ring overtakes the forwarder, the subscription ends with a `lagged`
+//! frame and the client resumes with `after_seq`. A socket that accepts no write for
+//! `write_timeout_ms` is closed.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use bytes::Bytes;
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::bus::{Delivery, Subscription};
+use crate::hub::frames::{self, Accepted, ClientFrame};
+use crate::server::core::{Core, Format};
+use crate::server::error::ApiError;
+
+/// Close code sent when the server shuts down ("going away").
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+
+/// What the writer sends.
+#[derive(Debug)]
+pub enum Out {
+    /// A text frame, already serialised (shared bytes).
+    Shared(Bytes),
+    /// A text frame made for this connection only.
+    Own(String),
+    /// A WebSocket ping (heartbeat).
+    Ping,
+}
+
+/// How often an idle connection is pinged (keeps proxies from timing it out; a dead peer
+/// then fails the write and is closed).
+pub const HEARTBEAT: Duration = Duration::from_secs(30);
+
+struct Conn {
+    core: Arc<Core>,
+    tenant: Arc<str>,
+    tx: mpsc::Sender<Out>,
+    subs: HashMap<String, JoinHandle<()>>,
+}
+
+/// Serves one connection until the client leaves, the socket fails, or the server shuts
+/// down (then the socket is closed with code 1001).
+pub async fn run<S, R, E>(core: Arc<Core>, tenant: Arc<str>, sink: S, stream: R)
+where
+    S: Sink<Message> + Send + Unpin + 'static,
+    R: Stream<Item = Result<Message, E>> + Send + Unpin + 'static,
+{
+    core.metrics.connections.fetch_add(1, Ordering::AcqRel);
+    run_counted(core, tenant, sink, stream).await
+}
+
+/// [`run`] for a connection already counted in `metrics.connections` (the upgrade handler
+/// reserves its place against the connection limit); the count is released at the end.
+pub async fn run_counted<S, R, E>(core: Arc<Core>, tenant: Arc<str>, sink: S, mut stream: R)
+where
+    S: Sink<Message> + Send + Unpin + 'static,
+    R: Stream<Item = Result<Message, E>> + Send + Unpin + 'static,
+{
+    core.metrics
+        .connections_total
+        .fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = mpsc::channel(core.limits.outbound_queue);
+    let write_timeout = Duration::from_millis(core.limits.write_timeout_ms.max(1));
+    let mut writer = tokio::spawn(write_loop(core.clone(), sink, rx, write_timeout));
+    let mut conn = Conn {
+        core: core.clone(),
+        tenant,
+        tx,
+        subs: HashMap::new(),
+    };
+    let close = core.close_sockets.clone();
+    loop {
+        tokio::select! {
+            msg = stream.next() => match msg {
+                Some(Ok(Message::Text(t))) => conn.handle_text(t.as_str()).await,
+                Some(Ok(Message::Binary(b))) => {
+                    if b.len() > core.limits.max_frame_bytes {
+                        conn.error(None, ApiError::FrameTooLarge { size: b.len(), limit: core.limits.max_frame_bytes }).await;
+                    } else {
+                        conn.error(None, ApiError::BadRequest("binary frames are not accepted; send JSON text frames".into())).await;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {} // ping/pong are answered by the socket layer
+            },
+            _ = &mut writer => break,
+            _ = close.cancelled() => break,
+        }
+    }
+    for (_, h) in conn.subs.drain() {
+        h.abort();
+    }
+    drop(conn);
+    if !writer.is_finished() {
+        // The writer drains what is queued, then closes (1001 on shutdown, 1000 otherwise).
+        if tokio::time::timeout(Duration::from_secs(5), &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
+    }
+    core.metrics.connections.fetch_sub(1, Ordering::AcqRel);
+}
+
+fn to_message(o: Out) -> Option<Message> {
+    match o {
+        Out::Shared(b) => Utf8Bytes::try_from(b).ok().map(Message::Text),
+        Out::Own(s) => Some(Message::Text(s.into())),
+        Out::Ping => Some(Message::Ping(Bytes::new())),
+    }
+}
+
+async fn write_loop<S>(core: Arc<Core>, mut sink: S, mut rx: mpsc::Receiver<Out>, timeout: Duration)
+where
+    S: Sink<Message> + Send + Unpin + 'static,
+{
+    let close = core.close_sockets.clone();
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    heartbeat.reset();
+    loop {
+        let first = tokio::select! {
+            biased;
+            m = rx.recv() => m,
+            _ = close.cancelled() => None,
+            _ = heartbeat.tick() => Some(Out::Ping),
+        };
+        let Some(first) = first else { break };
+        let mut n = 0u64;
+        let batch = async {
+            if let Some(m) = to_message(first) {
+                sink.feed(m).await?;
+                n += 1;
+            }
+            while n < 256 {
+                let Ok(o) = rx.try_recv() else { break };
+                if let Some(m) = to_message(o) {
+                    sink.feed(m).await?;
+                    n += 1;
+                }
+            }
+            sink.flush().await
+        };
+        match tokio::time::timeout(timeout, batch).await {
+            Ok(Ok(())) => {
+                core.metrics.frames_sent.fetch_add(n, Ordering::Relaxed);
+            }
+            Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::info!("closing a WebSocket that accepted no write in time");
+                return;
+            }
+        }
+    }
+    let (code, reason) = if core.close_sockets.is_cancelled() {
+        (CLOSE_GOING_AWAY, "server shutting down")
+    } else {
+        (1000, "")
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        sink.send(Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }))),
+    )
+    .await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+}
+
+impl Conn {
+    async fn send_own(&self, s: String) {
+        let _ = self.tx.send(Out::Own(s)).await;
+    }
+
+    async fn error(&self, id: Option<&serde_json::Value>, e: ApiError) {
+        let message = e.to_string();
+        crate::server::telemetry::ErrorSent {
+            code: e.code(),
+            surface: "ws",
+            message: &message,
+        }
+        .emit(&self.core.metrics);
+        self.send_own(e.frame(id)).await;
+    }
+
+    async fn handle_text(&mut self, text: &str) {
+        let limit = self.core.limits.max_frame_bytes;
+        if text.len() > limit {
+            return self
+                .error(
+                    None,
+                    ApiError::FrameTooLarge {
+                        size: text.len(),
+                        limit,
+                    },
+                )
+                .await;
+        }
+        let frame = match frames::parse(text) {
+            Ok(f) => f,
+            Err((id, e)) => return self.error(id.as_ref(), e).await,
+        };
+        match frame {
+            ClientFrame::Ping(p) => self.send_own(frames::pong(p.id.as_ref())).await,
+            ClientFrame::RunCreate(mut req) => {
+                let id = req.id.take();
+                let Some(session_id) = req.session_id.clone() else {
+                    return self
+                        .error(
+                            id.as_ref(),
+                            ApiError::BadRequest("run.create needs `session_id`".into()),
+                        )
+                        .await;
+                };
+                let format = req.format.unwrap_or_default();
+                let prepared = match self.core.prepare_run(&self.tenant, &session_id, req) {
+                    Ok(p) => p,
+                    Err(e) => return self.error(id.as_ref(), e).await,
+                };
+                // run.accepted goes out before the run exists, so it precedes every frame of
+                // the run on this connection.
+                let accepted = Accepted {
+                    ty: "run.accepted",
+                    id: id.as_ref(),
+                    run_id: prepared.run_id(),
+                    session_id: &session_id,
+                    trace_id: prepared.trace_id(),
+                };
+                let text = serde_json::to_string(&accepted).unwrap_or_default();
+                self.send_own(text).await;
+                // Follow the session (if not yet) from its last seq before the run starts,
+                // so none of the run's frames is missed.
+                let following = self.subs.get(&session_id).is_some_and(|h| !h.is_finished());
+                if !following {
+                    let before = prepared.topic().last_seq();
+                    self.follow(&session_id, Some(before), format, id.as_ref())
+                        .await;
+                }
+                if let Err(e) = prepared.launch(false) {
+                    self.error(id.as_ref(), e).await;
+                }
+            }
+            ClientFrame::RunCancel(c) => {
+                if let Err(e) = self.core.cancel_run(&self.tenant, &c.run_id, c.mode) {
+                    self.error(c.id.as_ref(), e).await;
+                }
+            }
+            ClientFrame::Subscribe(s) => match self.core.session(&self.tenant, &s.session_id) {
+                Ok(_) => {
+                    self.follow(
+                        &s.session_id,
+                        s.after_seq,
+                        s.format.unwrap_or_default(),
+                        s.id.as_ref(),
+                    )
+                    .await
+                }
+                Err(e) => self.error(s.id.as_ref(), e).await,
+            },
+            ClientFrame::Unsubscribe(u) => match self.subs.remove(&u.session_id) {
+                Some(h) => h.abort(),
+                None => {
+                    self.error(
+                        u.id.as_ref(),
+                        ApiError::NotFound(format!(
+                            "this connection does not follow session `{}`",
+                            u.session_id.chars().take(100).collect::<String>()
+                        )),
+                    )
+                    .await
+                }
+            },
+            ClientFrame::ToolResult(r) => {
+                let output = match r.output {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                if let Err(e) = self
+                    .core
+                    .tool_result(&self.tenant, &r.run_id, &r.call_id, output)
+                {
+                    self.error(r.id.as_ref(), e).await;
+                }
+            }
+        }
+    }
+
+    /// Follows a session (replacing an earlier subscription to it): replays retained frames
+    /// after `after_seq`, then live ones, through a forwarder task.
+    async fn follow(
+        &mut self,
+        session_id: &str,
+        after_seq: Option<u64>,
+        format: Format,
+        id: Option<&serde_json::Value>,
+    ) {
+        let topic = match self.core.session(&self.tenant, session_id) {
+            Ok(t) => t,
+            Err(e) => return self.error(id, e).await,
+        };
+        if let Some(old) = self.subs.remove(session_id) {
+            old.abort();
+        }
+        self.subs.retain(|_, h| !h.is_finished());
+        if self.subs.len() >= self.core.limits.max_subscriptions_per_connection {
+            return self
+                .error(
+                    id,
+                    ApiError::Overloaded(format!(
+                        "this connection already follows {} sessions (the limit); unsubscribe from one",
+                        self.subs.len()
+                    )),
+                )
+                .await;
+        }
+        let sub = match topic.subscribe(after_seq) {
+            Ok(s) => s,
+            Err(t) => {
+                return self
+                    .error(
+                        id,
+                        ApiError::HistoryTruncated {
+                            after_seq: after_seq.unwrap_or(0),
+                            oldest_seq: t.oldest_seq,
+                        },
+                    )
+                    .await
+            }
+        };
+        let h = tokio::spawn(forward(
+            self.core.clone(),
+            sub,
+            self.tx.clone(),
+            format,
+            topic.session_id().clone(),
+        ));
+        self.subs.insert(session_id.to_owned(), h);
+    }
+}
+
+async fn forward(
+    core: Arc<Core>,
+    mut sub: Subscription,
+    tx: mpsc::Sender<Out>,
+    format: Format,
+    session_id: Arc<str>,
+) {
+    /// Counts the subscription while the forwarder lives (also when it is aborted).
+    struct Live(Arc<Core>);
+    impl Drop for Live {
+        fn drop(&mut self) {
+            self.0.metrics.subscriptions.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    core.metrics.subscriptions.fetch_add(1, Ordering::AcqRel);
+    let _live = Live(core.clone());
+    loop {
+        match sub.recv().await {
+            Some(Delivery::Frame(f)) => {
+                if let Some(b) = format.bytes(&f) {
+                    if tx.send(Out::Shared(b.clone())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            Some(Delivery::Lagged { resume_after_seq }) => {
+                drop(sub);
+                crate::server::telemetry::Lagged {
+                    session_id: &session_id,
+                    resume_after_seq,
+                    surface: "ws",
+                }
+                .emit(&core.metrics);
+                let _ = tx
+                    .send(Out::Own(frames::lagged(&session_id, resume_after_seq)))
+                    .await;
+                break;
+            }
+            None => break,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use futures::channel::mpsc as fmpsc;
+
+    async fn next_text(rx: &mut fmpsc::Receiver<Message>) -> serde_json::Value {
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), rx.next())
+                .await
+                .expect("a frame in time")
+                .expect("the connection is open");
+            if let Message::Text(t) = m {
+                return serde_json::from_str(t.as_str()).expect("JSON");
+            }
+        }
+    }
+
+    /// The protocol loop driven with channels instead of a socket.
+    #[tokio::test]
+    async fn the_loop_speaks_the_protocol_over_channels() {
+        let cfg = Config::parse("t.toml", "[models.default]\nprovider = \"scripted\"\n").unwrap();
+        let core = Core::new(cfg).unwrap();
+        let (to_client, mut from_server) = fmpsc::channel::<Message>(64);
+        let (mut to_server, from_client) =
+            fmpsc::channel::<Result<Message, std::convert::Infallible>>(64);
+        let task = tokio::spawn(run(core.clone(), "t".into(), to_client, from_client));
+        let text = |s: &str| Ok(Message::Text(s.to_owned().into()));
+        to_server
+            .send(text(r#"{"type":"ping","id":"p"}"#))
+            .await
+            .unwrap();
+        assert_eq!(next_text(&mut from_server).await["type"], "pong");
+        to_server.send(text(r#"{"type":"bogus"}"#)).await.unwrap();
+        assert_eq!(
+            next_text(&mut from_server).await["error"]["code"],
+            "bad_request"
+        );
+        to_server
+            .send(text(
+                r#"{"type":"run.create","id":1,"session_id":"s","agent":"Triage","input":"billing","format":"chat"}"#,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(next_text(&mut from_server).await["type"], "run.accepted");
+        loop {
+            let f = next_text(&mut from_server).await;
+            if f["type"] == "run.completed" {
+                assert_eq!(f["last_agent"], "Billing");
+                break;
+            }
+        }
+        core.close_sockets.cancel();
+        let close = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match from_server.next().await {
+                    Some(Message::Close(c)) => return c,
+                    Some(_) => continue,
+                    None => return None,
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(close.map(|c| c.code), Some(CLOSE_GOING_AWAY));
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(core.metrics.connections.load(Ordering::Acquire), 0);
+    }
+}

@@ -1,0 +1,457 @@
+//! HTTP handlers: runs as JSON or SSE, SSE resume, session items, agents, health, readiness,
+//! metrics, traces (not in this build yet) and the chat page.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::Json;
+use futures::Stream;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::bus::{Delivery, Frame};
+use crate::server::auth::Tenant;
+use crate::server::core::{Format, RunCreate};
+use crate::server::error::ApiError;
+use crate::server::AppState;
+
+/// `GET /`: the chat page.
+pub async fn chat_page() -> Html<&'static str> {
+    Html(include_str!("chat.html"))
+}
+
+/// `GET /healthz`: the process is up.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: ready for work (503 while shutting down).
+pub async fn readyz(State(st): State<AppState>) -> Response {
+    if st.core.is_draining() {
+        ApiError::ShuttingDown.into_response()
+    } else {
+        Json(json!({"status": "ready", "agents": st.core.agent_infos.len()})).into_response()
+    }
+}
+
+/// `GET /metrics`: Prometheus text.
+pub async fn metrics(State(st): State<AppState>, _t: Tenant) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.core.metrics_text(),
+    )
+        .into_response()
+}
+
+/// `GET /v1/agents`.
+pub async fn agents(State(st): State<AppState>, _t: Tenant) -> Json<serde_json::Value> {
+    Json(json!({ "agents": st.core.agent_infos }))
+}
+
+/// Query of run and event endpoints.
+#[derive(Debug, Default, Deserialize)]
+pub struct StreamQuery {
+    /// Resume after this seq.
+    #[serde(default)]
+    pub after_seq: Option<u64>,
+    /// `sdk` (default) or `chat`.
+    #[serde(default)]
+    pub format: Option<Format>,
+    /// Browsers' way to send the key (read by the auth extractor).
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub access_token: Option<String>,
+}
+
+fn wants_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"))
+}
+
+fn sse_event(frame: &Frame, format: Format) -> Option<Event> {
+    let bytes = format.bytes(frame)?;
+    let data = std::str::from_utf8(bytes).ok()?;
+    let ty = match format {
+        Format::Sdk => frame.body.type_name(),
+        Format::Chat => chat_type(frame),
+    };
+    Some(
+        Event::default()
+            .id(frame.seq.to_string())
+            .event(ty)
+            .data(data),
+    )
+}
+
+fn chat_type(frame: &Frame) -> &'static str {
+    use crate::events::StreamEvent;
+    match frame.event() {
+        Some(StreamEvent::RawResponse(_)) => "token",
+        Some(StreamEvent::AgentUpdated { .. }) => "agent_change",
+        Some(StreamEvent::RunItem(i)) => match i.as_ref() {
+            crate::items::RunItem::ToolCall { .. } => "tool_start",
+            _ => "tool_end",
+        },
+        None => frame.body.type_name(),
+    }
+}
+
+/// `POST /v1/sessions/{session_id}/runs`: a run, answered with its end frame as JSON, or
+/// with `Accept: text/event-stream` as an SSE stream of its frames.
+pub async fn create_run(
+    State(st): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(session_id): Path<String>,
+    Query(q): Query<StreamQuery>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let core = st.core.clone();
+    let body = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::FrameTooLarge {
+                size: core.limits.max_frame_bytes + 1,
+                limit: core.limits.max_frame_bytes,
+            }
+        } else {
+            ApiError::BadRequest(format!(
+                "the request body could not be read: {}",
+                r.body_text()
+            ))
+        }
+    })?;
+    if body.len() > core.limits.max_frame_bytes {
+        return Err(ApiError::FrameTooLarge {
+            size: body.len(),
+            limit: core.limits.max_frame_bytes,
+        });
+    }
+    let mut req: RunCreate = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("the request body is not a valid run: {e}")))?;
+    if req.frame_type.as_deref().is_some_and(|t| t != "run.create") {
+        return Err(ApiError::BadRequest(
+            "the body's `type` must be run.create (or absent)".into(),
+        ));
+    }
+    if let Some(s) = &req.session_id {
+        if *s != session_id {
+            return Err(ApiError::BadRequest(
+                "session_id in the body differs from the one in the path".into(),
+            ));
+        }
+    }
+    let format = q.format.or(req.format).unwrap_or_default();
+    let request_id = req.id.take();
+    if !wants_sse(&headers) {
+        let started = core.start_run(&tenant, &session_id, req, true)?;
+        let Some(mut frames) = started.frames else {
+            return Err(ApiError::Internal);
+        };
+        let close = core.close_sockets.clone();
+        loop {
+            let f = tokio::select! {
+                f = frames.recv() => f,
+                _ = close.cancelled() => None,
+            };
+            match f {
+                Some(f) if f.body.is_terminal() => {
+                    return Ok((
+                        [(header::CONTENT_TYPE, "application/json")],
+                        f.json().clone(),
+                    )
+                        .into_response())
+                }
+                Some(_) => continue,
+                None => return Err(ApiError::ShuttingDown),
+            }
+        }
+    }
+    // SSE: a bounded subscription of the session (taken before the run starts), filtered
+    // to this run. A client too slow for it gets `lagged` and resumes with Last-Event-ID
+    // on GET .../events.
+    let prepared = core.prepare_run(&tenant, &session_id, req)?;
+    let sub = prepared
+        .topic()
+        .subscribe(None)
+        .map_err(|_| ApiError::Internal)?;
+    let accepted = json!({
+        "type": "run.accepted",
+        "id": request_id,
+        "run_id": prepared.run_id(),
+        "session_id": session_id,
+        "trace_id": prepared.trace_id(),
+    })
+    .to_string();
+    let started = prepared.launch(false)?;
+    let run_id: Arc<str> = started.run_id.as_str().into();
+    let close = core.close_sockets.clone();
+    let first = futures::stream::once(async move {
+        Ok::<_, Infallible>(Event::default().event("run.accepted").data(accepted))
+    });
+    let sid: Arc<str> = session_id.as_str().into();
+    let rest = futures::stream::unfold(
+        (sub, false, close, core, sid, run_id),
+        move |(mut sub, done, close, core, sid, run_id)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                let d = tokio::select! {
+                    d = sub.recv() => d,
+                    _ = close.cancelled() => None,
+                }?;
+                match d {
+                    Delivery::Frame(f) => {
+                        if f.run_id != run_id {
+                            continue;
+                        }
+                        let terminal = f.body.is_terminal();
+                        if let Some(ev) = sse_event(&f, format) {
+                            return Some((
+                                Ok::<_, Infallible>(ev),
+                                (sub, terminal, close, core, sid, run_id),
+                            ));
+                        }
+                    }
+                    Delivery::Lagged { resume_after_seq } => {
+                        crate::server::telemetry::Lagged {
+                            session_id: &sid,
+                            resume_after_seq,
+                            surface: "sse",
+                        }
+                        .emit(&core.metrics);
+                        let data = json!({"type": "lagged", "session_id": &*sid, "resume_after_seq": resume_after_seq}).to_string();
+                        let ev = Event::default().event("lagged").data(data);
+                        return Some((Ok(ev), (sub, true, close, core, sid, run_id)));
+                    }
+                }
+            }
+        },
+    );
+    use futures::StreamExt;
+    Ok(Sse::new(first.chain(rest))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
+}
+
+/// `GET /v1/sessions/{session_id}/events?after_seq=N`: SSE of the session's frames after N
+/// (or after `Last-Event-ID`), then live ones. Ends with a `lagged` event if the client
+/// falls behind; reconnecting with `Last-Event-ID` resumes.
+pub async fn session_events(
+    State(st): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(session_id): Path<String>,
+    Query(q): Query<StreamQuery>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let core = st.core.clone();
+    let topic = core.session(&tenant, &session_id)?;
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let after = last_event_id.or(q.after_seq);
+    let sub =
+        topic
+            .subscribe(Some(after.unwrap_or(0)))
+            .map_err(|e| ApiError::HistoryTruncated {
+                after_seq: after.unwrap_or(0),
+                oldest_seq: e.oldest_seq,
+            })?;
+    let format = q.format.unwrap_or_default();
+    let close = core.close_sockets.clone();
+    let session_id: Arc<str> = session_id.into();
+    let stream = futures::stream::unfold(
+        (sub, false, close, core, session_id),
+        move |(mut sub, done, close, core, sid)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                let d = tokio::select! {
+                    d = sub.recv() => d,
+                    _ = close.cancelled() => None,
+                }?;
+                match d {
+                    Delivery::Frame(f) => {
+                        if let Some(ev) = sse_event(&f, format) {
+                            return Some((Ok(ev), (sub, false, close, core, sid)));
+                        }
+                    }
+                    Delivery::Lagged { resume_after_seq } => {
+                        crate::server::telemetry::Lagged {
+                            session_id: &sid,
+                            resume_after_seq,
+                            surface: "sse",
+                        }
+                        .emit(&core.metrics);
+                        let data = json!({"type": "lagged", "session_id": &*sid, "resume_after_seq": resume_after_seq}).to_string();
+                        let ev = Event::default().event("lagged").data(data);
+                        return Some((Ok(ev), (sub, true, close, core, sid)));
+                    }
+                }
+            }
+        },
+    );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// `GET /v1/sessions/{session_id}/items`: the session's conversation items.
+pub async fn session_items(
+    State(st): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(session_id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let items = st.core.session_items(&tenant, &session_id).await?;
+    Ok(Json(json!({ "session_id": session_id, "items": items })))
+}
+
+/// `GET /v1/sessions`: the tenant's sessions.
+pub async fn list_sessions(
+    State(st): State<AppState>,
+    Tenant(tenant): Tenant,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let sessions = st.core.list_sessions(&tenant).await?;
+    Ok(Json(json!({ "sessions": sessions })))
+}
+
+/// `GET /v1/runs/{run_id}`: the record of one of the tenant's runs.
+pub async fn get_run(
+    State(st): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(run_id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(st.core.get_run(&tenant, &run_id).await?))
+}
+
+/// `DELETE /v1/sessions/{session_id}`: clears the session.
+pub async fn delete_session(
+    State(st): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(session_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    st.core.delete_session(&tenant, &session_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn trace_store(st: &AppState) -> Result<crate::trace::sinks::store::TraceStore, ApiError> {
+    st.core.trace_store().ok_or_else(|| {
+        ApiError::NotImplemented(
+            "the trace store is off: add \"store\" to [tracing] sinks to keep traces here".into(),
+        )
+    })
+}
+
+/// Query of `GET /v1/traces`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct TracesQuery {
+    /// Traces of this workflow.
+    pub workflow_name: Option<String>,
+    /// Traces of this group (a session by default).
+    pub group_id: Option<String>,
+    /// Traces started at or after this ISO-8601 time.
+    pub since: Option<String>,
+    /// Traces started before this ISO-8601 time.
+    pub until: Option<String>,
+    /// At most this many (newest first).
+    pub limit: Option<u32>,
+}
+
+/// `GET /v1/traces`: the tenant's stored traces, newest first.
+pub async fn list_traces(
+    State(st): State<AppState>,
+    Tenant(tenant): Tenant,
+    axum::extract::Query(q): axum::extract::Query<TracesQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let store = trace_store(&st)?;
+    let query = crate::trace::sinks::store::TraceQuery {
+        trace_id: None,
+        workflow_name: q.workflow_name,
+        group_id: q.group_id,
+        tenant: Some(tenant.to_string()),
+        since: q.since,
+        until: q.until,
+        limit: Some(q.limit.unwrap_or(100).min(1000)),
+    };
+    let list = tokio::task::spawn_blocking(move || store.list_traces(&query))
+        .await
+        .map_err(|_| ApiError::Internal)?
+        .map_err(|e| {
+            tracing::error!(error = %e, "trace store failed");
+            ApiError::Internal
+        })?;
+    Ok(Json(json!({ "traces": list })))
+}
+
+/// `GET /v1/traces/{trace_id}`: a trace and its spans (the SDK's export JSON).
+pub async fn get_trace(
+    State(st): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(trace_id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let store = trace_store(&st)?;
+    let id = trace_id.clone();
+    let found = tokio::task::spawn_blocking(move || store.get_trace(&id, Some(&tenant)))
+        .await
+        .map_err(|_| ApiError::Internal)?
+        .map_err(|e| {
+            tracing::error!(error = %e, "trace store failed");
+            ApiError::Internal
+        })?;
+    match found {
+        Some((trace, spans)) => Ok(Json(json!({ "trace": trace, "spans": spans }))),
+        None => Err(ApiError::NotFound(format!(
+            "no trace {trace_id}; GET /v1/traces lists yours"
+        ))),
+    }
+}
+
+/// `POST /v1/traces/ingest`: the OpenAI trace-ingest body `{"data": [...]}` from SDK apps;
+/// their traces are kept under the caller's tenant.
+pub async fn ingest_traces(
+    State(st): State<AppState>,
+    Tenant(tenant): Tenant,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let store = trace_store(&st)?;
+    let mut v: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))?;
+    let Some(data) = v.get_mut("data").and_then(|d| d.as_array_mut()) else {
+        return Err(ApiError::BadRequest(
+            "the body must be {\"data\": [trace and span exports]}".into(),
+        ));
+    };
+    let mut data = std::mem::take(data);
+    for item in &mut data {
+        if item.get("object").and_then(|o| o.as_str()) == Some("trace") {
+            if !item.get("metadata").is_some_and(|m| m.is_object()) {
+                item["metadata"] = json!({});
+            }
+            item["metadata"]["tenant"] = json!(tenant.to_string());
+        }
+    }
+    let summary = tokio::task::spawn_blocking(move || store.ingest(data))
+        .await
+        .map_err(|_| ApiError::Internal)?
+        .map_err(|e| {
+            tracing::error!(error = %e, "trace store failed");
+            ApiError::Internal
+        })?;
+    Ok(Json(json!({
+        "traces": summary.traces,
+        "spans": summary.spans,
+        "skipped": summary.skipped,
+    })))
+}
+
+/// Any other path.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint; see the README for the HTTP API".into())
+}

@@ -1,0 +1,216 @@
+//! The HTTP server: [`app`] builds the router (the same one tests use), [`serve`] runs it on
+//! a listener until a shutdown signal, then shuts down gracefully.
+//!
+//! - [`core`]: shared state (runs, sessions, limits, metrics, shutdown switches).
+//! - [`build`]: from config to agents, models and tools.
+//! - [`tools`]: `http` and `client` tools.
+//! - [`auth`]: API keys to tenants.
+//! - [`error`]: `ApiError`, the one error type of every answer.
+//! - [`http`]: the HTTP handlers (runs, SSE, sessions, agents, health, metrics, chat page).
+//! - [`telemetry`]: named events that log and count (errors, lagged subscribers).
+//!
+//! The WebSocket hub lives in [`crate::hub`].
+
+pub mod auth;
+pub mod build;
+pub mod core;
+pub mod error;
+pub mod http;
+pub mod telemetry;
+pub mod tools;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+
+pub use self::core::Core;
+pub use self::error::ApiError;
+
+/// The state every handler receives.
+#[derive(Clone)]
+pub struct AppState {
+    /// The shared core.
+    pub core: Arc<Core>,
+}
+
+/// The router: every endpoint of PROTOCOL.md sections 2 and 3, plus the chat page.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(http::chat_page))
+        .route("/healthz", get(http::healthz))
+        .route("/readyz", get(http::readyz))
+        .route("/metrics", get(http::metrics))
+        .route("/v1/ws", get(crate::hub::ws_upgrade))
+        .route("/v1/agents", get(http::agents))
+        .route("/v1/sessions/{session_id}/runs", post(http::create_run))
+        .route(
+            "/v1/sessions/{session_id}/events",
+            get(http::session_events),
+        )
+        .route("/v1/sessions", get(http::list_sessions))
+        .route("/v1/runs/{run_id}", get(http::get_run))
+        .route("/v1/sessions/{session_id}/items", get(http::session_items))
+        .route(
+            "/v1/sessions/{session_id}",
+            axum::routing::delete(http::delete_session),
+        )
+        .route("/v1/traces", get(http::list_traces))
+        .route("/v1/traces/ingest", post(http::ingest_traces))
+        .route("/v1/traces/{trace_id}", get(http::get_trace))
+        .fallback(http::not_found)
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            count_http_errors,
+        ))
+        // Bodies are read up to the frame limit; a larger one is answered frame_too_large.
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.core.limits.max_frame_bytes.saturating_add(1),
+        ))
+        .with_state(state)
+}
+
+/// Counts HTTP error answers by code (the code travels in a response extension).
+async fn count_http_errors(
+    axum::extract::State(st): axum::extract::State<AppState>,
+    res: axum::response::Response,
+) -> axum::response::Response {
+    if let Some(code) = res.extensions().get::<error::ErrorCode>() {
+        telemetry::ErrorSent {
+            code: code.0,
+            surface: "http",
+            message: "",
+        }
+        .emit(&st.core.metrics);
+    }
+    res
+}
+
+/// The lines the server prints at start: where it listens, on what, and whether auth is on.
+pub fn banner(core: &Core, addr: std::net::SocketAddr) -> Vec<String> {
+    let mut v = Vec::new();
+    if core.config.embedded {
+        v.push("callboard: no config given; running on embedded defaults".to_owned());
+    } else {
+        v.push(format!("callboard: config {}", core.config.source));
+    }
+    v.push(format!("callboard: listening on http://{addr} (WebSocket: ws://{addr}/v1/ws, chat page: http://{addr}/)"));
+    let names: Vec<&str> = core.agent_infos.iter().map(|a| a.name.as_str()).collect();
+    v.push(format!(
+        "callboard: agents {} on models: {}",
+        names.join(", "),
+        core.models_banner
+    ));
+    v.push(if core.has_durable_store() {
+        format!(
+            "callboard: sessions and run records: {} (SQLite, WAL)",
+            core.config
+                .sessions
+                .store
+                .as_deref()
+                .unwrap_or("sqlite://callboard.db")
+        )
+    } else {
+        "callboard: sessions: in memory (lost at exit)".to_owned()
+    });
+    let sinks: Vec<String> = core
+        .config
+        .tracing
+        .sinks
+        .iter()
+        .map(|k| format!("{k:?}").to_lowercase())
+        .collect();
+    v.push(if core.config.tracing.disabled || sinks.is_empty() {
+        "callboard: tracing off".to_owned()
+    } else {
+        format!("callboard: tracing to {}", sinks.join(", "))
+    });
+    if core.auth_enabled() {
+        v.push("callboard: auth on (API keys from [[auth.keys]])".to_owned());
+    } else {
+        v.push("callboard: auth OFF: no [[auth.keys]] configured; allowed because the server listens on loopback only".to_owned());
+    }
+    v
+}
+
+/// Serves `core` on `listener` until `shutdown` resolves, then shuts down gracefully: stop
+/// accepting; let running turns finish within the grace period, then cancel them after
+/// their turn; flush traces; close sockets with code 1001.
+pub async fn serve(
+    listener: TcpListener,
+    core: Arc<Core>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = app(AppState { core: core.clone() });
+    let stop = core.stop_accepting.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+    });
+    let mut server = server;
+    let janitor = tokio::spawn(retire_idle_sessions(core.clone()));
+    tokio::select! {
+        _ = shutdown => {}
+        r = &mut server => {
+            return r.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        }
+    }
+    janitor.abort();
+    tracing::info!(
+        runs = core.active_runs(),
+        "shutting down: no new connections or runs"
+    );
+    core.begin_shutdown();
+    core.drain_runs().await;
+    crate::trace::flush_traces();
+    core.close_connections().await;
+    match tokio::time::timeout(Duration::from_secs(5), &mut server).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
+        Err(_) => {
+            server.abort();
+            Ok(())
+        }
+    }
+}
+
+/// Sweeps idle sessions now and then (see [`Core::retire_idle_sessions`]).
+async fn retire_idle_sessions(core: Arc<Core>) {
+    let period = Duration::from_millis((core.limits.session_idle_ms / 4).clamp(10, 30_000));
+    let mut seen = std::collections::HashMap::new();
+    loop {
+        tokio::time::sleep(period).await;
+        let n = core.retire_idle_sessions(&mut seen);
+        if n > 0 {
+            tracing::debug!(sessions = n, "retired idle sessions' frames");
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,418 @@
+//! The `otlp` sink: spans as OpenTelemetry over OTLP/HTTP (protobuf), named and attributed
+//! per the OpenTelemetry GenAI semantic conventions, so Jaeger, Tempo, Langfuse or Phoenix
+//! show callboard runs: agent spans are `invoke_agent {name}`, tool calls `execute_tool
+//! {name}`, model calls `chat {model}`, with `gen_ai.*` attributes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{
+    any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSpans, Status};
+use prost::Message;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{post_with_retry, RetryPolicy, Sink, SinkError};
+use crate::trace::batch::{ExportItem, ItemKind};
+
+/// Most traces whose workflow and group are remembered for their spans.
+const MAX_TRACES_KEPT: usize = 50_000;
+
+/// Settings of the `otlp` sink (`[tracing.otlp]`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpSinkConfig {
+    /// The OTLP/HTTP traces URL (`http://127.0.0.1:4318/v1/traces`).
+    pub endpoint: String,
+    /// Extra request headers (e.g. an authorization header for a hosted backend).
+    pub headers: BTreeMap<String, String>,
+    /// The resource's `service.name` (`callboard`).
+    pub service_name: String,
+    /// Attempts per batch (3).
+    pub max_attempts: u32,
+    /// First retry delay in milliseconds, doubled each time (1000).
+    pub base_delay_ms: u64,
+    /// Longest retry delay in milliseconds (30000).
+    pub max_delay_ms: u64,
+    /// Timeout of one request in milliseconds (10000).
+    pub request_timeout_ms: u64,
+}
+
+impl Default for OtlpSinkConfig {
+    fn default() -> Self {
+        OtlpSinkConfig {
+            endpoint: "http://127.0.0.1:4318/v1/traces".to_owned(),
+            headers: BTreeMap::new(),
+            service_name: "callboard".to_owned(),
+            max_attempts: 3,
+            base_delay_ms: 1000,
+            max_delay_ms: 30_000,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct TraceInfo {
+    workflow_name: Option<String>,
+    group_id: Option<String>,
+}
+
+/// Sends finished spans to an OTLP/HTTP receiver.
+pub struct OtlpSink {
+    client: reqwest::Client,
+    endpoint: String,
+    headers: HeaderMap,
+    service_name: String,
+    policy: RetryPolicy,
+    traces: Mutex<HashMap<String, TraceInfo>>,
+}
+
+impl OtlpSink {
+    /// A sink for `cfg`; fails on a header that is not valid HTTP.
+    pub fn new(cfg: &OtlpSinkConfig) -> Result<Self, SinkError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-protobuf"),
+        );
+        for (k, v) in &cfg.headers {
+            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| {
+                SinkError::Other(format!(
+                    "tracing.otlp.headers: {k:?} is not a valid header name"
+                ))
+            })?;
+            let value = HeaderValue::from_str(v).map_err(|_| {
+                SinkError::Other(format!(
+                    "tracing.otlp.headers: the value of {k:?} is not a valid header value"
+                ))
+            })?;
+            headers.insert(name, value);
+        }
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(cfg.request_timeout_ms.max(1)))
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| SinkError::Other(format!("could not build the HTTP client: {e}")))?;
+        Ok(OtlpSink {
+            client,
+            endpoint: cfg.endpoint.clone(),
+            headers,
+            service_name: cfg.service_name.clone(),
+            policy: RetryPolicy {
+                attempts: cfg.max_attempts.max(1),
+                base: Duration::from_millis(cfg.base_delay_ms),
+                max: Duration::from_millis(cfg.max_delay_ms),
+            },
+            traces: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The OTLP request for a batch (finished spans only), remembering each trace's
+    /// workflow and group for spans in later batches.
+    pub fn request(&self, batch: &[ExportItem]) -> ExportTraceServiceRequest {
+        let mut traces = self.traces.lock().unwrap_or_else(|e| e.into_inner());
+        let mut spans = Vec::new();
+        for item in batch {
+            match item.kind {
+                ItemKind::Trace => {
+                    let value = item.value();
+                    if traces.len() >= MAX_TRACES_KEPT {
+                        traces.clear();
+                    }
+                    traces.insert(
+                        item.trace_id.clone(),
+                        TraceInfo {
+                            workflow_name: value["workflow_name"].as_str().map(str::to_owned),
+                            group_id: value["group_id"].as_str().map(str::to_owned),
+                        },
+                    );
+                }
+                ItemKind::TraceEnd => {
+                    traces.remove(&item.trace_id);
+                }
+                ItemKind::Span => {
+                    let info = traces.get(&item.trace_id).cloned().unwrap_or_default();
+                    spans.push(to_otlp_span(&item.value(), &info));
+                }
+            }
+        }
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(Resource {
+                    attributes: vec![kv_str("service.name", &self.service_name)],
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: "callboard".into(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        ..Default::default()
+                    }),
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+}
+
+fn kv(key: &str, v: any_value::Value) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue { value: Some(v) }),
+    }
+}
+
+fn kv_str(key: &str, v: &str) -> KeyValue {
+    kv(key, any_value::Value::StringValue(v.to_owned()))
+}
+
+fn kv_int(key: &str, v: i64) -> KeyValue {
+    kv(key, any_value::Value::IntValue(v))
+}
+
+fn kv_strs(key: &str, v: &Value) -> Option<KeyValue> {
+    let a = v.as_array()?;
+    let values = a
+        .iter()
+        .filter_map(Value::as_str)
+        .map(|s| AnyValue {
+            value: Some(any_value::Value::StringValue(s.to_owned())),
+        })
+        .collect();
+    Some(kv(key, any_value::Value::ArrayValue(ArrayValue { values })))
+}
+
+/// 64-bit FNV-1a, for ids that are not hex.
+fn fnv(bytes: &[u8], seed: u64) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// `n` id bytes from `trace_<hex>` / `span_<hex>` (the leading hex digits), or a hash
+/// of the id when it is not hex.
+pub fn id_bytes(id: &str, n: usize) -> Vec<u8> {
+    let hex = id.split_once('_').map_or(id, |(_, h)| h).as_bytes();
+    if hex.len() >= n * 2 && hex[..n * 2].iter().all(u8::is_ascii_hexdigit) {
+        let val = |c: u8| match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => c - b'A' + 10,
+        };
+        return (0..n)
+            .map(|i| val(hex[2 * i]) << 4 | val(hex[2 * i + 1]))
+            .collect();
+    }
+    (0..n.div_ceil(8) as u64)
+        .flat_map(|i| fnv(id.as_bytes(), i).to_be_bytes())
+        .take(n)
+        .collect()
+}
+
+fn nanos(t: &Value) -> u64 {
+    t.as_str()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .and_then(|d| d.timestamp_nanos_opt())
+        .map_or(0, |n| n.max(0) as u64)
+}
+
+fn usage_attrs(attrs: &mut Vec<KeyValue>, usage: &Value) {
+    if let Some(i) = usage["input_tokens"].as_i64() {
+        attrs.push(kv_int("gen_ai.usage.input_tokens", i));
+    }
+    if let Some(o) = usage["output_tokens"].as_i64() {
+        attrs.push(kv_int("gen_ai.usage.output_tokens", o));
+    }
+}
+
+/// One SDK span export as an OTLP span with GenAI attributes.
+fn to_otlp_span(v: &Value, info: &TraceInfo) -> opentelemetry_proto::tonic::trace::v1::Span {
+    let d = &v["span_data"];
+    let ty = d["type"].as_str().unwrap_or("custom");
+    let s = |k: &str| d[k].as_str().unwrap_or("").to_owned();
+    let mut attrs = vec![kv_str("callboard.span_type", ty)];
+    let mut kind = span::SpanKind::Internal;
+    let name = match ty {
+        "agent" => {
+            let n = s("name");
+            attrs.push(kv_str("gen_ai.operation.name", "invoke_agent"));
+            attrs.push(kv_str("gen_ai.agent.name", &n));
+            attrs.extend(kv_strs("callboard.agent.tools", &d["tools"]));
+            attrs.extend(kv_strs("callboard.agent.handoffs", &d["handoffs"]));
+            if let Some(o) = d["output_type"].as_str() {
+                attrs.push(kv_str("callboard.agent.output_type", o));
+            }
+            format!("invoke_agent {n}")
+        }
+        "function" => {
+            let n = s("name");
+            attrs.push(kv_str("gen_ai.operation.name", "execute_tool"));
+            attrs.push(kv_str("gen_ai.tool.name", &n));
+            attrs.push(kv_str("gen_ai.tool.type", "function"));
+            if let Some(id) = d["call_id"].as_str() {
+                attrs.push(kv_str("gen_ai.tool.call.id", id));
+            }
+            if let Some(i) = d["input"].as_str() {
+                attrs.push(kv_str("gen_ai.tool.call.arguments", i));
+            }
+            if let Some(o) = d["output"].as_str() {
+                attrs.push(kv_str("gen_ai.tool.call.result", o));
+            }
+            format!("execute_tool {n}")
+        }
+        "response" | "generation" => {
+            kind = span::SpanKind::Client;
+            attrs.push(kv_str("gen_ai.operation.name", "chat"));
+            attrs.push(kv_str("gen_ai.provider.name", "openai"));
+            if let Some(id) = d["response_id"].as_str() {
+                attrs.push(kv_str("gen_ai.response.id", id));
+            }
+            usage_attrs(&mut attrs, &d["usage"]);
+            match d["model"].as_str() {
+                Some(m) => {
+                    attrs.push(kv_str("gen_ai.request.model", m));
+                    format!("chat {m}")
+                }
+                None => "chat".to_owned(),
+            }
+        }
+        "handoff" => {
+            let (f, t) = (s("from_agent"), s("to_agent"));
+            attrs.push(kv_str("callboard.handoff.from_agent", &f));
+            attrs.push(kv_str("callboard.handoff.to_agent", &t));
+            if !f.is_empty() {
+                attrs.push(kv_str("gen_ai.agent.name", &f));
+            }
+            format!("handoff {f} -> {t}")
+        }
+        "guardrail" => {
+            let n = s("name");
+            attrs.push(kv_str("callboard.guardrail.name", &n));
+            attrs.push(kv(
+                "callboard.guardrail.triggered",
+                any_value::Value::BoolValue(d["triggered"].as_bool().unwrap_or(false)),
+            ));
+            format!("guardrail {n}")
+        }
+        _ => {
+            let data = &d["data"];
+            match data["sdk_span_type"].as_str() {
+                Some("task") => {
+                    attrs.push(kv_str("gen_ai.operation.name", "invoke_workflow"));
+                    usage_attrs(&mut attrs, &data["usage"]);
+                    format!("workflow {}", data["name"].as_str().unwrap_or(""))
+                }
+                Some("turn") => {
+                    if let Some(a) = data["agent_name"].as_str() {
+                        attrs.push(kv_str("gen_ai.agent.name", a));
+                    }
+                    if let Some(t) = data["turn"].as_i64() {
+                        attrs.push(kv_int("callboard.turn", t));
+                    }
+                    usage_attrs(&mut attrs, &data["usage"]);
+                    "turn".to_owned()
+                }
+                _ => {
+                    if !data.is_null() {
+                        attrs.push(kv_str("callboard.custom.data", &data.to_string()));
+                    }
+                    s("name")
+                }
+            }
+        }
+    };
+    if let Some(w) = &info.workflow_name {
+        attrs.push(kv_str("callboard.workflow.name", w));
+    }
+    if let Some(g) = &info.group_id {
+        attrs.push(kv_str("gen_ai.conversation.id", g));
+    }
+    if let Some(Value::Object(md)) = v.get("metadata") {
+        for (k, val) in md {
+            let text = val.as_str().map_or_else(|| val.to_string(), str::to_owned);
+            attrs.push(kv_str(&format!("callboard.metadata.{k}"), &text));
+        }
+    }
+    let status = match v["error"]["message"].as_str() {
+        Some(m) => {
+            attrs.push(kv_str("error.type", m));
+            Some(Status {
+                message: m.to_owned(),
+                code: status::StatusCode::Error as i32,
+            })
+        }
+        None => None,
+    };
+    opentelemetry_proto::tonic::trace::v1::Span {
+        trace_id: id_bytes(v["trace_id"].as_str().unwrap_or(""), 16),
+        span_id: id_bytes(v["id"].as_str().unwrap_or(""), 8),
+        parent_span_id: v["parent_id"]
+            .as_str()
+            .map(|p| id_bytes(p, 8))
+            .unwrap_or_default(),
+        name,
+        kind: kind as i32,
+        start_time_unix_nano: nanos(&v["started_at"]),
+        end_time_unix_nano: nanos(&v["ended_at"]),
+        attributes: attrs,
+        status,
+        ..Default::default()
+    }
+}
+
+#[async_trait]
+impl Sink for OtlpSink {
+    fn name(&self) -> &str {
+        "otlp"
+    }
+
+    async fn export(&self, batch: &[ExportItem]) -> Result<(), SinkError> {
+        let req = self.request(batch);
+        if req
+            .resource_spans
+            .iter()
+            .all(|r| r.scope_spans.iter().all(|s| s.spans.is_empty()))
+        {
+            return Ok(());
+        }
+        let body = req.encode_to_vec();
+        post_with_retry(
+            &self.client,
+            &self.endpoint,
+            &self.headers,
+            body.into(),
+            self.policy,
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sdk_ids_map_to_otlp_ids() {
+        assert_eq!(
+            id_bytes("trace_0123456789abcdef0123456789abcdef", 16)[..2],
+            [0x01, 0x23]
+        );
+        assert_eq!(id_bytes("span_0123456789abcdef01234567", 8).len(), 8);
+        let odd = id_bytes("my-own-id", 16);
+        assert_eq!(odd.len(), 16);
+        assert_eq!(odd, id_bytes("my-own-id", 16));
+    }
+}

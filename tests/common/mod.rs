@@ -1,0 +1,189 @@
+//! Test helpers: a real server on 127.0.0.1:0 built with the production `app`, and a small
+//! WebSocket client. Every wait has a timeout.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use callboard::config::Config;
+use callboard::server::{serve, Core};
+use futures::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long any single wait may take.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A running server.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub core: Arc<Core>,
+    stop: Option<oneshot::Sender<()>>,
+    pub handle: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl TestServer {
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/v1/ws", self.addr)
+    }
+    /// Starts graceful shutdown.
+    pub fn shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// A config with two tenants' keys and the demo cast on the scripted demo model.
+pub const TWO_TENANTS: &str = r#"
+[[auth.keys]]
+key = "key-acme"
+tenant = "acme"
+
+[[auth.keys]]
+key = "key-globex"
+tenant = "globex"
+
+[models.default]
+provider = "scripted"
+"#;
+
+/// Starts a server on `toml` (appended with `extra`).
+pub async fn start(toml: &str) -> TestServer {
+    let cfg = Config::parse("test.toml", toml).unwrap_or_else(|e| panic!("{e}"));
+    let core = Core::new(cfg).unwrap_or_else(|e| panic!("{e}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(serve(listener, core.clone(), async move {
+        let _ = rx.await;
+    }));
+    TestServer {
+        addr,
+        core,
+        stop: Some(tx),
+        handle,
+    }
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Opens a WebSocket with an API key (or none).
+pub async fn connect(srv: &TestServer, key: Option<&str>) -> Ws {
+    try_connect(srv, key)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"))
+}
+
+pub async fn try_connect(
+    srv: &TestServer,
+    key: Option<&str>,
+) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    let mut req = srv.ws_url().into_client_request()?;
+    if let Some(k) = key {
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {k}").parse().unwrap());
+    }
+    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("connect timed out")?;
+    Ok(ws)
+}
+
+pub async fn send(ws: &mut Ws, v: Value) {
+    tokio::time::timeout(WAIT, ws.send(Message::text(v.to_string())))
+        .await
+        .expect("send timed out")
+        .expect("send failed");
+}
+
+pub async fn send_raw(ws: &mut Ws, text: String) {
+    tokio::time::timeout(WAIT, ws.send(Message::text(text)))
+        .await
+        .expect("send timed out")
+        .expect("send failed");
+}
+
+/// The next JSON text frame.
+pub async fn recv(ws: &mut Ws) -> Value {
+    loop {
+        let m = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("no frame in time")
+            .expect("socket ended")
+            .expect("socket error");
+        match m {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("frame is JSON"),
+            Message::Close(c) => panic!("closed: {c:?}"),
+            _ => continue,
+        }
+    }
+}
+
+/// Frames until (and including) the first one whose `type` is in `types`.
+pub async fn recv_until(ws: &mut Ws, types: &[&str]) -> Vec<Value> {
+    let mut v = Vec::new();
+    loop {
+        let f = recv(ws).await;
+        let done = types.contains(&f["type"].as_str().unwrap_or(""));
+        v.push(f);
+        if done {
+            return v;
+        }
+    }
+}
+
+/// Frames of a run until its end frame.
+pub async fn recv_run(ws: &mut Ws) -> Vec<Value> {
+    recv_until(ws, &["run.completed", "run.failed", "run.cancelled"]).await
+}
+
+pub fn run_create(id: &str, session: &str, agent: &str, input: &str) -> Value {
+    serde_json::json!({"type":"run.create","id":id,"session_id":session,"agent":agent,"input":input})
+}
+
+/// A WebSocket over a socket with a tiny receive buffer (a client that reads slowly).
+pub async fn connect_small_buffer(srv: &TestServer, rcvbuf: u32) -> Ws {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(rcvbuf).unwrap();
+    let stream = sock.connect(srv.addr).await.unwrap();
+    let (ws, _) = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::client_async(srv.ws_url(), MaybeTlsStream::Plain(stream)),
+    )
+    .await
+    .expect("connect timed out")
+    .expect("connect failed");
+    ws
+}
+
+/// Frames of a run until its end, resubscribing after `lagged` notices.
+pub async fn recv_run_resuming(ws: &mut Ws, session: &str) -> Vec<Value> {
+    let mut v = Vec::new();
+    loop {
+        let f = recv(ws).await;
+        match f["type"].as_str().unwrap_or("") {
+            "lagged" => {
+                let after = f["resume_after_seq"].as_u64().unwrap();
+                send(
+                    ws,
+                    serde_json::json!({"type":"session.subscribe","session_id":session,"after_seq":after}),
+                )
+                .await;
+            }
+            "run.completed" | "run.failed" | "run.cancelled" => {
+                v.push(f);
+                return v;
+            }
+            _ => v.push(f),
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Traces kept by the server: the `store` sink behind `GET /v1/traces`,
+//! `GET /v1/traces/{id}` and `POST /v1/traces/ingest`, scoped by tenant, and flushed by a
+//! graceful shutdown (SIGTERM mid-run loses no span).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(config_path: &std::path::Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_callboard"))
+        .args(["serve", "--config"])
+        .arg(config_path)
+        .current_dir(config_path.parent().expect("dir"))
+        .env("CALLBOARD_KEY_ACME", "acme-key")
+        .env("CALLBOARD_KEY_GLOBEX", "globex-key")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the binary");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+            }
+        }
+    });
+    let addr = rx.recv_timeout(WAIT).expect("server start banner");
+    Server { child, addr }
+}
+
+fn config(dir: &std::path::Path) -> String {
+    format!(
+        r#"
+[server]
+bind = "127.0.0.1:0"
+
+[[auth.keys]]
+key_env = "CALLBOARD_KEY_ACME"
+tenant = "acme"
+
+[[auth.keys]]
+key_env = "CALLBOARD_KEY_GLOBEX"
+tenant = "globex"
+
+[models.default]
+provider = "scripted"
+delay_ms = 40
+
+[tracing]
+sinks = ["store"]
+
+[tracing.store]
+path = "{}"
+
+[sessions]
+store = "memory"
+"#,
+        dir.join("traces.db").display()
+    )
+}
+
+async fn get(client: &reqwest::Client, url: String, key: &str) -> (u16, Value) {
+    let r = tokio::time::timeout(WAIT, client.get(url).bearer_auth(key).send())
+        .await
+        .expect("in time")
+        .expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn sigterm_mid_run_loses_no_span_and_traces_are_queryable_per_tenant() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg_path = dir.path().join("callboard.toml");
+    std::fs::write(&cfg_path, config(dir.path())).expect("write config");
+    let client = reqwest::Client::new();
+
+    let first = spawn(&cfg_path);
+    let base = format!("http://{}", first.addr);
+    let mut resp = client
+        .post(format!("{base}/v1/sessions/conv-1/runs"))
+        .bearer_auth("acme-key")
+        .header("accept", "text/event-stream")
+        .json(&json!({"agent": "Triage", "input": "What is the weather in Oslo?"}))
+        .send()
+        .await
+        .expect("sse run");
+    let mut seen = String::new();
+    while seen.matches("response.output_text.delta").count() < 2 {
+        let chunk = tokio::time::timeout(WAIT, resp.chunk())
+            .await
+            .expect("in time")
+            .expect("chunk")
+            .expect("open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    // SIGTERM mid-run: the turn finishes within the grace period and every span is flushed.
+    let st = Command::new("kill")
+        .args(["-TERM", &first.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    let mut rest = String::new();
+    while let Ok(Ok(Some(chunk))) = tokio::time::timeout(WAIT, resp.chunk()).await {
+        rest.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(
+        rest.contains("run.completed"),
+        "the run finished during the grace period: {rest}"
+    );
+    let mut first = first;
+    let status = first.child.wait().expect("exit");
+    assert!(status.success(), "{status:?}");
+
+    let second = spawn(&cfg_path);
+    let base = format!("http://{}", second.addr);
+    let (st, list) = get(
+        &client,
+        format!("{base}/v1/traces?group_id=conv-1"),
+        "acme-key",
+    )
+    .await;
+    assert_eq!(st, 200, "{list}");
+    let traces = list["traces"].as_array().expect("traces").clone();
+    assert_eq!(traces.len(), 1, "{list}");
+    let trace_id = traces[0]["trace_id"]
+        .as_str()
+        .or_else(|| traces[0]["id"].as_str())
+        .expect("trace id")
+        .to_owned();
+    let (st, full) = get(&client, format!("{base}/v1/traces/{trace_id}"), "acme-key").await;
+    assert_eq!(st, 200, "{full}");
+    assert_eq!(full["trace"]["group_id"], "conv-1");
+    let spans = full["spans"].as_array().expect("spans");
+    let types: Vec<&str> = spans
+        .iter()
+        .map(|s| s["span_data"]["type"].as_str().unwrap_or(""))
+        .collect();
+    for t in ["custom", "agent", "response", "function", "handoff"] {
+        assert!(types.contains(&t), "no {t} span in {types:?}");
+    }
+    assert!(
+        spans.iter().all(|s| s["ended_at"].is_string()),
+        "every span ended: {spans:?}"
+    );
+    assert_eq!(types.iter().filter(|t| **t == "response").count(), 3);
+
+    // Another tenant sees none of it.
+    let (_, other) = get(&client, format!("{base}/v1/traces"), "globex-key").await;
+    assert_eq!(other["traces"].as_array().map(Vec::len), Some(0), "{other}");
+    let (st, _) = get(
+        &client,
+        format!("{base}/v1/traces/{trace_id}"),
+        "globex-key",
+    )
+    .await;
+    assert_eq!(st, 404);
+
+    // SDK apps can send their traces here.
+    let body = json!({"data": [
+        {"object": "trace", "id": "trace_0123456789abcdef0123456789abcdef", "workflow_name": "sdk app", "group_id": null, "metadata": null},
+        {"object": "trace.span", "id": "span_0123456789abcdef01234567", "trace_id": "trace_0123456789abcdef0123456789abcdef",
+         "parent_id": null, "started_at": "2026-11-25T10:00:00.000000+00:00", "ended_at": "2026-11-25T10:00:01.000000+00:00",
+         "span_data": {"type": "agent", "name": "Assistant", "handoffs": [], "tools": [], "output_type": "str"}, "error": null}
+    ]});
+    let r = client
+        .post(format!("{base}/v1/traces/ingest"))
+        .bearer_auth("globex-key")
+        .json(&body)
+        .send()
+        .await
+        .expect("ingest");
+    assert_eq!(r.status().as_u16(), 200);
+    let (st, got) = get(
+        &client,
+        format!("{base}/v1/traces/trace_0123456789abcdef0123456789abcdef"),
+        "globex-key",
+    )
+    .await;
+    assert_eq!(st, 200, "{got}");
+    assert_eq!(got["trace"]["workflow_name"], "sdk app");
+    assert_eq!(got["spans"].as_array().map(Vec::len), Some(1));
+    let (_, bad) = {
+        let r = client
+            .post(format!("{base}/v1/traces/ingest"))
+            .bearer_auth("globex-key")
+            .body("not json")
+            .send()
+            .await
+            .expect("ingest");
+        (
+            r.status().as_u16(),
+            r.json::<Value>().await.unwrap_or(Value::Null),
+        )
+    };
+    assert_eq!(bad["error"]["code"], "bad_request");
+    let (_, metrics) = {
+        let r = client
+            .get(format!("{base}/metrics"))
+            .bearer_auth("acme-key")
+            .send()
+            .await
+            .expect("metrics");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    };
+    assert!(metrics.contains("callboard_trace"), "{metrics}");
+}
