@@ -88,7 +88,7 @@ impl Preset {
             idle_conns: 10_000,
             fan_subs: 1000,
             fan_runs: 3,
-            fan_tokens: 2000,
+            fan_tokens: 500,
             fan_paced_tokens: 300,
             fan_paced_delay_ms: 10,
             python_runs: 400,
