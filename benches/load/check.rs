@@ -152,9 +152,13 @@ impl RunCheck {
 /// Fast field access on frames as the server serialises them, without a JSON tree.
 pub mod scan {
     /// The frame's `type` (frames start with it).
+    /// Bus frames start with it; the server's own frames (`lagged`, `error`) may have their
+    /// keys in any order, and have no nested `type`.
     pub fn frame_type(s: &str) -> Option<&str> {
-        let rest = s.strip_prefix("{\"type\":\"")?;
-        rest.split_once('"').map(|(t, _)| t)
+        match s.strip_prefix("{\"type\":\"") {
+            Some(rest) => rest.split_once('"').map(|(t, _)| t),
+            None => str_field(s, "type"),
+        }
     }
 
     /// A top-level-looking unsigned field (`"seq":12`).

@@ -88,7 +88,7 @@ impl Preset {
             idle_conns: 10_000,
             fan_subs: 1000,
             fan_runs: 3,
-            fan_tokens: 500,
+            fan_tokens: 2000,
             fan_paced_tokens: 300,
             fan_paced_delay_ms: 10,
             python_runs: 400,
@@ -124,7 +124,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: cargo bench --bench load -- [--preset quick|full] [--reps N] [--out DIR] \
          [--only engine,python,idle,ws-runs,ws-latency,fanout,fanout-paced] [--no-python] [--api chat|responses] \
-         [--tokens K] [--callboard-bin PATH] [--scripted-server]\n       load fake-model [--port P] [--tokens K] [--delay-ms D]"
+         [--tokens K] [--fan-tokens K] [--callboard-bin PATH] [--scripted-server]\n       load fake-model [--port P] [--tokens K] [--delay-ms D]"
     );
     std::process::exit(2)
 }
@@ -191,6 +191,12 @@ fn main() {
             "--only" => opts.only = it.next().map(|v| v.split(',').map(str::to_owned).collect()),
             "--tokens" => {
                 opts.preset.tokens = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| usage())
+            }
+            "--fan-tokens" => {
+                opts.preset.fan_tokens = it
                     .next()
                     .and_then(|v| v.parse().ok())
                     .unwrap_or_else(|| usage())
