@@ -1,0 +1,1011 @@
+//! The scenarios, the processes they start, and the comparison with the Python SDK.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use callboard::model::config::ProviderConfig;
+use callboard::model::{RawEvent, ResponseEvent};
+use callboard::tool::{FunctionTool, ToolContext};
+use callboard::{Agent, RunConfig, RunItem, Runner, StreamEvent};
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::check::{histogram, Counters, RunCheck};
+use crate::report::{fold, Report, Sample, Scenario};
+use crate::{procfs, ws, Opts};
+
+/// A child process that is killed when dropped.
+pub struct Proc {
+    child: Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the fake model server in its own process; returns it and its address.
+fn spawn_fake_model(tokens: usize) -> Result<(Proc, SocketAddr), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .args(["fake-model", "--port", "0", "--tokens", &tokens.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("fake model server: {e}"))?;
+    let out = child.stdout.take().ok_or("no stdout")?;
+    let proc = Proc { child };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(out).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .map_err(|_| "the fake model server did not start in 30 s".to_owned())?;
+    let addr = line
+        .trim()
+        .strip_prefix("LISTENING ")
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| format!("fake model server said {line:?}"))?;
+    Ok((proc, addr))
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    l.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+}
+
+/// The server config the harness runs callboard with.
+pub fn server_config(
+    bind: SocketAddr,
+    model: SocketAddr,
+    api: &str,
+    scripted: Option<usize>,
+) -> String {
+    let provider = if api == "responses" {
+        "openai_responses"
+    } else {
+        "openai_chat_completions"
+    };
+    let models = match scripted {
+        None => format!(
+            "provider = \"{provider}\"\nbase_url = \"http://{model}/v1\"\nmodel = \"fake\"\n"
+        ),
+        Some(k) => {
+            let text: String = (0..k).map(|i| format!("w{i}@0 ")).collect();
+            format!(
+                "provider = \"scripted\"\n\n[[models.default.script]]\noutputs = [{{ kind = \"call\", name = \"get_weather\", arguments = '{{\"city\":\"Oslo\"}}' }}]\n\n\
+                 [[models.default.script]]\noutputs = [{{ kind = \"call\", name = \"transfer_to_writer\", arguments = \"{{}}\" }}]\n\n\
+                 [[models.default.script]]\noutputs = [{{ kind = \"message\", text = \"{text}\", deltas = {k} }}]\n"
+            )
+        }
+    };
+    format!(
+        r#"# Written by the load harness (benches/load): agents on the fake model server.
+[server]
+bind = "{bind}"
+
+[models.default]
+{models}
+[[agents]]
+name = "Triage"
+instructions = "Get the weather, then hand off to Writer."
+model = "default"
+handoffs = ["Writer"]
+tools = ["get_weather"]
+
+[[agents]]
+name = "Writer"
+instructions = "Write the answer."
+handoff_description = "Writes the answer."
+model = "default"
+
+[[tools]]
+name = "get_weather"
+description = "Weather for a city."
+kind = "http"
+url = "http://{model}/tool/weather"
+parameters = {{ type = "object", properties = {{ city = {{ type = "string" }} }}, required = ["city"] }}
+timeout_ms = 10000
+
+[sessions]
+store = "memory"
+
+[limits]
+max_runs_per_tenant = 100000
+max_connections = 20000
+history = 32768
+"#
+    )
+}
+
+/// Deltas per answer: as asked, or the script's when the server plays its scripted model.
+fn tokens_for(opts: &Opts, asked: usize) -> usize {
+    if opts.scripted_server {
+        opts.preset.tokens
+    } else {
+        asked
+    }
+}
+
+/// Starts `callboard serve` on the fake model; `None` when this build has no server.
+fn spawn_server(opts: &Opts, model: SocketAddr) -> Result<Option<(Proc, SocketAddr)>, String> {
+    // A build without the server has no `serve --config`.
+    let help = Command::new(&opts.callboard_bin)
+        .args(["serve", "--help"])
+        .output();
+    let has_serve = help.is_ok_and(|o| {
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("--config")
+    });
+    if !has_serve {
+        return Ok(None);
+    }
+    let port = free_port()?;
+    let bind: SocketAddr = ([127, 0, 0, 1], port).into();
+    std::fs::create_dir_all(&opts.out).map_err(|e| e.to_string())?;
+    let cfg = opts.out.join("server.toml");
+    let scripted = opts.scripted_server.then_some(opts.preset.tokens);
+    std::fs::write(&cfg, server_config(bind, model, &opts.api, scripted))
+        .map_err(|e| e.to_string())?;
+    let log = std::fs::File::create(opts.out.join("server.log")).map_err(|e| e.to_string())?;
+    let log2 = log.try_clone().map_err(|e| e.to_string())?;
+    let child = Command::new(&opts.callboard_bin)
+        .arg("serve")
+        .arg("--config")
+        .arg(&cfg)
+        .env("RUST_LOG", "warn")
+        .stdout(log)
+        .stderr(log2)
+        .spawn()
+        .map_err(|e| format!("callboard serve: {e}"))?;
+    let mut proc = Proc { child };
+    let t0 = Instant::now();
+    loop {
+        if std::net::TcpStream::connect(bind).is_ok() {
+            return Ok(Some((proc, bind)));
+        }
+        if let Ok(Some(st)) = proc.child.try_wait() {
+            return Err(format!(
+                "callboard serve exited ({st}); see {}",
+                opts.out.join("server.log").display()
+            ));
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            return Err("callboard serve did not listen within 30 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Samples the counters every 250 ms (timeline and progress bar) until stopped.
+fn sampler(
+    name: &str,
+    total: u64,
+    frames_mode: bool,
+    c: Arc<Counters>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Sample>> {
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(name.to_owned());
+    std::thread::spawn(move || {
+        let t0 = Instant::now();
+        let mut tl = vec![Sample::default()];
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(250));
+            let t = t0.elapsed().as_secs_f64();
+            let runs = c.get(&c.runs);
+            let frames = c.get(&c.frames);
+            pb.set_position(if frames_mode { frames } else { runs });
+            pb.set_message(format!(
+                "{:.0} runs/s, {:.0} frames/s, {} errors",
+                runs as f64 / t,
+                frames as f64 / t,
+                c.get(&c.errors)
+            ));
+            tl.push(Sample {
+                t_s: t,
+                runs,
+                frames,
+            });
+            if tl.len() > 100_000 {
+                break;
+            }
+        }
+        pb.finish_and_clear();
+        tl
+    })
+}
+
+fn fill(sc: &mut Scenario, c: &Counters, elapsed: f64, timeline: Vec<Sample>) {
+    sc.runs = c.get(&c.runs);
+    sc.errors = c.get(&c.errors);
+    sc.frames = c.get(&c.frames);
+    sc.lost = c.get(&c.lost);
+    sc.duplicated = c.get(&c.duplicated);
+    sc.reordered = c.get(&c.reordered);
+    sc.lagged = c.get(&c.lagged);
+    sc.first_error = c.first_error.lock().ok().and_then(|g| g.clone());
+    sc.elapsed_s = elapsed;
+    sc.runs_per_s = sc.runs as f64 / elapsed.max(1e-9);
+    sc.frames_per_s = sc.frames as f64 / elapsed.max(1e-9);
+    let h = c.latency.lock().ok().and_then(|g| g.clone());
+    sc.set_latency(h.as_ref());
+    sc.timeline = timeline;
+}
+
+// ------------------------------------------------------------------ engine (library)
+
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+struct City {
+    city: String,
+}
+
+fn engine_cast(model_addr: SocketAddr, api: &str) -> Result<Agent, String> {
+    let kind = if api == "responses" {
+        "openai_responses"
+    } else {
+        "openai_chat_completions"
+    };
+    let cfg: ProviderConfig = toml::from_str(&format!(
+        "provider = \"{kind}\"\nbase_url = \"http://{model_addr}/v1\"\nmodel = \"fake\"\nmax_retries = 0\n"
+    ))
+    .map_err(|e| e.to_string())?;
+    let model = cfg.build().map_err(|e| e.to_string())?;
+    let writer = Agent::new("Writer")
+        .instructions("Write the answer.")
+        .handoff_description("Writes the answer.")
+        .model_instance(model.clone());
+    Ok(Agent::new("Triage")
+        .instructions("Get the weather, then hand off to Writer.")
+        .model_instance(model)
+        .tool(FunctionTool::new(
+            "get_weather",
+            "Weather for a city.",
+            |_ctx: ToolContext<()>, a: City| async move {
+                Ok::<_, String>(format!("sunny in {}, 12°C", a.city))
+            },
+        ))
+        .handoff(&writer))
+}
+
+async fn engine_run(
+    runner: &Runner,
+    triage: &Agent,
+    prompt: &str,
+    tokens: usize,
+    c: &Counters,
+    lat: &mut hdrhistogram::Histogram<u64>,
+) -> Result<(), String> {
+    let mut h = runner
+        .request(triage, prompt)
+        .config(RunConfig::default().tracing_disabled(true))
+        .start()
+        .map_err(|e| e.to_string())?;
+    let mut events = h.stream_events();
+    let mut run = RunCheck::default();
+    let mut last_agent = String::new();
+    while let Some(ev) = tokio::time::timeout(ws::FRAME_WAIT, events.next())
+        .await
+        .map_err(|_| "no event for 60 s".to_owned())?
+    {
+        c.frames.fetch_add(1, Ordering::Relaxed);
+        match &ev {
+            StreamEvent::RawResponse(r) => {
+                if let RawEvent::Typed(ResponseEvent::OutputTextDelta { delta, .. }) = r.as_ref() {
+                    run.delta(delta, lat)?;
+                }
+            }
+            StreamEvent::RunItem(item) => match item.as_ref() {
+                RunItem::ToolCallOutput { .. } => run.tool_output = true,
+                RunItem::HandoffOutput { .. } => run.handoff = true,
+                _ => {}
+            },
+            StreamEvent::AgentUpdated { new_agent } => last_agent = new_agent.to_string(),
+        }
+    }
+    if let Some(e) = h.error() {
+        return Err(e.to_string());
+    }
+    let out = h.final_output();
+    let text = out.as_ref().and_then(|v| v.as_str()).unwrap_or("");
+    run.finish(tokens, text, &last_agent)
+}
+
+fn engine(
+    opts: &Opts,
+    rt: &tokio::runtime::Runtime,
+    model_addr: SocketAddr,
+) -> Result<Scenario, String> {
+    let p = &opts.preset;
+    let triage = engine_cast(model_addr, &opts.api)?;
+    let runner = Arc::new(rt.block_on(async { Runner::new() }));
+    let tokens = p.tokens;
+    let prompt = format!("weather in Oslo please tokens={tokens}");
+    // Warm up: connection pool, actors.
+    let warm = Arc::new(Counters::default());
+    rt.block_on(async {
+        let mut lat = histogram();
+        for _ in 0..5 {
+            if let Err(e) = engine_run(&runner, &triage, &prompt, tokens, &warm, &mut lat).await {
+                warm.error(e);
+            }
+        }
+    });
+    if let Some(e) = warm.first_error.lock().ok().and_then(|g| g.clone()) {
+        return Err(format!("engine warm-up: {e}"));
+    }
+    let c = Arc::new(Counters::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let sam = sampler(
+        "engine",
+        p.engine_runs as u64,
+        false,
+        c.clone(),
+        stop.clone(),
+    );
+    let cpu0 = procfs::cpu_seconds(None);
+    let t0 = Instant::now();
+    let deadline = t0 + p.scenario_timeout;
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for i in 0..p.concurrency {
+            let n = p.engine_runs / p.concurrency + usize::from(i < p.engine_runs % p.concurrency);
+            let (runner, triage, prompt, c) =
+                (runner.clone(), triage.clone(), prompt.clone(), c.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut lat = histogram();
+                for _ in 0..n {
+                    if Instant::now() > deadline {
+                        c.error("engine: deadline reached");
+                        break;
+                    }
+                    match engine_run(&runner, &triage, &prompt, tokens, &c, &mut lat).await {
+                        Ok(()) => {
+                            c.runs.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => c.error(e),
+                    }
+                }
+                c.merge_latency(&lat);
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu1 = procfs::cpu_seconds(None);
+    stop.store(true, Ordering::Relaxed);
+    let tl = sam.join().unwrap_or_default();
+    let mut sc = Scenario {
+        name: "engine".into(),
+        description: format!(
+            "In-process library: Runner::run_streamed, {} at once, 3 turns (tool call, handoff, {tokens}-delta answer), \
+             {} API, consuming stream_events — the same program as the Python driver. CPU: the harness process \
+             (the fake model runs in another process).",
+            p.concurrency, opts.api
+        ),
+        concurrency: p.concurrency,
+        ..Default::default()
+    };
+    fill(&mut sc, &c, elapsed, tl);
+    if let (Some(a), Some(b)) = (cpu0, cpu1) {
+        sc.cpu_s = Some(b - a);
+        sc.cpu_ms_per_run = Some(1000.0 * (b - a) / sc.runs.max(1) as f64);
+    }
+    if let Some(hwm) = procfs::status_kib(None, "VmHWM") {
+        sc.memory_kib.insert("peak_rss".into(), hwm as f64);
+    }
+    Ok(sc)
+}
+
+// ------------------------------------------------------------------ Python SDK
+
+fn python_scenario(opts: &Opts, model_addr: SocketAddr) -> Result<Scenario, String> {
+    let p = &opts.preset;
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/python");
+    let setup = Command::new("bash")
+        .arg(dir.join("setup.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("setup.sh: {e}"))?;
+    if !setup.status.success() {
+        return Err("benches/python/setup.sh failed".into());
+    }
+    let py = String::from_utf8_lossy(&setup.stdout)
+        .lines()
+        .last()
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    let pb = ProgressBar::new_spinner();
+    pb.set_prefix("python");
+    pb.set_message(format!(
+        "openai-agents: {} runs at {} at once",
+        p.python_runs, p.concurrency
+    ));
+    pb.enable_steady_tick(Duration::from_millis(200));
+    let mut child = Command::new(&py)
+        .arg(dir.join("driver.py"))
+        .args([
+            "--base-url",
+            &format!("http://{model_addr}/v1"),
+            "--api",
+            &opts.api,
+            "--concurrency",
+            &p.concurrency.to_string(),
+            "--runs",
+            &p.python_runs.to_string(),
+            "--tokens",
+            &p.tokens.to_string(),
+            "--timeout",
+            &p.scenario_timeout.as_secs().to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("{py}: {e}"))?;
+    let out = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(out), &mut s);
+        let _ = tx.send(s);
+    });
+    let text = rx.recv_timeout(p.scenario_timeout + Duration::from_secs(60));
+    let _ = child.kill();
+    let _ = child.wait();
+    pb.finish_and_clear();
+    let text = text.map_err(|_| "the Python driver timed out".to_owned())?;
+    let line = text.lines().last().unwrap_or("");
+    let v: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("driver said {line:?}: {e}"))?;
+    let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+    let mut sc = Scenario {
+        name: "python-sdk".into(),
+        description: format!(
+            "{} (Python {}): Runner.run_streamed, {} at once, the same 3-turn workload on the same fake model server. \
+             CPU from getrusage of the driver process.",
+            v["impl"].as_str().unwrap_or("openai-agents"),
+            v["python"].as_str().unwrap_or("?"),
+            p.concurrency
+        ),
+        concurrency: p.concurrency,
+        runs: f("runs") as u64 - f("errors") as u64,
+        errors: f("errors") as u64,
+        first_error: v["first_error"].as_str().map(str::to_owned),
+        elapsed_s: f("elapsed_s"),
+        runs_per_s: f("runs_per_s"),
+        frames: f("events") as u64,
+        frames_per_s: f("events") / f("elapsed_s").max(1e-9),
+        cpu_s: Some(f("cpu_s")),
+        cpu_ms_per_run: Some(f("cpu_ms_per_run")),
+        ..Default::default()
+    };
+    sc.memory_kib.insert("peak_rss".into(), f("peak_rss_kib"));
+    Ok(sc)
+}
+
+// ------------------------------------------------------------------ WebSocket scenarios
+
+struct Server {
+    proc: Proc,
+    url: String,
+}
+
+impl Server {
+    fn cpu(&self) -> Option<f64> {
+        procfs::cpu_seconds(Some(self.proc.pid()))
+    }
+    fn rss(&self) -> Option<u64> {
+        procfs::rss_kib(Some(self.proc.pid()))
+    }
+}
+
+/// Conversations over WebSocket: `sessions` clients, `runs_each` runs, deltas `delay_ms` apart.
+#[allow(clippy::too_many_arguments)]
+fn ws_conversations(
+    name: &str,
+    description: String,
+    opts: &Opts,
+    rt: &tokio::runtime::Runtime,
+    srv: &Server,
+    sessions: usize,
+    runs_each: usize,
+    tokens: usize,
+    delay_ms: u64,
+    rep: usize,
+) -> Scenario {
+    let p = &opts.preset;
+    let tokens = tokens_for(opts, tokens);
+    let c = Arc::new(Counters::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let total = (sessions * runs_each) as u64;
+    let sam = sampler(name, total, false, c.clone(), stop.clone());
+    let rss0 = srv.rss();
+    let cpu0 = srv.cpu();
+    let t0 = Instant::now();
+    let deadline = t0 + p.scenario_timeout;
+    // Server RSS while the sessions are active.
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (pk, pid, st) = (peak.clone(), srv.proc.pid(), stop.clone());
+    let rss_thread = std::thread::spawn(move || {
+        while !st.load(Ordering::Relaxed) {
+            if let Some(r) = procfs::rss_kib(Some(pid)) {
+                pk.fetch_max(r, Ordering::Relaxed);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let stop_rss = Arc::new(AtomicBool::new(false));
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for i in 0..sessions {
+            tasks.push(tokio::spawn(ws::conversation_client(
+                srv.url.clone(),
+                format!("{name}-{rep}"),
+                i,
+                runs_each,
+                3,
+                tokens,
+                delay_ms,
+                c.clone(),
+                deadline,
+            )));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu1 = srv.cpu();
+    stop.store(true, Ordering::Relaxed);
+    stop_rss.store(true, Ordering::Relaxed);
+    let _ = rss_thread.join();
+    let tl = sam.join().unwrap_or_default();
+    let mut sc = Scenario {
+        name: name.into(),
+        description,
+        concurrency: sessions,
+        ..Default::default()
+    };
+    fill(&mut sc, &c, elapsed, tl);
+    if let (Some(a), Some(b)) = (cpu0, cpu1) {
+        sc.cpu_s = Some(b - a);
+        sc.cpu_ms_per_run = Some(1000.0 * (b - a) / sc.runs.max(1) as f64);
+    }
+    if let Some(r0) = rss0 {
+        let pk = peak.load(Ordering::Relaxed);
+        if pk > r0 {
+            sc.memory_kib.insert(
+                "server_rss_per_active_session".into(),
+                (pk - r0) as f64 / sessions.max(1) as f64,
+            );
+        }
+        sc.memory_kib.insert("server_rss_peak".into(), pk as f64);
+        sc.memory_kib.insert("server_rss_start".into(), r0 as f64);
+    }
+    sc
+}
+
+fn idle(opts: &Opts, rt: &tokio::runtime::Runtime, srv: &Server) -> Scenario {
+    let n = opts.preset.idle_conns;
+    let c = Arc::new(Counters::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let sam = sampler("idle", n as u64, true, c.clone(), stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    let rss0 = srv.rss();
+    let t0 = Instant::now();
+    let url = srv.url.clone();
+    let conns = rt.block_on(async {
+        // At most 64 handshakes in flight.
+        let sem = Arc::new(tokio::sync::Semaphore::new(64));
+        let mut tasks = Vec::new();
+        for _ in 0..n {
+            let (sem, url, c) = (sem.clone(), url.clone(), c.clone());
+            tasks.push(tokio::spawn(async move {
+                let _permit = sem.acquire_owned().await.ok()?;
+                match ws::connect(&url).await {
+                    Ok(w) => {
+                        c.frames.fetch_add(1, Ordering::Relaxed);
+                        Some(w)
+                    }
+                    Err(e) => {
+                        c.error(e);
+                        None
+                    }
+                }
+            }));
+        }
+        let mut conns = Vec::new();
+        for t in tasks {
+            if let Ok(Some(w)) = t.await {
+                conns.push(w);
+            }
+        }
+        conns
+    });
+    let setup = t0.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(1));
+    let rss1 = srv.rss();
+    stop.store(true, Ordering::Relaxed);
+    let tl = sam.join().unwrap_or_default();
+    let open = conns.len();
+    let mut sc = Scenario {
+        name: "idle".into(),
+        description: format!(
+            "{n} WebSocket connections opened (64 handshakes at a time) and held idle; server RSS before and after."
+        ),
+        concurrency: n,
+        ..Default::default()
+    };
+    fill(&mut sc, &c, setup, tl);
+    sc.frames = 0;
+    sc.frames_per_s = 0.0;
+    sc.figures.insert("connections_open".into(), open as f64);
+    sc.figures
+        .insert("connections_per_s".into(), open as f64 / setup.max(1e-9));
+    if let (Some(a), Some(b)) = (rss0, rss1) {
+        sc.memory_kib.insert(
+            "server_rss_per_idle_connection".into(),
+            (b.saturating_sub(a)) as f64 / open.max(1) as f64,
+        );
+    }
+    rt.block_on(async move {
+        for mut w in conns {
+            let _ = tokio::time::timeout(Duration::from_millis(200), w.close(None)).await;
+        }
+    });
+    sc
+}
+
+/// One session, many subscribers: `runs` runs at full speed, then one paced run for latency.
+fn fanout(
+    opts: &Opts,
+    rt: &tokio::runtime::Runtime,
+    srv: &Server,
+    paced: bool,
+    rep: usize,
+) -> Result<Scenario, String> {
+    let p = &opts.preset;
+    let (name, runs, tokens, delay) = if paced {
+        ("fanout-paced", 1, p.fan_paced_tokens, p.fan_paced_delay_ms)
+    } else {
+        ("fanout", p.fan_runs, p.fan_tokens, 0)
+    };
+    let tokens = tokens_for(opts, tokens);
+    let session = format!("{name}-{rep}-{}", crate::model::now_ns());
+    let c = Arc::new(Counters::default());
+    let deadline = Instant::now() + p.scenario_timeout;
+    let url = srv.url.clone();
+    let prompt = format!("weather in Oslo please tokens={tokens} delay_ms={delay}");
+    // The session exists once a run was created on it: one run first, then everyone
+    // subscribes after its last seq.
+    let (mut driver, after) = rt.block_on(async {
+        let mut driver = ws::connect(&url).await?;
+        ws::start_run(&mut driver, &session, &prompt, 0).await?;
+        let after = ws::wait_end(&mut driver).await?;
+        Ok::<_, String>((driver, after))
+    })?;
+    let subs = rt.block_on(async {
+        let sem = Arc::new(tokio::sync::Semaphore::new(64));
+        let mut tasks = Vec::new();
+        for _ in 0..p.fan_subs {
+            let (sem, url, session) = (sem.clone(), url.clone(), session.clone());
+            tasks.push(tokio::spawn(async move {
+                let _permit = sem.acquire_owned().await.map_err(|e| e.to_string())?;
+                let mut w = ws::connect(&url).await?;
+                ws::subscribe(&mut w, &session, Some(after)).await?;
+                Ok::<_, String>(w)
+            }));
+        }
+        let mut subs = Vec::new();
+        for t in tasks {
+            match t.await {
+                Ok(Ok(w)) => subs.push(w),
+                Ok(Err(e)) => return Err(e),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(subs)
+    })?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let expected = (p.fan_subs * runs * (tokens + 40)) as u64;
+    let sam = sampler(name, expected, true, c.clone(), stop.clone());
+    let cpu0 = srv.cpu();
+    let t0 = Instant::now();
+    let res = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for w in subs {
+            tasks.push(tokio::spawn(ws::fan_subscriber(
+                w,
+                session.clone(),
+                after,
+                runs,
+                tokens,
+                c.clone(),
+                deadline,
+            )));
+        }
+        for r in 1..=runs {
+            ws::start_run(&mut driver, &session, &prompt, r as u64).await?;
+            ws::wait_end(&mut driver).await?;
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        let _ = driver.close(None).await;
+        Ok::<(), String>(())
+    });
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu1 = srv.cpu();
+    stop.store(true, Ordering::Relaxed);
+    let tl = sam.join().unwrap_or_default();
+    if let Err(e) = res {
+        c.error(e);
+    }
+    let mut sc = Scenario {
+        name: name.into(),
+        description: format!(
+            "One session, {} WebSocket subscribers; {runs} run(s) of {tokens} deltas{}; every subscriber checks every frame.",
+            p.fan_subs,
+            if delay > 0 {
+                format!(", {delay} ms apart")
+            } else {
+                " at full speed".into()
+            }
+        ),
+        concurrency: p.fan_subs,
+        ..Default::default()
+    };
+    fill(&mut sc, &c, elapsed, tl);
+    // Runs are counted per subscriber; report the session's runs.
+    sc.runs = 0;
+    sc.runs_per_s = 0.0;
+    sc.figures.insert("session_runs".into(), runs as f64);
+    if let (Some(a), Some(b)) = (cpu0, cpu1) {
+        sc.cpu_s = Some(b - a);
+        sc.figures.insert(
+            "server_cpu_us_per_delivery".into(),
+            1e6 * (b - a) / sc.frames.max(1) as f64,
+        );
+    }
+    Ok(sc)
+}
+
+// ------------------------------------------------------------------ all of it
+
+fn repeat(
+    opts: &Opts,
+    mut f: impl FnMut(usize) -> Result<Scenario, String>,
+    out: &mut Vec<Scenario>,
+    notes: &mut Vec<String>,
+) {
+    let mut reps = Vec::new();
+    for r in 0..opts.reps {
+        match f(r) {
+            Ok(s) => reps.push(s),
+            Err(e) => notes.push(e),
+        }
+    }
+    if let Some(s) = fold(reps) {
+        out.push(s);
+    }
+}
+
+/// Runs every scenario the options ask for; returns whether all were clean.
+pub fn run_all(opts: &Opts) -> Result<bool, String> {
+    let p = opts.preset.clone();
+    let mut scenarios = Vec::new();
+    let mut notes = Vec::new();
+    let (_model, model_addr) = spawn_fake_model(p.tokens)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("load-client")
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    eprintln!(
+        "load: preset {}, nproc {}, fake model server on {model_addr} ({} API), reports in {}",
+        p.name,
+        procfs::nproc(),
+        opts.api,
+        opts.out.display()
+    );
+
+    if opts.wants("engine") {
+        repeat(
+            opts,
+            |_| engine(opts, &rt, model_addr),
+            &mut scenarios,
+            &mut notes,
+        );
+    }
+    if opts.python && opts.wants("python") {
+        repeat(
+            opts,
+            |_| python_scenario(opts, model_addr),
+            &mut scenarios,
+            &mut notes,
+        );
+    }
+    let want_ws = ["ws-runs", "ws-latency", "idle", "fanout", "fanout-paced"]
+        .iter()
+        .any(|s| opts.wants(s));
+    if want_ws {
+        match spawn_server(opts, model_addr)? {
+            None => notes.push(format!(
+                "{} has no `serve` command in this build: WebSocket scenarios skipped",
+                opts.callboard_bin.display()
+            )),
+            Some(first) => {
+                // Every repetition of every scenario gets a fresh server, so memory figures
+                // start from the same baseline.
+                drop(first);
+                let fresh = || -> Result<Server, String> {
+                    let (proc, addr) =
+                        spawn_server(opts, model_addr)?.ok_or("the server went away")?;
+                    Ok(Server {
+                        proc,
+                        url: format!("ws://{addr}/v1/ws"),
+                    })
+                };
+                if opts.wants("idle") {
+                    repeat(
+                        opts,
+                        |_| Ok(idle(opts, &rt, &fresh()?)),
+                        &mut scenarios,
+                        &mut notes,
+                    );
+                }
+                if opts.wants("ws-runs") {
+                    repeat(
+                        opts,
+                        |r| {
+                            let srv = fresh()?;
+                            Ok(ws_conversations(
+                                "ws-runs",
+                                format!(
+                                    "{} WebSocket clients, each running {} 3-turn conversations (3 per session), {}-delta answers, \
+                                     no delay: the server's throughput. CPU: the server process.",
+                                    p.concurrency, p.ws_runs_per_client, p.tokens
+                                ),
+                                opts,
+                                &rt,
+                                &srv,
+                                p.concurrency,
+                                p.ws_runs_per_client,
+                                p.tokens,
+                                0,
+                                r,
+                            ))
+                        },
+                        &mut scenarios,
+                        &mut notes,
+                    );
+                }
+                if opts.wants("ws-latency") {
+                    repeat(
+                        opts,
+                        |r| {
+                            let srv = fresh()?;
+                            Ok(ws_conversations(
+                                "ws-latency",
+                                format!(
+                                    "{} sessions streaming at once, {}-delta answers {} ms apart: latency from the model server \
+                                     emitting a delta to the client receiving it.",
+                                    p.lat_sessions, p.lat_tokens, p.lat_delay_ms
+                                ),
+                                opts,
+                                &rt,
+                                &srv,
+                                p.lat_sessions,
+                                p.lat_runs,
+                                p.lat_tokens,
+                                p.lat_delay_ms,
+                                r,
+                            ))
+                        },
+                        &mut scenarios,
+                        &mut notes,
+                    );
+                }
+                if opts.wants("fanout") {
+                    repeat(
+                        opts,
+                        |r| fanout(opts, &rt, &fresh()?, false, r),
+                        &mut scenarios,
+                        &mut notes,
+                    );
+                }
+                if opts.wants("fanout-paced") && !opts.scripted_server {
+                    repeat(
+                        opts,
+                        |r| fanout(opts, &rt, &fresh()?, true, r),
+                        &mut scenarios,
+                        &mut notes,
+                    );
+                }
+            }
+        }
+    }
+
+    let mut report = Report {
+        preset: p.name.into(),
+        nproc: procfs::nproc(),
+        reps: opts.reps,
+        command: format!(
+            "cargo bench --bench load -- --preset {} --reps {}",
+            p.name, opts.reps
+        ),
+        scenarios,
+        notes,
+        ..Default::default()
+    };
+    let get = |n: &str| report.scenarios.iter().find(|s| s.name == n).cloned();
+    if let Some(py) = get("python-sdk") {
+        for cb in ["engine", "ws-runs"] {
+            if let Some(s) = get(cb) {
+                if let (Some(a), Some(b)) = (py.cpu_ms_per_run, s.cpu_ms_per_run) {
+                    if b > 0.0 {
+                        report
+                            .ratios
+                            .insert(format!("CPU per run, python-sdk / {cb}"), a / b);
+                    }
+                }
+                if py.runs_per_s > 0.0 {
+                    report.ratios.insert(
+                        format!("runs/s, {cb} / python-sdk"),
+                        s.runs_per_s / py.runs_per_s,
+                    );
+                }
+            }
+        }
+        if let (Some(a), Some(b)) = (
+            py.memory_kib.get("peak_rss"),
+            get("engine").and_then(|e| e.memory_kib.get("peak_rss").copied()),
+        ) {
+            if b > 0.0 {
+                report
+                    .ratios
+                    .insert("peak RSS, python-sdk / engine".into(), a / b);
+            }
+        }
+    }
+    eprintln!("{}", report.table());
+    let dir: &Path = &opts.out;
+    match report.write(dir) {
+        Ok(()) => eprintln!(
+            "load: report in {} (report.html, report.json)",
+            dir.display()
+        ),
+        Err(e) => eprintln!("load: could not write the report: {e}"),
+    }
+    let clean = report.scenarios.iter().all(|s| s.clean());
+    if opts.test_mode && !report.notes.is_empty() {
+        for n in &report.notes {
+            eprintln!("load: {n}");
+        }
+    }
+    Ok(clean && (!opts.test_mode || report.notes.iter().all(|n| n.contains("skipped"))))
+}
