@@ -83,8 +83,9 @@ async fn model_only(m: &ScriptedModel, reqs: &[ModelRequest]) -> usize {
 }
 
 fn main() {
-    // `cargo test --all-targets` runs benches with `--test`: one quick pass, no table.
-    let quick = std::env::args().any(|a| a == "--test" || a == "--list");
+    // `cargo bench` passes `--bench`; without it (`cargo test --all-targets`, criterion's test
+    // mode) do one quick pass and no table.
+    let quick = !std::env::args().any(|a| a == "--bench");
     let rt = if std::env::var("ENGINE_BENCH_RT").as_deref() == Ok("current") {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

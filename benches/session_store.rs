@@ -263,7 +263,8 @@ fn throughput(c: &mut Criterion) {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--test" || a == "--list");
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` (criterion's test mode) does not.
+    let quick = !std::env::args().any(|a| a == "--bench");
     if !quick {
         latency_report();
     }
