@@ -126,6 +126,10 @@ timeout_ms = 10000
 [sessions]
 store = "memory"
 
+# Tracing off, as on the Python SDK's side of the comparison.
+[tracing]
+disabled = true
+
 [limits]
 max_runs_per_tenant = 100000
 max_connections = 20000
