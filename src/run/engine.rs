@@ -328,7 +328,12 @@ async fn stream_model<C: Send + Sync + 'static>(
         tokio::select! {
             biased;
             _ = shared.cancel.cancelled() => return StreamEnd::Cancelled,
-            g = async { guards.as_mut().expect("guarded by the if").await }, if guards.is_some() => {
+            g = async {
+                match guards.as_mut() {
+                    Some(g) => g.await,
+                    None => std::future::pending().await,
+                }
+            }, if guards.is_some() => {
                 guards = None;
                 if let Err(e) = g {
                     return StreamEnd::Error(e);
