@@ -2,48 +2,25 @@
 //! `GET /v1/traces/{id}` and `POST /v1/traces/ingest`, scoped by tenant, and flushed by a
 //! graceful shutdown (SIGTERM mid-run loses no span).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-struct Server {
-    child: Child,
-    addr: String,
-}
+mod common;
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{spawn_binary, Binary as Server};
 
 fn spawn(config_path: &std::path::Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_callboard"))
-        .args(["serve", "--config"])
-        .arg(config_path)
-        .current_dir(config_path.parent().expect("dir"))
-        .env("CALLBOARD_KEY_ACME", "acme-key")
-        .env("CALLBOARD_KEY_GLOBEX", "globex-key")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the binary");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
-            }
-        }
-    });
-    let addr = rx.recv_timeout(WAIT).expect("server start banner");
-    Server { child, addr }
+    spawn_binary(
+        config_path,
+        &[
+            ("CALLBOARD_KEY_ACME", "acme-key"),
+            ("CALLBOARD_KEY_GLOBEX", "globex-key"),
+        ],
+    )
 }
 
 fn config(dir: &std::path::Path) -> String {

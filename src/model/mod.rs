@@ -263,3 +263,40 @@ impl ModelProvider for ModelTable {
         self.models.get(name).cloned()
     }
 }
+
+/// A request with every kind of item, tool and output schema, for the providers' unit tests.
+#[cfg(test)]
+pub(crate) fn sample_request(assistant_text: &str, assistant_id: &str) -> ModelRequest {
+    use crate::items::{FunctionCallItem, FunctionCallOutputItem, MessageItem};
+    use serde_json::json;
+    ModelRequest {
+        system_instructions: Some("Be brief.".into()),
+        input: vec![
+            Item::Message(MessageItem::user("hi")),
+            Item::Message(MessageItem::assistant(assistant_id, assistant_text)),
+            Item::FunctionCall(FunctionCallItem {
+                id: None,
+                call_id: "call_1".into(),
+                name: "get_weather".into(),
+                arguments: "{\"city\":\"Oslo\"}".into(),
+                status: None,
+            }),
+            Item::FunctionCallOutput(FunctionCallOutputItem {
+                call_id: "call_1".into(),
+                output: "sunny".into(),
+            }),
+        ],
+        tools: vec![ToolSpec {
+            name: "get_weather".into(),
+            description: "Weather.".into(),
+            parameters: json!({"type": "object"}),
+            strict: true,
+        }],
+        output_schema: Some(OutputSchema {
+            name: "final_output".into(),
+            schema: json!({"type": "object"}),
+            strict: true,
+        }),
+        settings: ModelSettings::default(),
+    }
+}

@@ -1048,8 +1048,6 @@ impl Translate for ChatTranslator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::items::FunctionCallOutputItem;
-    use crate::model::{OutputSchema, ToolSpec};
 
     fn names(out: &VecDeque<RawEvent>) -> Vec<&str> {
         out.iter().map(RawEvent::type_name).collect()
@@ -1261,36 +1259,7 @@ mod tests {
 
     #[test]
     fn body_has_the_chat_shape() {
-        let req = ModelRequest {
-            system_instructions: Some("Be brief.".into()),
-            input: vec![
-                Item::Message(MessageItem::user("hi")),
-                Item::Message(MessageItem::assistant(FAKE_ID, "let me check")),
-                Item::FunctionCall(FunctionCallItem {
-                    id: None,
-                    call_id: "call_1".into(),
-                    name: "get_weather".into(),
-                    arguments: "{\"city\":\"Oslo\"}".into(),
-                    status: None,
-                }),
-                Item::FunctionCallOutput(FunctionCallOutputItem {
-                    call_id: "call_1".into(),
-                    output: "sunny".into(),
-                }),
-            ],
-            tools: vec![ToolSpec {
-                name: "get_weather".into(),
-                description: "Weather.".into(),
-                parameters: json!({"type": "object"}),
-                strict: true,
-            }],
-            output_schema: Some(OutputSchema {
-                name: "final_output".into(),
-                schema: json!({"type": "object"}),
-                strict: true,
-            }),
-            settings: ModelSettings::default(),
-        };
+        let req = crate::model::sample_request("let me check", FAKE_ID);
         let settings = ModelSettings {
             tool_choice: Some("required".into()),
             max_tokens: Some(50),

@@ -254,40 +254,9 @@ impl Translate for ResponsesTranslator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::items::{FunctionCallItem, FunctionCallOutputItem, MessageItem};
-    use crate::model::{OutputSchema, ToolSpec};
 
     fn req() -> ModelRequest {
-        ModelRequest {
-            system_instructions: Some("Be brief.".into()),
-            input: vec![
-                Item::Message(MessageItem::user("hi")),
-                Item::Message(MessageItem::assistant(FAKE_ID, "hello")),
-                Item::FunctionCall(FunctionCallItem {
-                    id: None,
-                    call_id: "call_1".into(),
-                    name: "get_weather".into(),
-                    arguments: "{\"city\":\"Oslo\"}".into(),
-                    status: None,
-                }),
-                Item::FunctionCallOutput(FunctionCallOutputItem {
-                    call_id: "call_1".into(),
-                    output: "sunny".into(),
-                }),
-            ],
-            tools: vec![ToolSpec {
-                name: "get_weather".into(),
-                description: "Weather.".into(),
-                parameters: json!({"type": "object"}),
-                strict: true,
-            }],
-            output_schema: Some(OutputSchema {
-                name: "final_output".into(),
-                schema: json!({"type": "object"}),
-                strict: true,
-            }),
-            settings: ModelSettings::default(),
-        }
+        crate::model::sample_request("hello", FAKE_ID)
     }
 
     #[test]

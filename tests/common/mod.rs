@@ -187,3 +187,47 @@ pub async fn recv_run_resuming(ws: &mut Ws, session: &str) -> Vec<Value> {
         }
     }
 }
+
+/// The real `callboard` binary serving `config_path`, run in the config's folder (where its
+/// default database files go); killed when dropped.
+pub struct Binary {
+    /// The process.
+    pub child: std::process::Child,
+    /// `host:port` it listens on.
+    pub addr: String,
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `callboard serve --config config_path` with `envs` and waits for its banner.
+pub fn spawn_binary(config_path: &std::path::Path, envs: &[(&str, &str)]) -> Binary {
+    use std::io::{BufRead, BufReader};
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_callboard"));
+    cmd.args(["serve", "--config"])
+        .arg(config_path)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null());
+    if let Some(dir) = config_path.parent() {
+        cmd.current_dir(dir);
+    }
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("start the binary");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+            }
+        }
+    });
+    let addr = rx.recv_timeout(WAIT).expect("server start banner");
+    Binary { child, addr }
+}
