@@ -123,134 +123,9 @@ pub struct AuthConfig {
     pub keys: Vec<KeyConfig>,
 }
 
-/// Which provider a `[models.NAME]` entry uses.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum ProviderKind {
-    /// The OpenAI Responses API.
-    OpenaiResponses,
-    /// OpenAI Chat Completions.
-    OpenaiChatCompletions,
-    /// The deterministic scripted model (tests, demos).
-    #[default]
-    Scripted,
-}
-
-impl ProviderKind {
-    /// The config spelling.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            ProviderKind::OpenaiResponses => "openai_responses",
-            ProviderKind::OpenaiChatCompletions => "openai_chat_completions",
-            ProviderKind::Scripted => "scripted",
-        }
-    }
-}
-
-/// One `[models.NAME]` entry.
-#[derive(Clone, Debug, Deserialize, PartialEq, Default)]
-#[serde(deny_unknown_fields)]
-pub struct ModelConfig {
-    /// The provider.
-    pub provider: ProviderKind,
-    /// API base URL (OpenAI providers).
-    #[serde(default)]
-    pub base_url: Option<String>,
-    /// Environment variable with the API key (OpenAI providers; default `OPENAI_API_KEY`).
-    #[serde(default)]
-    pub api_key_env: Option<String>,
-    /// The provider's model name (`gpt-4.1-mini`).
-    #[serde(default)]
-    pub model: Option<String>,
-    /// Scripted provider: the turns to play (`[[models.NAME.script]]`, each with `outputs`
-    /// or `fail`); without a script the demo cast's keyword-routing model is used.
-    #[serde(default)]
-    pub script: Option<Vec<Value>>,
-    /// Scripted provider: replay the last turn once the script runs out.
-    #[serde(default)]
-    pub repeat_last: bool,
-    /// Scripted provider: a pause before each delta, in milliseconds (a slow model).
-    #[serde(default)]
-    pub delay_ms: u64,
-    /// The API key itself (prefer `api_key_env`).
-    #[serde(default)]
-    pub api_key: Option<String>,
-    /// Sampling temperature.
-    #[serde(default)]
-    pub temperature: Option<f64>,
-    /// Nucleus sampling.
-    #[serde(default)]
-    pub top_p: Option<f64>,
-    /// Maximum output tokens.
-    #[serde(default, alias = "max_output_tokens")]
-    pub max_tokens: Option<u64>,
-    /// `auto`, `required`, `none` or a tool name.
-    #[serde(default)]
-    pub tool_choice: Option<String>,
-    /// Whether the model may call several tools in one turn.
-    #[serde(default)]
-    pub parallel_tool_calls: Option<bool>,
-    /// Reasoning effort (`minimal`, `low`, `medium`, `high`).
-    #[serde(default)]
-    pub reasoning_effort: Option<String>,
-    /// Extra HTTP headers for every request.
-    #[serde(default)]
-    pub extra_headers: BTreeMap<String, String>,
-    /// Extra top-level fields merged into every request body.
-    #[serde(default)]
-    pub extra_body: Option<Value>,
-    /// Retries of 429, 5xx and refused or reset connections.
-    #[serde(default)]
-    pub max_retries: Option<u32>,
-    /// Connect timeout.
-    #[serde(default)]
-    pub connect_timeout_ms: Option<u64>,
-    /// Whole-request timeout.
-    #[serde(default)]
-    pub request_timeout_ms: Option<u64>,
-    /// Longest silence between two chunks of a stream.
-    #[serde(default)]
-    pub idle_timeout_ms: Option<u64>,
-    /// First retry delay.
-    #[serde(default)]
-    pub retry_backoff_ms: Option<u64>,
-    /// Longest retry delay.
-    #[serde(default)]
-    pub retry_backoff_max_ms: Option<u64>,
-}
-
-impl ModelConfig {
-    /// The provider configuration of an OpenAI-API model.
-    pub fn provider_config(&self) -> crate::model::config::ProviderConfig {
-        use crate::model::config::{ProviderConfig, ProviderKind as P};
-        ProviderConfig {
-            provider: Some(match self.provider {
-                ProviderKind::OpenaiResponses => P::OpenaiResponses,
-                ProviderKind::OpenaiChatCompletions => P::OpenaiChatCompletions,
-                ProviderKind::Scripted => P::Scripted,
-            }),
-            base_url: self.base_url.clone(),
-            api_key_env: self.api_key_env.clone(),
-            api_key: self.api_key.clone(),
-            model: self.model.clone(),
-            temperature: self.temperature,
-            top_p: self.top_p,
-            max_tokens: self.max_tokens,
-            tool_choice: self.tool_choice.clone(),
-            parallel_tool_calls: self.parallel_tool_calls,
-            reasoning_effort: self.reasoning_effort.clone(),
-            extra_headers: self.extra_headers.clone(),
-            extra_body: self.extra_body.clone(),
-            max_retries: self.max_retries,
-            connect_timeout_ms: self.connect_timeout_ms,
-            request_timeout_ms: self.request_timeout_ms,
-            idle_timeout_ms: self.idle_timeout_ms,
-            retry_backoff_ms: self.retry_backoff_ms,
-            retry_backoff_max_ms: self.retry_backoff_max_ms,
-            script: None,
-        }
-    }
-}
+/// One `[models.NAME]` entry: the providers' own config (provider, model, settings,
+/// retries, timeouts; a script for `scripted`).
+pub use crate::model::config::{ProviderConfig as ModelConfig, ProviderKind};
 
 /// One `[[agents]]` entry.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -446,11 +321,11 @@ impl Config {
         models.insert(
             "default".to_owned(),
             ModelConfig {
-                provider: if openai {
+                provider: Some(if openai {
                     ProviderKind::OpenaiResponses
                 } else {
                     ProviderKind::Scripted
-                },
+                }),
                 base_url: None,
                 api_key_env: openai.then(|| "OPENAI_API_KEY".to_owned()),
                 model: openai.then(|| "gpt-4.1-mini".to_owned()),
@@ -568,15 +443,18 @@ impl Config {
         for (name, m) in &self.models {
             let key = format!("models.{name}");
             match m.provider {
-                ProviderKind::Scripted => {
+                None => c.push(
+                    format!("{key}.provider"),
+                    "missing: openai_responses, openai_chat_completions or scripted",
+                ),
+                Some(ProviderKind::Scripted) => {
                     if let Some(script) = &m.script {
-                        let v = Value::Array(script.clone());
-                        if let Err(e) = crate::model::scripted::turns_from_json(&v) {
+                        if let Err(e) = crate::model::scripted::turns_from_json(script) {
                             c.push(format!("{key}.script"), e);
                         }
                     }
                 }
-                _ => {
+                Some(_) => {
                     if m.model.as_deref().is_none_or(|s| s.trim().is_empty()) {
                         c.push(format!("{key}.model"), "the provider needs a model name");
                     }

@@ -57,7 +57,7 @@ impl ProviderKind {
 /// max_retries = 3
 /// idle_timeout_ms = 30000
 /// ```
-#[derive(Clone, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
     /// `openai_responses`, `openai_chat_completions` or `scripted`.
@@ -121,6 +121,12 @@ pub struct ProviderConfig {
     /// demo model.
     #[serde(default)]
     pub script: Option<Value>,
+    /// For `scripted`: play the last turn again once the script runs out.
+    #[serde(default)]
+    pub repeat_last: bool,
+    /// For `scripted`: a pause before each delta, in milliseconds (a slow model).
+    #[serde(default)]
+    pub delay_ms: u64,
 }
 
 impl fmt::Debug for ProviderConfig {
@@ -203,11 +209,17 @@ impl ProviderConfig {
         if kind == ProviderKind::Scripted {
             return self.build_scripted();
         }
-        if self.script.is_some() {
-            return Err(ProviderConfigError::NotApplicable {
-                key: "script",
-                provider: kind.as_str(),
-            });
+        for (key, set) in [
+            ("script", self.script.is_some()),
+            ("repeat_last", self.repeat_last),
+            ("delay_ms", self.delay_ms > 0),
+        ] {
+            if set {
+                return Err(ProviderConfigError::NotApplicable {
+                    key,
+                    provider: kind.as_str(),
+                });
+            }
         }
         for (key, v) in [
             ("connect_timeout_ms", self.connect_timeout_ms),
@@ -283,10 +295,16 @@ impl ProviderConfig {
                 });
             }
         }
-        let model = match &self.script {
+        let mut model = match &self.script {
             None => crate::demo::demo_model(),
             Some(v) => ScriptedModel::new(turns_from_json(v).map_err(ProviderConfigError::Script)?),
         };
+        if self.repeat_last {
+            model = model.repeat_last();
+        }
+        if self.delay_ms > 0 {
+            model = model.with_delay(std::time::Duration::from_millis(self.delay_ms));
+        }
         Ok(Arc::new(match &self.model {
             Some(name) => model.with_name(name.clone()),
             None => model,

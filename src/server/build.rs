@@ -9,9 +9,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::agent::Agent;
-use crate::config::{Config, ConfigError, ModelConfig, ProviderKind, ToolKind};
+use crate::config::{Config, ConfigError, ModelConfig, ToolKind};
 use crate::handoff::{default_tool_description, Handoff};
-use crate::model::scripted::{turns_from_json, ScriptedModel};
 use crate::model::Model;
 use crate::server::tools::{ClientCalls, ClientTool, HttpTool};
 use crate::tool::Tool;
@@ -64,34 +63,8 @@ pub fn build_model(
     name: &str,
     cfg: &ModelConfig,
 ) -> Result<Arc<dyn Model>, ConfigError> {
-    match cfg.provider {
-        ProviderKind::Scripted => {
-            let model = match &cfg.script {
-                None => crate::demo::demo_model(),
-                Some(script) => {
-                    let turns = turns_from_json(&Value::Array(script.clone())).map_err(|e| {
-                        ConfigError::single(file, &format!("models.{name}.script"), e)
-                    })?;
-                    let m = ScriptedModel::new(turns).with_name(format!("scripted:{name}"));
-                    if cfg.repeat_last {
-                        m.repeat_last()
-                    } else {
-                        m
-                    }
-                }
-            };
-            let model = if cfg.delay_ms > 0 {
-                model.with_delay(Duration::from_millis(cfg.delay_ms))
-            } else {
-                model
-            };
-            Ok(Arc::new(model))
-        }
-        _ => cfg
-            .provider_config()
-            .build()
-            .map_err(|e| ConfigError::single(file, &format!("models.{name}"), e.to_string())),
-    }
+    cfg.build()
+        .map_err(|e| ConfigError::single(file, &format!("models.{name}"), e.to_string()))
 }
 
 fn default_parameters() -> Value {
@@ -124,7 +97,7 @@ pub fn build_cast(cfg: &Config, calls: Arc<ClientCalls>) -> Result<Cast, ConfigE
         .map(|(n, m)| {
             format!(
                 "{n} = {}{}",
-                m.provider.as_str(),
+                m.provider.map_or("?", |p| p.as_str()),
                 m.model
                     .as_deref()
                     .map(|s| format!(" ({s})"))
