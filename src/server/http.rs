@@ -196,45 +196,7 @@ pub async fn create_run(
         Ok::<_, Infallible>(Event::default().event("run.accepted").data(accepted))
     });
     let sid: Arc<str> = session_id.as_str().into();
-    let rest = futures::stream::unfold(
-        (sub, false, close, core, sid, run_id),
-        move |(mut sub, done, close, core, sid, run_id)| async move {
-            if done {
-                return None;
-            }
-            loop {
-                let d = tokio::select! {
-                    d = sub.recv() => d,
-                    _ = close.cancelled() => None,
-                }?;
-                match d {
-                    Delivery::Frame(f) => {
-                        if f.run_id != run_id {
-                            continue;
-                        }
-                        let terminal = f.body.is_terminal();
-                        if let Some(ev) = sse_event(&f, format) {
-                            return Some((
-                                Ok::<_, Infallible>(ev),
-                                (sub, terminal, close, core, sid, run_id),
-                            ));
-                        }
-                    }
-                    Delivery::Lagged { resume_after_seq } => {
-                        crate::server::telemetry::Lagged {
-                            session_id: &sid,
-                            resume_after_seq,
-                            surface: "sse",
-                        }
-                        .emit(&core.metrics);
-                        let data = json!({"type": "lagged", "session_id": &*sid, "resume_after_seq": resume_after_seq}).to_string();
-                        let ev = Event::default().event("lagged").data(data);
-                        return Some((Ok(ev), (sub, true, close, core, sid, run_id)));
-                    }
-                }
-            }
-        },
-    );
+    let rest = sse_frames(sub, close, core, sid, format, Some(run_id));
     use futures::StreamExt;
     Ok(Sse::new(first.chain(rest))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
@@ -268,9 +230,24 @@ pub async fn session_events(
     let format = q.format.unwrap_or_default();
     let close = core.close_sockets.clone();
     let session_id: Arc<str> = session_id.into();
-    let stream = futures::stream::unfold(
-        (sub, false, close, core, session_id),
-        move |(mut sub, done, close, core, sid)| async move {
+    let stream = sse_frames(sub, close, core, session_id, format, None);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// A session subscription as SSE events in `format`: with `run`, only that run's frames,
+/// ending after its end frame; a `lagged` event (and the end) when the client falls behind;
+/// the end when the server closes streams at shutdown.
+fn sse_frames(
+    sub: crate::bus::Subscription,
+    close: tokio_util::sync::CancellationToken,
+    core: Arc<crate::server::Core>,
+    sid: Arc<str>,
+    format: Format,
+    run: Option<Arc<str>>,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures::stream::unfold((sub, false), move |(mut sub, done)| {
+        let (close, core, sid, run) = (close.clone(), core.clone(), sid.clone(), run.clone());
+        async move {
             if done {
                 return None;
             }
@@ -281,8 +258,12 @@ pub async fn session_events(
                 }?;
                 match d {
                     Delivery::Frame(f) => {
+                        if run.as_ref().is_some_and(|r| f.run_id != *r) {
+                            continue;
+                        }
+                        let end = run.is_some() && f.body.is_terminal();
                         if let Some(ev) = sse_event(&f, format) {
-                            return Some((Ok(ev), (sub, false, close, core, sid)));
+                            return Some((Ok(ev), (sub, end)));
                         }
                     }
                     Delivery::Lagged { resume_after_seq } => {
@@ -293,14 +274,15 @@ pub async fn session_events(
                         }
                         .emit(&core.metrics);
                         let data = json!({"type": "lagged", "session_id": &*sid, "resume_after_seq": resume_after_seq}).to_string();
-                        let ev = Event::default().event("lagged").data(data);
-                        return Some((Ok(ev), (sub, true, close, core, sid)));
+                        return Some((
+                            Ok(Event::default().event("lagged").data(data)),
+                            (sub, true),
+                        ));
                     }
                 }
             }
-        },
-    );
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+        }
+    })
 }
 
 /// `GET /v1/sessions/{session_id}/items`: the session's conversation items.
