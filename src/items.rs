@@ -248,7 +248,30 @@ impl Item {
     }
 }
 
+/// A borrowed item, serialised exactly as [`Item`] is (run items serialise their raw items
+/// through it without cloning them).
+enum ItemRef<'a> {
+    Message(&'a MessageItem),
+    FunctionCall(&'a FunctionCallItem),
+    FunctionCallOutput(&'a FunctionCallOutputItem),
+    Reasoning(&'a ReasoningItem),
+    Other(&'a Value),
+}
+
 impl Serialize for Item {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Item::Message(m) => ItemRef::Message(m),
+            Item::FunctionCall(f) => ItemRef::FunctionCall(f),
+            Item::FunctionCallOutput(f) => ItemRef::FunctionCallOutput(f),
+            Item::Reasoning(r) => ItemRef::Reasoning(r),
+            Item::Other(v) => ItemRef::Other(v),
+        }
+        .serialize(s)
+    }
+}
+
+impl Serialize for ItemRef<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         #[derive(Serialize)]
         struct Tagged<'a, T> {
@@ -259,30 +282,32 @@ impl Serialize for Item {
         }
         match self {
             // The SDK writes a string input as `{"content": ..., "role": "user"}`: no type.
-            Item::Message(m) if m.id.is_none() && matches!(m.content, MessageContent::Text(_)) => {
+            ItemRef::Message(m)
+                if m.id.is_none() && matches!(m.content, MessageContent::Text(_)) =>
+            {
                 m.serialize(s)
             }
-            Item::Message(m) => Tagged {
+            ItemRef::Message(m) => Tagged {
                 item: m,
                 ty: "message",
             }
             .serialize(s),
-            Item::FunctionCall(f) => Tagged {
+            ItemRef::FunctionCall(f) => Tagged {
                 item: f,
                 ty: "function_call",
             }
             .serialize(s),
-            Item::FunctionCallOutput(f) => Tagged {
+            ItemRef::FunctionCallOutput(f) => Tagged {
                 item: f,
                 ty: "function_call_output",
             }
             .serialize(s),
-            Item::Reasoning(r) => Tagged {
+            ItemRef::Reasoning(r) => Tagged {
                 item: r,
                 ty: "reasoning",
             }
             .serialize(s),
-            Item::Other(v) => v.serialize(s),
+            ItemRef::Other(v) => v.serialize(s),
         }
     }
 }
@@ -491,16 +516,16 @@ impl Serialize for RunItem {
         m.serialize_entry("agent", self.agent())?;
         match self {
             RunItem::MessageOutput { raw_item, .. } => {
-                m.serialize_entry("raw_item", &Item::Message(raw_item.clone()))?
+                m.serialize_entry("raw_item", &ItemRef::Message(raw_item))?
             }
             RunItem::ToolCall { raw_item, .. } | RunItem::HandoffCall { raw_item, .. } => {
-                m.serialize_entry("raw_item", &Item::FunctionCall(raw_item.clone()))?
+                m.serialize_entry("raw_item", &ItemRef::FunctionCall(raw_item))?
             }
             RunItem::ToolCallOutput {
                 output, raw_item, ..
             } => {
                 m.serialize_entry("output", output)?;
-                m.serialize_entry("raw_item", &Item::FunctionCallOutput(raw_item.clone()))?
+                m.serialize_entry("raw_item", &ItemRef::FunctionCallOutput(raw_item))?
             }
             RunItem::HandoffOutput {
                 source_agent,
@@ -511,10 +536,10 @@ impl Serialize for RunItem {
                 m.serialize_entry("source_agent", source_agent)?;
                 m.serialize_entry("target_agent", target_agent)?;
                 m.serialize_entry("output", &serde_json::json!({ "assistant": target_agent }))?;
-                m.serialize_entry("raw_item", &Item::FunctionCallOutput(raw_item.clone()))?
+                m.serialize_entry("raw_item", &ItemRef::FunctionCallOutput(raw_item))?
             }
             RunItem::Reasoning { raw_item, .. } => {
-                m.serialize_entry("raw_item", &Item::Reasoning(raw_item.clone()))?
+                m.serialize_entry("raw_item", &ItemRef::Reasoning(raw_item))?
             }
         }
         m.end()

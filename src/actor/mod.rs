@@ -249,11 +249,9 @@ impl<C: Send + Sync + 'static> Stage<C> {
         match addr.try_send(Turn(baton)) {
             Ok(()) => {}
             Err(SendError::Full(msg)) => {
-                let stage = self.clone();
                 self.0.rt.spawn(async move {
                     if let Err(e) = addr.send(msg).await {
                         tracing::error!(error = %e, "agent mailbox closed while waiting");
-                        drop(stage);
                     }
                 });
             }

@@ -66,6 +66,24 @@ impl RunShared {
     pub fn is_complete(&self) -> bool {
         *self.done.borrow()
     }
+
+    /// Cancels the run: now, or after the current turn.
+    pub fn cancel(&self, mode: CancelMode) {
+        match mode {
+            CancelMode::Immediate => self.cancel.cancel(),
+            CancelMode::AfterTurn => self.cancel_after_turn.store(true, Ordering::Release),
+        }
+    }
+
+    /// Waits until the run has ended.
+    pub async fn wait_done(&self) {
+        let mut done = self.done.subscribe();
+        while !*done.borrow_and_update() {
+            if done.changed().await.is_err() {
+                break;
+            }
+        }
+    }
 }
 
 /// Everything fixed for the length of a run.

@@ -99,10 +99,7 @@ impl<C: Send + Sync + 'static> RunResultStreaming<C> {
 
     /// Cancels the run: now, or after the current turn.
     pub fn cancel(&self, mode: CancelMode) {
-        match mode {
-            CancelMode::Immediate => self.shared.cancel.cancel(),
-            CancelMode::AfterTurn => self.shared.cancel_after_turn.store(true, Ordering::Release),
-        }
+        self.shared.cancel(mode);
     }
 
     /// A handle that can cancel the run from elsewhere.
@@ -223,24 +220,14 @@ impl<C: Send + Sync + 'static> RunResultStreaming<C> {
 
     /// Waits for the end of the run without consuming the handle.
     pub async fn done(&self) {
-        let mut done = self.shared.done.subscribe();
-        while !*done.borrow_and_update() {
-            if done.changed().await.is_err() {
-                break;
-            }
-        }
+        self.shared.wait_done().await;
     }
 
     /// Waits for the end of the run and returns its result, or its error. A cancelled run
     /// returns the items it finished with an empty final output.
     pub async fn wait(mut self) -> Result<RunResult, AgentsError> {
         drop(self.rx.take());
-        let mut done = self.shared.done.subscribe();
-        while !*done.borrow_and_update() {
-            if done.changed().await.is_err() {
-                break;
-            }
-        }
+        self.shared.wait_done().await;
         let (final_output, last_agent) = match self.outcome() {
             Some(RunOutcome::Completed {
                 final_output,
@@ -281,10 +268,7 @@ pub struct RunCanceller(Arc<RunShared>);
 impl RunCanceller {
     /// Cancels the run.
     pub fn cancel(&self, mode: CancelMode) {
-        match mode {
-            CancelMode::Immediate => self.0.cancel.cancel(),
-            CancelMode::AfterTurn => self.0.cancel_after_turn.store(true, Ordering::Release),
-        }
+        self.0.cancel(mode);
     }
 
     /// Whether the run has ended.
