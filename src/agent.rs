@@ -14,7 +14,7 @@ use crate::guardrail::{InputGuardrail, OutputGuardrail};
 use crate::handoff::Handoff;
 use crate::hooks::AgentHooks;
 use crate::model::{Model, ModelSettings, OutputSchema};
-use crate::tool::{ensure_strict, Tool};
+use crate::tool::{ensure_strict, Tool, ToolSource};
 
 type InstructionsFn<C> = dyn Fn(RunContext<C>, String) -> BoxFuture<'static, String> + Send + Sync;
 
@@ -122,6 +122,7 @@ pub struct AgentDef<C> {
     pub(crate) model: ModelRef,
     pub(crate) model_settings: ModelSettings,
     pub(crate) tools: Vec<Arc<dyn Tool<C>>>,
+    pub(crate) tool_sources: Vec<Arc<dyn ToolSource<C>>>,
     pub(crate) handoffs: Vec<Handoff<C>>,
     pub(crate) input_guardrails: Vec<InputGuardrail<C>>,
     pub(crate) output_guardrails: Vec<OutputGuardrail<C>>,
@@ -140,6 +141,7 @@ impl<C> Clone for AgentDef<C> {
             model: self.model.clone(),
             model_settings: self.model_settings.clone(),
             tools: self.tools.clone(),
+            tool_sources: self.tool_sources.clone(),
             handoffs: self.handoffs.clone(),
             input_guardrails: self.input_guardrails.clone(),
             output_guardrails: self.output_guardrails.clone(),
@@ -179,6 +181,7 @@ impl<C: Send + Sync + 'static> Agent<C> {
             model: ModelRef::Default,
             model_settings: ModelSettings::default(),
             tools: Vec::new(),
+            tool_sources: Vec::new(),
             handoffs: Vec::new(),
             input_guardrails: Vec::new(),
             output_guardrails: Vec::new(),
@@ -241,6 +244,16 @@ impl<C: Send + Sync + 'static> Agent<C> {
     /// Adds a shared tool.
     pub fn tool_arc(self, tool: Arc<dyn Tool<C>>) -> Self {
         self.edit(|d| d.tools.push(tool))
+    }
+
+    /// Adds a source of tools listed at run time (an MCP server: see `Agent::mcp_server`).
+    pub fn tool_source(self, source: Arc<dyn ToolSource<C>>) -> Self {
+        self.edit(|d| d.tool_sources.push(source))
+    }
+
+    /// The agent's tool sources (MCP servers).
+    pub fn tool_sources(&self) -> &[Arc<dyn ToolSource<C>>] {
+        &self.0.tool_sources
     }
 
     /// Adds a handoff (to an agent, or a configured [`Handoff`]).

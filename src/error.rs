@@ -42,6 +42,14 @@ pub enum AgentsError {
     /// A limit on concurrent runs was reached; try again later.
     #[error("{0}")]
     Overloaded(String),
+    /// A tool with `timeout_behavior = "raise_exception"` took longer than its timeout.
+    #[error("{}", crate::tool::timeout_message(tool_name, *timeout_seconds))]
+    ToolTimeoutError {
+        /// The tool.
+        tool_name: String,
+        /// Its timeout.
+        timeout_seconds: f64,
+    },
 }
 
 impl AgentsError {
@@ -59,6 +67,7 @@ impl AgentsError {
             }
             AgentsError::Model(e) => e.sdk_name(),
             AgentsError::Overloaded(_) => "Overloaded",
+            AgentsError::ToolTimeoutError { .. } => "ToolTimeoutError",
         }
     }
 }
@@ -89,5 +98,11 @@ mod tests {
         };
         assert_eq!(e.to_string(), "Guardrail InputGuardrail triggered tripwire");
         assert_eq!(e.sdk_name(), "InputGuardrailTripwireTriggered");
+        let e = AgentsError::ToolTimeoutError {
+            tool_name: "slow".into(),
+            timeout_seconds: 0.5,
+        };
+        assert_eq!(e.to_string(), "Tool 'slow' timed out after 0.5 seconds.");
+        assert_eq!(e.sdk_name(), "ToolTimeoutError");
     }
 }

@@ -27,6 +27,7 @@
 //! - [`context`]: the run context handed to tools, guardrails and hooks.
 //! - [`model`]: the `Model` trait, Responses-API raw events, and the providers.
 //! - [`items`]: conversation items and the SDK's run items.
+//! - [`mcp`]: MCP servers as tool sources (`rmcp`; the `mcp` feature), each owned by an actor.
 //! - [`events`]: the three stream event kinds.
 //! - [`run`]: the `Runner`, `RunConfig`, results, and the one engine.
 //! - [`actor`]: agent actors, their mailboxes, and the stage that holds them.
@@ -55,6 +56,7 @@ pub mod handoff;
 pub mod hooks;
 pub mod hub;
 pub mod items;
+pub mod mcp;
 pub mod model;
 pub mod run;
 pub mod server;

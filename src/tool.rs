@@ -1,10 +1,14 @@
 //! Function tools: async Rust functions the model can call, with a strict JSON schema derived
 //! from the argument type, and the SDK's error handling (a failing or panicking tool becomes
-//! a message to the model, never a dead run).
+//! a message to the model, never a dead run). Also what every tool may have: a timeout with
+//! the SDK's `timeout_behavior`, a concurrency limit, progress reports, and tool sources
+//! (MCP servers) that offer tools listed at run time.
 
+use std::any::Any;
 use std::fmt::Display;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -18,6 +22,109 @@ use crate::context::RunContext;
 pub const DEFAULT_TOOL_ERROR_MESSAGE: &str =
     "An error occurred while running the tool. Please try again.";
 
+/// Formats seconds as Python's `{:g}` does for the values tools use (`2`, `0.5`, `1.25`).
+pub(crate) fn format_seconds(seconds: f64) -> String {
+    if seconds.is_finite() && seconds.fract() == 0.0 && seconds.abs() < 1e15 {
+        return format!("{}", seconds as i64);
+    }
+    // Six significant digits, trailing zeros dropped, as `{:g}` keeps them.
+    let digits = if seconds == 0.0 {
+        0
+    } else {
+        seconds.abs().log10().floor() as i32
+    };
+    let decimals = (5 - digits).clamp(0, 15) as usize;
+    let s = format!("{seconds:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        s
+    }
+}
+
+/// The message the model reads when a tool times out with
+/// [`ToolTimeoutBehavior::ErrorAsResult`], as the SDK words it.
+pub fn timeout_message(tool: &str, seconds: f64) -> String {
+    format!(
+        "Tool '{tool}' timed out after {} seconds.",
+        format_seconds(seconds)
+    )
+}
+
+/// What happens when a tool call takes longer than its timeout (the SDK's
+/// `timeout_behavior`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolTimeoutBehavior {
+    /// The model reads [`timeout_message`] as the tool's output and the run goes on.
+    #[default]
+    ErrorAsResult,
+    /// The run fails with `ToolTimeoutError`.
+    RaiseException,
+}
+
+/// How a tool's calls are bounded: a timeout and a limit on calls running at once.
+///
+/// The timeout covers the whole call as the model sees it, waiting for a concurrency slot
+/// included. Calls past the concurrency limit wait for a slot (in call order); the wait is
+/// bounded by the timeout when there is one and by the calling run's cancellation.
+#[derive(Clone, Debug, Default)]
+pub struct ToolPolicy {
+    /// Longest a call may take.
+    pub timeout: Option<Duration>,
+    /// What a timeout does.
+    pub timeout_behavior: ToolTimeoutBehavior,
+    /// Calls of this tool running at once, over all runs that use it.
+    pub concurrency: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+impl ToolPolicy {
+    /// A policy with this timeout (error-as-result) and no concurrency limit.
+    pub fn with_timeout(timeout: Duration) -> Self {
+        ToolPolicy {
+            timeout: Some(timeout),
+            ..Default::default()
+        }
+    }
+
+    /// Sets what a timeout does.
+    pub fn timeout_behavior(mut self, b: ToolTimeoutBehavior) -> Self {
+        self.timeout_behavior = b;
+        self
+    }
+
+    /// Limits the calls running at once to `n` (at least 1).
+    pub fn max_concurrency(mut self, n: usize) -> Self {
+        self.concurrency = Some(Arc::new(tokio::sync::Semaphore::new(n.max(1))));
+        self
+    }
+
+    /// Whether the policy bounds anything.
+    pub fn is_unbounded(&self) -> bool {
+        self.timeout.is_none() && self.concurrency.is_none()
+    }
+}
+
+/// One progress report of a running tool call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolProgress {
+    /// How far along (any unit; with `total`, out of `total`).
+    pub progress: f64,
+    /// The total, when known.
+    pub total: Option<f64>,
+    /// A line for people.
+    pub message: Option<String>,
+}
+
+/// Where a tool call's progress and nested runs go: the engine gives each call one.
+/// Implemented by the engine; tools use it through [`ToolContext`].
+pub trait CallScope: Send + Sync + 'static {
+    /// Publishes a progress report of call `call_id` of tool `tool`.
+    fn progress(&self, call_id: &Arc<str>, tool: &Arc<str>, report: ToolProgress);
+    /// The engine's own state behind the scope (agent tools start nested runs from it).
+    fn as_any(&self) -> &dyn Any;
+}
+
 /// What a tool call knows: the run context, the tool's name and the call id.
 pub struct ToolContext<C> {
     /// The run context.
@@ -26,6 +133,8 @@ pub struct ToolContext<C> {
     pub tool_name: Arc<str>,
     /// The model's call id.
     pub call_id: Arc<str>,
+    /// Where progress goes; none when the context was made outside a run.
+    pub(crate) scope: Option<Arc<dyn CallScope>>,
 }
 
 impl<C> Clone for ToolContext<C> {
@@ -34,7 +143,57 @@ impl<C> Clone for ToolContext<C> {
             run: self.run.clone(),
             tool_name: self.tool_name.clone(),
             call_id: self.call_id.clone(),
+            scope: self.scope.clone(),
         }
+    }
+}
+
+impl<C> ToolContext<C> {
+    /// A context for calling a tool outside a run (tests, direct calls): progress reports
+    /// go nowhere and agent tools cannot start nested runs from it.
+    pub fn new(
+        run: RunContext<C>,
+        tool_name: impl Into<Arc<str>>,
+        call_id: impl Into<Arc<str>>,
+    ) -> Self {
+        ToolContext {
+            run,
+            tool_name: tool_name.into(),
+            call_id: call_id.into(),
+            scope: None,
+        }
+    }
+
+    /// Reports progress of this call: subscribers get a `tool.progress` frame
+    /// (`progress`, `total`, `message`) at once.
+    ///
+    /// ```
+    /// # use callboard::{FunctionTool, ToolContext};
+    /// # #[derive(serde::Deserialize, schemars::JsonSchema)] struct Args { n: u32 }
+    /// let t: FunctionTool<()> = FunctionTool::new("count", "Counts.", |ctx: ToolContext<()>, a: Args| async move {
+    ///     for i in 1..=a.n {
+    ///         ctx.progress(i as f64, Some(a.n as f64), Some(format!("step {i}")));
+    ///     }
+    ///     Ok::<_, String>("done")
+    /// });
+    /// ```
+    pub fn progress(&self, progress: f64, total: Option<f64>, message: Option<String>) {
+        if let Some(s) = &self.scope {
+            s.progress(
+                &self.call_id,
+                &self.tool_name,
+                ToolProgress {
+                    progress,
+                    total,
+                    message,
+                },
+            );
+        }
+    }
+
+    /// The engine's scope of this call, when called inside a run.
+    pub(crate) fn scope(&self) -> Option<&Arc<dyn CallScope>> {
+        self.scope.as_ref()
     }
 }
 
@@ -63,7 +222,7 @@ pub enum ToolError {
     #[error("the tool panicked: {0}")]
     Panicked(String),
     /// The tool took too long.
-    #[error("Tool '{tool}' timed out after {seconds} seconds")]
+    #[error("{}", timeout_message(tool, *seconds))]
     Timeout {
         /// The tool.
         tool: String,
@@ -95,6 +254,27 @@ pub trait Tool<C>: Send + Sync + 'static {
     fn error_message(&self, _ctx: &ToolContext<C>, _error: &ToolError) -> String {
         DEFAULT_TOOL_ERROR_MESSAGE.to_owned()
     }
+    /// Timeout and concurrency limit of the tool's calls (none by default).
+    fn policy(&self) -> Option<&ToolPolicy> {
+        None
+    }
+    /// The MCP server the tool comes from, for the function span's `mcp_data`.
+    fn mcp_server(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// Tools as a source lists them.
+pub type ToolList<C> = Vec<Arc<dyn Tool<C>>>;
+
+/// Tools an agent gets at run time from somewhere else (an MCP server): listed at each turn,
+/// as the SDK lists an agent's MCP servers' tools.
+pub trait ToolSource<C>: Send + Sync + 'static {
+    /// The source's name (the MCP server's name).
+    fn name(&self) -> &str;
+    /// The tools on offer now. A source that cannot list its tools says why; the run goes
+    /// on without them.
+    fn list_tools(&self) -> BoxFuture<'_, Result<ToolList<C>, ToolError>>;
 }
 
 type InvokeFn<C> =
@@ -109,6 +289,7 @@ pub struct FunctionTool<C> {
     strict: bool,
     invoke: Arc<InvokeFn<C>>,
     on_error: Option<Arc<ErrorFn<C>>>,
+    policy: Option<ToolPolicy>,
 }
 
 impl<C: Send + Sync + 'static> FunctionTool<C> {
@@ -163,6 +344,7 @@ impl<C: Send + Sync + 'static> FunctionTool<C> {
             strict: true,
             invoke: Arc::new(invoke),
             on_error: None,
+            policy: None,
         }
     }
 
@@ -189,6 +371,7 @@ impl<C: Send + Sync + 'static> FunctionTool<C> {
             strict,
             invoke: Arc::new(move |ctx, args| f(ctx, args).boxed()),
             on_error: None,
+            policy: None,
         }
     }
 
@@ -205,6 +388,23 @@ impl<C: Send + Sync + 'static> FunctionTool<C> {
     /// Turns strict schema mode off (the model may send arguments outside the schema).
     pub fn non_strict(mut self) -> Self {
         self.strict = false;
+        self
+    }
+
+    /// A timeout for each call (the SDK's `timeout_seconds` and `timeout_behavior`).
+    pub fn timeout(mut self, timeout: Duration, behavior: ToolTimeoutBehavior) -> Self {
+        let p = self.policy.take().unwrap_or_default();
+        self.policy = Some(ToolPolicy {
+            timeout: Some(timeout),
+            timeout_behavior: behavior,
+            ..p
+        });
+        self
+    }
+
+    /// At most `n` calls of this tool at once, over all runs that use it; more wait.
+    pub fn max_concurrency(mut self, n: usize) -> Self {
+        self.policy = Some(self.policy.take().unwrap_or_default().max_concurrency(n));
         self
     }
 }
@@ -234,6 +434,9 @@ impl<C: Send + Sync + 'static> Tool<C> for FunctionTool<C> {
             Some(f) => f(ctx, error),
             None => DEFAULT_TOOL_ERROR_MESSAGE.to_owned(),
         }
+    }
+    fn policy(&self) -> Option<&ToolPolicy> {
+        self.policy.as_ref()
     }
 }
 
@@ -359,6 +562,31 @@ mod tests {
     }
 
     #[test]
+    fn timeout_messages_use_the_sdk_wording() {
+        assert_eq!(
+            timeout_message("slow", 2.0),
+            "Tool 'slow' timed out after 2 seconds."
+        );
+        assert_eq!(
+            timeout_message("slow", 0.5),
+            "Tool 'slow' timed out after 0.5 seconds."
+        );
+        assert_eq!(
+            timeout_message("slow", 0.25),
+            "Tool 'slow' timed out after 0.25 seconds."
+        );
+        assert_eq!(format_seconds(1.0 / 3.0), "0.333333");
+        assert_eq!(
+            ToolError::Timeout {
+                tool: "t".into(),
+                seconds: 30.0
+            }
+            .to_string(),
+            "Tool 't' timed out after 30 seconds."
+        );
+    }
+
+    #[test]
     fn empty_schema_becomes_empty_object() {
         let s = ensure_strict(serde_json::json!({}));
         assert_eq!(
@@ -375,11 +603,7 @@ mod tests {
             }
             Ok::<_, String>(a.city)
         });
-        let ctx = ToolContext {
-            run: RunContext::new(Arc::new(()), "run_1".into()),
-            tool_name: "w".into(),
-            call_id: "c".into(),
-        };
+        let ctx = ToolContext::new(RunContext::new(Arc::new(()), "run_1".into()), "w", "c");
         let r = invoke_caught(&t, ctx.clone(), "{nope".into()).await;
         assert!(matches!(r, Err(ToolError::InvalidArguments { .. })));
         let r = invoke_caught(

@@ -46,6 +46,11 @@ pub(crate) fn actor_arbiter() -> &'static ArbiterHandle {
     })
 }
 
+/// The library's own tokio runtime, for work started outside any runtime.
+pub(crate) fn library_runtime() -> Handle {
+    fallback_runtime()
+}
+
 fn fallback_runtime() -> Handle {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {

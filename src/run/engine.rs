@@ -415,6 +415,7 @@ async fn run_tool<C: Send + Sync + 'static>(
         run: b.ctx.clone(),
         tool_name: tool.name().into(),
         call_id: call.call_id.as_str().into(),
+        scope: None,
     };
     let result = trace::with_span(
         span.clone(),
