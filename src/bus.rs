@@ -82,6 +82,19 @@ pub enum FrameBody {
         /// Arguments JSON.
         arguments: String,
     },
+    /// A running tool call reported progress (`tool.progress`).
+    ToolProgress {
+        /// The call.
+        call_id: Arc<str>,
+        /// The tool.
+        tool: Arc<str>,
+        /// How far along.
+        progress: f64,
+        /// Out of how much, when known.
+        total: Option<f64>,
+        /// A line for people.
+        message: Option<String>,
+    },
 }
 
 impl FrameBody {
@@ -93,6 +106,7 @@ impl FrameBody {
             FrameBody::RunFailed { .. } => "run.failed",
             FrameBody::RunCancelled { .. } => "run.cancelled",
             FrameBody::ToolCall { .. } => "tool.call",
+            FrameBody::ToolProgress { .. } => "tool.progress",
         }
     }
 
@@ -107,6 +121,26 @@ impl FrameBody {
     }
 }
 
+/// Where the frame of a nested run (an agent called as a tool) sits under its top run.
+/// Frames of a top run have none (depth 0).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Nesting {
+    /// The agents from the top run's agent down to the agent whose frame this is.
+    pub path: Arc<[Arc<str>]>,
+    /// 1 for a run started by the top run's agent, 2 below that, ...
+    pub depth: u32,
+    /// The call (in the run one level up) that started this nested run; tells apart two
+    /// calls of the same agent tool in one turn.
+    pub parent_call_id: Arc<str>,
+}
+
+impl Nesting {
+    /// The agent whose frame this is (the last of the path).
+    pub fn agent(&self) -> &str {
+        self.path.last().map_or("", |a| a)
+    }
+}
+
 /// A published frame: numbered, serialised once, shared by everyone who receives it.
 #[derive(Debug)]
 pub struct Frame {
@@ -114,10 +148,12 @@ pub struct Frame {
     pub session_id: Arc<str>,
     /// Gapless per-session number, from 1.
     pub seq: u64,
-    /// The run it belongs to.
+    /// The run it belongs to (a nested run's frames carry their top run's id).
     pub run_id: Arc<str>,
     /// What it says.
     pub body: FrameBody,
+    /// Set on the frames of nested runs: their `path` and `depth`.
+    pub nesting: Option<Arc<Nesting>>,
     /// Encodings made once and shared by every subscriber (slots are the wire formats',
     /// see `crate::wire`; the bus does not know what they hold).
     encoded: [OnceLock<Option<Bytes>>; ENCODING_SLOTS],
@@ -134,8 +170,14 @@ impl Frame {
             seq,
             run_id,
             body,
+            nesting: None,
             encoded: Default::default(),
         }
+    }
+
+    /// The frame's nesting depth (0 for a top run's frames).
+    pub fn depth(&self) -> u32 {
+        self.nesting.as_ref().map_or(0, |n| n.depth)
     }
 
     /// The encoding kept in `slot`, made by `encode` on first use; `None` when the format
@@ -239,16 +281,24 @@ impl Topic {
     /// Publishes a frame: numbers it, serialises it, keeps it in history and hands it to
     /// every subscriber. Never blocks on a subscriber.
     pub fn publish(&self, run_id: &Arc<str>, body: FrameBody) -> Arc<Frame> {
+        self.publish_nested(run_id, body, None)
+    }
+
+    /// Publishes a frame of a nested run (`nesting` set) or of a top run (`None`).
+    pub fn publish_nested(
+        &self,
+        run_id: &Arc<str>,
+        body: FrameBody,
+        nesting: Option<Arc<Nesting>>,
+    ) -> Arc<Frame> {
         let mut st = self.lock();
         let seq = st.next_seq;
         st.next_seq += 1;
-        let terminal = body.is_terminal();
-        let frame = Arc::new(Frame::new(
-            self.session_id.clone(),
-            seq,
-            run_id.clone(),
-            body,
-        ));
+        // Only a top run's end ends its listeners (nested runs publish no end frames).
+        let terminal = body.is_terminal() && nesting.is_none();
+        let mut frame = Frame::new(self.session_id.clone(), seq, run_id.clone(), body);
+        frame.nesting = nesting;
+        let frame = Arc::new(frame);
         if self.limits.history > 0 {
             if st.history.len() >= self.limits.history {
                 st.history.pop_front();

@@ -454,6 +454,15 @@ pub enum RunItem {
         /// The reasoning item.
         raw_item: ReasoningItem,
     },
+    /// `mcp_list_tools_item`: the tools an MCP server offers the agent (`raw_item` is an
+    /// `mcp_list_tools` object: `id`, `server_label`, `tools`, `error`). Published when an
+    /// agent starts; not model input and not kept in the session.
+    McpListTools {
+        /// The agent.
+        agent: String,
+        /// The `mcp_list_tools` object.
+        raw_item: Value,
+    },
 }
 
 impl RunItem {
@@ -466,6 +475,7 @@ impl RunItem {
             RunItem::HandoffCall { .. } => "handoff_call_item",
             RunItem::HandoffOutput { .. } => "handoff_output_item",
             RunItem::Reasoning { .. } => "reasoning_item",
+            RunItem::McpListTools { .. } => "mcp_list_tools_item",
         }
     }
 
@@ -478,6 +488,7 @@ impl RunItem {
             RunItem::HandoffCall { .. } => "handoff_requested",
             RunItem::HandoffOutput { .. } => "handoff_occured",
             RunItem::Reasoning { .. } => "reasoning_item_created",
+            RunItem::McpListTools { .. } => "mcp_list_tools",
         }
     }
 
@@ -489,7 +500,8 @@ impl RunItem {
             | RunItem::ToolCallOutput { agent, .. }
             | RunItem::HandoffCall { agent, .. }
             | RunItem::HandoffOutput { agent, .. }
-            | RunItem::Reasoning { agent, .. } => agent,
+            | RunItem::Reasoning { agent, .. }
+            | RunItem::McpListTools { agent, .. } => agent,
         }
     }
 
@@ -504,6 +516,7 @@ impl RunItem {
                 Item::FunctionCallOutput(raw_item.clone())
             }
             RunItem::Reasoning { raw_item, .. } => Item::Reasoning(raw_item.clone()),
+            RunItem::McpListTools { raw_item, .. } => Item::Other(raw_item.clone()),
         }
     }
 }
@@ -541,6 +554,7 @@ impl Serialize for RunItem {
             RunItem::Reasoning { raw_item, .. } => {
                 m.serialize_entry("raw_item", &ItemRef::Reasoning(raw_item))?
             }
+            RunItem::McpListTools { raw_item, .. } => m.serialize_entry("raw_item", raw_item)?,
         }
         m.end()
     }

@@ -80,6 +80,6 @@ pub use handoff::Handoff;
 pub use hooks::{AgentHooks, RunHooks};
 pub use items::{Item, RunInput, RunItem};
 pub use model::{Model, ModelSettings};
-pub use run::{RunConfig, RunResult, RunResultStreaming, Runner};
-pub use tool::{FunctionTool, Tool, ToolContext, ToolError};
+pub use run::{AgentTool, RunConfig, RunResult, RunResultStreaming, Runner};
+pub use tool::{FunctionTool, Tool, ToolContext, ToolError, ToolPolicy, ToolTimeoutBehavior};
 pub use usage::Usage;

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actor::{AgentSlot, Stage};
 use crate::agent::Agent;
-use crate::bus::{CancelMode, FrameBody, Topic};
+use crate::bus::{CancelMode, FrameBody, Nesting, Topic};
 use crate::context::RunContext;
 use crate::error::AgentsError;
 use crate::events::StreamEvent;
@@ -20,6 +20,7 @@ use crate::items::{Item, RunItem};
 use crate::model::{ModelProvider, ResponseObject};
 use crate::run::config::RunConfig;
 use crate::session::Session;
+use crate::tool::{CallScope, Tool, ToolProgress};
 use crate::trace::{Span, Trace};
 
 /// How a run ended.
@@ -55,12 +56,82 @@ pub(crate) struct RunShared {
     pub done: watch::Sender<bool>,
     pub trace_id: Option<String>,
     pub finished: AtomicBool,
+    /// Set for a nested run (an agent called as a tool): where it sits.
+    pub nest: Option<NestSpec>,
+    /// The nesting its frames carry now (the path ends at its current agent).
+    pub nesting: Mutex<Option<Arc<Nesting>>>,
+}
+
+/// Where a nested run sits: the agents above it, its depth, the call that started it.
+#[derive(Clone, Debug)]
+pub(crate) struct NestSpec {
+    pub ancestors: Arc<[Arc<str>]>,
+    pub depth: u32,
+    pub parent_call_id: Arc<str>,
 }
 
 impl RunShared {
     pub fn publish_event(&self, event: StreamEvent, tool: Option<Arc<str>>) {
-        self.topic
-            .publish(&self.run_id, FrameBody::Event { event, tool });
+        self.publish(FrameBody::Event { event, tool });
+    }
+
+    /// Publishes a frame of this run (with its nesting, when nested).
+    pub fn publish(&self, body: FrameBody) {
+        let nesting = match &self.nest {
+            None => None,
+            Some(_) => self
+                .nesting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        };
+        self.topic.publish_nested(&self.run_id, body, nesting);
+    }
+
+    /// Publishes the run's end frame; a nested run has none (its parent's `tool_output`
+    /// ends it, as the SDK's nested stream simply ends).
+    pub fn publish_end(&self, body: FrameBody) {
+        if self.nest.is_none() {
+            self.topic.publish(&self.run_id, body);
+        }
+    }
+
+    /// Notes that `agent` now runs the run (its nested frames' path ends there).
+    pub fn set_agent(&self, agent: &str) {
+        *self.current_agent.lock().unwrap_or_else(|e| e.into_inner()) = agent.to_owned();
+        if let Some(spec) = &self.nest {
+            let mut path: Vec<Arc<str>> = spec.ancestors.to_vec();
+            path.push(agent.into());
+            *self.nesting.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(Nesting {
+                path: path.into(),
+                depth: spec.depth,
+                parent_call_id: spec.parent_call_id.clone(),
+            }));
+        }
+    }
+
+    /// The path of agents down to this run's current one (just it for a top run).
+    pub fn path(&self) -> Arc<[Arc<str>]> {
+        if let Some(n) = self
+            .nesting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            return n.path.clone();
+        }
+        let agent: Arc<str> = self
+            .current_agent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_str()
+            .into();
+        Arc::from(vec![agent])
+    }
+
+    /// The run's nesting depth (0 for a top run).
+    pub fn depth(&self) -> u32 {
+        self.nest.as_ref().map_or(0, |n| n.depth)
     }
 
     pub fn is_complete(&self) -> bool {
@@ -98,6 +169,29 @@ pub(crate) struct RunEnv<C: Send + Sync + 'static> {
     pub include_sensitive: bool,
 }
 
+/// What a tool call may reach of its run: progress goes onto the run's topic (with its
+/// nesting), and agent tools start nested runs from the run's stage, provider and config.
+/// One per turn, shared by the turn's calls.
+pub(crate) struct CallEnv<C: Send + Sync + 'static> {
+    pub shared: Arc<RunShared>,
+    pub env: Arc<RunEnv<C>>,
+}
+
+impl<C: Send + Sync + 'static> CallScope for CallEnv<C> {
+    fn progress(&self, call_id: &Arc<str>, tool: &Arc<str>, report: ToolProgress) {
+        self.shared.publish(FrameBody::ToolProgress {
+            call_id: call_id.clone(),
+            tool: tool.clone(),
+            progress: report.progress,
+            total: report.total,
+            message: report.message,
+        });
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
 /// The baton: the run's state, handed from turn to turn and agent to agent.
 pub(crate) struct Baton<C: Send + Sync + 'static> {
     pub shared: Arc<RunShared>,
@@ -115,6 +209,19 @@ pub(crate) struct Baton<C: Send + Sync + 'static> {
     pub agents_used_tools: HashSet<String>,
     pub handoff_from: Option<String>,
     pub slot: Option<AgentSlot>,
+    /// This turn's tools when the agent has tool sources (its own plus the listed ones);
+    /// `None`: just the agent's own.
+    pub turn_tools: Option<Vec<Arc<dyn Tool<C>>>>,
+}
+
+impl<C: Send + Sync + 'static> Baton<C> {
+    /// The tools of this turn.
+    pub fn tools(&self) -> &[Arc<dyn Tool<C>>] {
+        match &self.turn_tools {
+            Some(t) => t,
+            None => self.agent.tools(),
+        }
+    }
 }
 
 impl<C: Send + Sync + 'static> Drop for Baton<C> {
@@ -138,13 +245,10 @@ impl<C: Send + Sync + 'static> Drop for Baton<C> {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()) = Some(RunOutcome::Failed(err));
             let _ = self.shared.done.send_replace(true);
-            self.shared.topic.publish(
-                &self.shared.run_id,
-                FrameBody::RunFailed {
+            self.shared.publish_end(FrameBody::RunFailed {
                     error_type: "UserError".into(),
                     message: "the run was stopped unexpectedly (its turn task panicked or its runtime shut down)".into(),
-                },
-            );
+                });
         }
     }
 }

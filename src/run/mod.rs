@@ -4,6 +4,7 @@
 pub(crate) mod baton;
 pub mod config;
 pub(crate) mod engine;
+pub mod nested;
 pub mod result;
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
@@ -15,9 +16,10 @@ use tokio_util::sync::CancellationToken;
 pub use baton::RunOutcome;
 pub use config::{RunConfig, DEFAULT_MAX_TURNS};
 pub use engine::MULTIPLE_HANDOFFS_MESSAGE;
+pub use nested::{AgentTool, MAX_NESTING_DEPTH};
 pub use result::{RunCanceller, RunResult, RunResultStreaming};
 
-use crate::actor::Stage;
+use crate::actor::{AgentSlot, Stage};
 use crate::agent::Agent;
 use crate::bus::{Bus, BusLimits, Topic};
 use crate::context::RunContext;
@@ -28,7 +30,7 @@ use crate::items::RunInput;
 use crate::model::{ModelProvider, ModelTable};
 use crate::session::Session;
 use crate::trace::{self, Span, SpanData, TraceOptions};
-use baton::{Baton, RunEnv, RunShared};
+use baton::{Baton, NestSpec, RunEnv, RunShared};
 
 /// A new run id: `run_` and 32 hex digits.
 pub fn gen_run_id() -> String {
@@ -243,87 +245,24 @@ impl<C: Send + Sync + 'static> RunRequest<'_, C> {
             )
         });
         let rx = topic.listen_run(run_id.clone());
-        let cfg = self.config;
-        let tracer = cfg
-            .tracer
-            .clone()
-            .unwrap_or_else(|| trace::global_tracer().clone());
-        let include_sensitive = cfg
-            .trace_include_sensitive_data
-            .unwrap_or_else(|| tracer.include_sensitive_data());
-        let (trace, owns_trace) = match trace::current_trace() {
-            Some(t) if t.is_enabled() => (t, false),
-            Some(_) => (trace::Trace::disabled(), false),
-            None if cfg.tracing_disabled => (trace::Trace::disabled(), false),
-            None => (
-                tracer.start_trace(TraceOptions {
-                    workflow_name: Some(cfg.workflow_name.clone()),
-                    trace_id: cfg.trace_id.clone(),
-                    group_id: cfg.group_id.clone(),
-                    metadata: cfg.trace_metadata.clone(),
-                    disabled: false,
-                }),
-                true,
-            ),
-        };
-        let parent = trace::current_span().filter(Span::is_enabled);
-        let task_span = trace.span(
-            SpanData::Task {
-                name: cfg.workflow_name.clone(),
-                usage: None,
-            },
-            parent.as_ref(),
-        );
-        let trace_id = trace.is_enabled().then(|| trace.trace_id().to_owned());
-        let input_items = self.input.to_items();
-        let (done, _) = watch::channel(false);
-        let shared = Arc::new(RunShared {
-            run_id: run_id.clone(),
-            topic,
-            cancel: CancellationToken::new(),
-            cancel_after_turn: AtomicBool::new(false),
-            current_turn: AtomicU64::new(0),
-            current_agent: Mutex::new(self.agent.name().to_owned()),
-            input: Mutex::new(input_items.clone()),
-            new_items: Mutex::new(Vec::new()),
-            raw_responses: Mutex::new(Vec::new()),
-            input_guardrail_results: Mutex::new(Vec::new()),
-            output_guardrail_results: Mutex::new(Vec::new()),
-            outcome: Mutex::new(None),
-            done,
-            trace_id,
-            finished: AtomicBool::new(false),
-        });
-        let ctx = RunContext::new(self.context, run_id);
-        let max_turns = cfg.max_turns;
-        let env = Arc::new(RunEnv {
+        let ctx = RunContext::new(self.context, run_id.clone());
+        let max_turns = self.config.max_turns;
+        let shared = launch(Launch {
             stage: runner.stage.clone(),
-            config: cfg,
             provider: runner.provider.clone(),
+            agent: self.agent,
+            input: self.input,
+            ctx: ctx.clone(),
+            config: self.config,
             hooks: self.hooks,
             session: self.session,
+            topic,
             input_guardrails: self.input_guardrails,
             output_guardrails: self.output_guardrails,
-            include_sensitive,
+            cancel: CancellationToken::new(),
+            nest: None,
+            slot,
         });
-        let baton = Baton {
-            shared: shared.clone(),
-            env,
-            ctx: ctx.clone(),
-            agent: self.agent,
-            original_input: input_items,
-            generated: Vec::new(),
-            turn: 0,
-            agent_started: false,
-            trace,
-            owns_trace,
-            task_span,
-            agent_span: Span::disabled(),
-            agents_used_tools: Default::default(),
-            handoff_from: None,
-            slot: Some(slot),
-        };
-        runner.stage.dispatch(baton);
         Ok(RunResultStreaming {
             shared,
             ctx,
@@ -336,4 +275,111 @@ impl<C: Send + Sync + 'static> RunRequest<'_, C> {
     pub async fn run(self) -> Result<RunResult, AgentsError> {
         self.start()?.wait().await
     }
+}
+
+/// Everything a run starts from (a top run's request, or a nested run's tool call).
+pub(crate) struct Launch<C: Send + Sync + 'static> {
+    pub stage: Stage<C>,
+    pub provider: Arc<dyn ModelProvider>,
+    pub agent: Agent<C>,
+    pub input: RunInput,
+    pub ctx: RunContext<C>,
+    pub config: RunConfig,
+    pub hooks: Option<Arc<dyn RunHooks<C>>>,
+    pub session: Option<Arc<dyn Session>>,
+    pub topic: Arc<Topic>,
+    pub input_guardrails: Vec<InputGuardrail<C>>,
+    pub output_guardrails: Vec<OutputGuardrail<C>>,
+    pub cancel: CancellationToken,
+    pub nest: Option<NestSpec>,
+    pub slot: AgentSlot,
+}
+
+/// Starts a run: its trace (or the current one, for a run inside a traced one) and task
+/// span, its shared state, and its first turn in the starting agent's mailbox.
+pub(crate) fn launch<C: Send + Sync + 'static>(l: Launch<C>) -> Arc<RunShared> {
+    let cfg = l.config;
+    let tracer = cfg
+        .tracer
+        .clone()
+        .unwrap_or_else(|| trace::global_tracer().clone());
+    let include_sensitive = cfg
+        .trace_include_sensitive_data
+        .unwrap_or_else(|| tracer.include_sensitive_data());
+    let (trace, owns_trace) = match trace::current_trace() {
+        Some(t) if t.is_enabled() => (t, false),
+        Some(_) => (trace::Trace::disabled(), false),
+        None if cfg.tracing_disabled => (trace::Trace::disabled(), false),
+        None => (
+            tracer.start_trace(TraceOptions {
+                workflow_name: Some(cfg.workflow_name.clone()),
+                trace_id: cfg.trace_id.clone(),
+                group_id: cfg.group_id.clone(),
+                metadata: cfg.trace_metadata.clone(),
+                disabled: false,
+            }),
+            true,
+        ),
+    };
+    let parent = trace::current_span().filter(Span::is_enabled);
+    let task_span = trace.span(
+        SpanData::Task {
+            name: cfg.workflow_name.clone(),
+            usage: None,
+        },
+        parent.as_ref(),
+    );
+    let trace_id = trace.is_enabled().then(|| trace.trace_id().to_owned());
+    let input_items = l.input.to_items();
+    let (done, _) = watch::channel(false);
+    let shared = Arc::new(RunShared {
+        run_id: l.ctx.run_id().into(),
+        topic: l.topic,
+        cancel: l.cancel,
+        cancel_after_turn: AtomicBool::new(false),
+        current_turn: AtomicU64::new(0),
+        current_agent: Mutex::new(l.agent.name().to_owned()),
+        input: Mutex::new(input_items.clone()),
+        new_items: Mutex::new(Vec::new()),
+        raw_responses: Mutex::new(Vec::new()),
+        input_guardrail_results: Mutex::new(Vec::new()),
+        output_guardrail_results: Mutex::new(Vec::new()),
+        outcome: Mutex::new(None),
+        done,
+        trace_id,
+        finished: AtomicBool::new(false),
+        nest: l.nest,
+        nesting: Mutex::new(None),
+    });
+    shared.set_agent(l.agent.name());
+    let env = Arc::new(RunEnv {
+        stage: l.stage.clone(),
+        config: cfg,
+        provider: l.provider,
+        hooks: l.hooks,
+        session: l.session,
+        input_guardrails: l.input_guardrails,
+        output_guardrails: l.output_guardrails,
+        include_sensitive,
+    });
+    let baton = Baton {
+        shared: shared.clone(),
+        env,
+        ctx: l.ctx,
+        agent: l.agent,
+        original_input: input_items,
+        generated: Vec::new(),
+        turn: 0,
+        agent_started: false,
+        trace,
+        owns_trace,
+        task_span,
+        agent_span: Span::disabled(),
+        agents_used_tools: Default::default(),
+        handoff_from: None,
+        slot: Some(l.slot),
+        turn_tools: None,
+    };
+    l.stage.dispatch(baton);
+    shared
 }

@@ -75,13 +75,18 @@ pub struct RunResultStreaming<C> {
 }
 
 impl<C: Send + Sync + 'static> RunResultStreaming<C> {
-    /// The run's events as they happen. Ends when the run ends; call once.
+    /// The run's events as they happen (exactly the SDK's stream: the events of agents
+    /// called as tools are not among them; see [`frames`](Self::frames)). Ends when the run
+    /// ends; call once.
     pub fn stream_events(&mut self) -> impl Stream<Item = StreamEvent> + Send + Unpin + 'static {
         let rx = self.rx.take();
         Box::pin(futures::stream::unfold(rx, |rx| async move {
             let mut rx = rx?;
             loop {
                 let frame = rx.recv().await?;
+                if frame.nesting.is_some() {
+                    continue;
+                }
                 if frame.body.is_terminal() {
                     return None;
                 }
@@ -92,7 +97,9 @@ impl<C: Send + Sync + 'static> RunResultStreaming<C> {
         }))
     }
 
-    /// The run's frames as published on its session topic (with `seq`), for relays.
+    /// The run's frames as published on its session topic (with `seq`), for relays; the
+    /// frames of nested runs (agents called as tools) among them, with their
+    /// [`nesting`](crate::bus::Frame::nesting).
     pub fn frames(&mut self) -> Option<mpsc::UnboundedReceiver<Arc<Frame>>> {
         self.rx.take()
     }

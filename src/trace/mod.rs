@@ -160,6 +160,13 @@ pub enum SpanData {
         /// Free-form data.
         data: Value,
     },
+    /// Listing an MCP server's tools.
+    McpTools {
+        /// The server.
+        server: String,
+        /// The tool names listed.
+        result: Option<Vec<String>>,
+    },
 }
 
 impl SpanData {
@@ -173,6 +180,7 @@ impl SpanData {
             SpanData::Function { .. } => "function",
             SpanData::Handoff { .. } => "handoff",
             SpanData::Guardrail { .. } => "guardrail",
+            SpanData::McpTools { .. } => "mcp_tools",
         }
     }
 
@@ -188,6 +196,7 @@ impl SpanData {
             SpanData::Response { .. } => "response",
             SpanData::Generation { .. } => "generation",
             SpanData::Handoff { .. } => "handoff",
+            SpanData::McpTools { server, .. } => server,
         }
     }
 
@@ -275,6 +284,10 @@ impl SpanData {
                 name,
                 data: CustomData::Free(data),
             },
+            SpanData::McpTools { server, result } => DataView::McpTools {
+                server,
+                result: result.as_deref(),
+            },
         }
     }
 }
@@ -316,6 +329,11 @@ enum DataView<'a> {
     Custom {
         name: &'a str,
         data: CustomData<'a>,
+    },
+    #[serde(rename = "mcp_tools")]
+    McpTools {
+        server: &'a str,
+        result: Option<&'a [String]>,
     },
 }
 

@@ -1,12 +1,14 @@
 //! The `chat` format: the compact relay a chat UI wants: `token` for each text delta,
-//! `agent_change`, `tool_start`, `tool_end`; end frames and tool calls as in the `sdk` format.
-//! Other stream events are skipped. Seq numbers are the session's, so both formats resume alike.
+//! `agent_change`, `tool_start`, `tool_end`, `tool_progress`; end frames and tool calls as in
+//! the `sdk` format. Other stream events are skipped. A nested run's frames also carry its
+//! `agent`, `depth` and `parent_call_id`. Seq numbers are the session's, so both formats
+//! resume alike.
 
 use bytes::Bytes;
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
-use super::sdk::FrameHead;
+use super::sdk::{write_progress, FrameHead};
 use crate::bus::{Frame, FrameBody};
 use crate::events::StreamEvent;
 use crate::items::RunItem;
@@ -18,8 +20,10 @@ const SLOT: usize = 1;
 /// The chat frame's type and its one field, or `None` when the format skips the frame;
 /// `Err(())` for frames carried as in the `sdk` format.
 fn shape(frame: &Frame) -> Result<Option<(&'static str, &'static str, &str)>, ()> {
-    let FrameBody::Event { event, tool } = &frame.body else {
-        return Err(());
+    let (event, tool) = match &frame.body {
+        FrameBody::Event { event, tool } => (event, tool),
+        FrameBody::ToolProgress { .. } => return Ok(Some(("tool_progress", "", ""))),
+        _ => return Err(()),
     };
     Ok(match event {
         StreamEvent::RawResponse(r) => match r.as_ref() {
@@ -48,9 +52,23 @@ fn encode(frame: &Frame) -> Option<Bytes> {
     struct Chat<'a>(&'a Frame, &'a str, &'a str, &'a str);
     impl Serialize for Chat<'_> {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            let mut m = s.serialize_map(Some(5))?;
+            let mut m = s.serialize_map(None)?;
             FrameHead::of(self.0, self.1).write(&mut m)?;
-            m.serialize_entry(self.2, self.3)?;
+            if let Some(n) = &self.0.nesting {
+                m.serialize_entry("agent", n.agent())?;
+                m.serialize_entry("depth", &n.depth)?;
+                m.serialize_entry("parent_call_id", &n.parent_call_id)?;
+            }
+            match &self.0.body {
+                FrameBody::ToolProgress {
+                    call_id,
+                    tool,
+                    progress,
+                    total,
+                    message,
+                } => write_progress(&mut m, call_id, tool, *progress, *total, message.as_deref())?,
+                _ => m.serialize_entry(self.2, self.3)?,
+            }
             m.end()
         }
     }
@@ -96,5 +114,50 @@ mod tests {
             r#"{"type":"agent_change","session_id":"s1","run_id":"run_1","seq":7,"agent":"Billing"}"#
         );
         assert_eq!(type_name(&f), "agent_change");
+    }
+
+    #[test]
+    fn nested_tokens_say_their_agent_and_depth() {
+        use crate::bus::Nesting;
+        use crate::model::RawEvent;
+        let ev: RawEvent = serde_json::from_value(serde_json::json!({
+            "type": "response.output_text.delta", "item_id": "m", "output_index": 0,
+            "content_index": 0, "delta": "Hi", "sequence_number": 3
+        }))
+        .unwrap();
+        let mut f = Frame::new(
+            "s1".into(),
+            8,
+            "run_1".into(),
+            FrameBody::Event {
+                event: StreamEvent::RawResponse(Arc::new(ev)),
+                tool: None,
+            },
+        );
+        f.nesting = Some(Arc::new(Nesting {
+            path: vec!["Orchestrator".into(), "Researcher".into()].into(),
+            depth: 1,
+            parent_call_id: "call_1".into(),
+        }));
+        assert_eq!(
+            std::str::from_utf8(bytes(&f).unwrap()).unwrap(),
+            r#"{"type":"token","session_id":"s1","run_id":"run_1","seq":8,"agent":"Researcher","depth":1,"parent_call_id":"call_1","text":"Hi"}"#
+        );
+        let p = Frame::new(
+            "s1".into(),
+            9,
+            "run_1".into(),
+            FrameBody::ToolProgress {
+                call_id: "c".into(),
+                tool: "t".into(),
+                progress: 1.0,
+                total: None,
+                message: Some("half".into()),
+            },
+        );
+        assert_eq!(
+            std::str::from_utf8(bytes(&p).unwrap()).unwrap(),
+            r#"{"type":"tool_progress","session_id":"s1","run_id":"run_1","seq":9,"call_id":"c","tool":"t","progress":1.0,"message":"half"}"#
+        );
     }
 }

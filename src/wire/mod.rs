@@ -4,6 +4,9 @@
 //! - [`sdk`]: PROTOCOL.md's full frames carrying the SDK's stream events (the default).
 //! - [`chat`]: the compact relay a chat UI wants (`token`, `agent_change`, `tool_start`...).
 //!
+//! A subscription also says how deep into nested runs it reads ([`Depth`]); every format
+//! sees a nested frame's `path` and `depth` on [`Frame::nesting`](crate::bus::Frame).
+//!
 //! Stateless formats are encoded once per frame and the bytes shared by every subscriber and
 //! the history (a frame keeps one slot per such format).
 
@@ -11,9 +14,61 @@ pub mod chat;
 pub mod sdk;
 
 use bytes::Bytes;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::bus::Frame;
+
+/// How deep into nested runs (agents called as tools) a subscription reads (PROTOCOL.md
+/// section 6.4): `0` (the default) is the top run only, exactly the SDK's stream; a number
+/// also takes nested runs down to that depth; `"all"` takes every depth.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Depth {
+    /// Frames down to this depth.
+    #[default]
+    Top,
+    /// Frames down to this depth (1, 2, ...).
+    Upto(u32),
+    /// Every frame.
+    All,
+}
+
+impl Depth {
+    /// Whether a subscriber at this depth reads `frame`.
+    pub fn admits(&self, frame: &Frame) -> bool {
+        match self {
+            Depth::Top => frame.nesting.is_none(),
+            Depth::Upto(d) => frame.depth() <= *d,
+            Depth::All => true,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Depth {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u32),
+            S(String),
+        }
+        match Raw::deserialize(d) {
+            Ok(Raw::N(0)) => Ok(Depth::Top),
+            Ok(Raw::N(n)) => Ok(Depth::Upto(n)),
+            Ok(Raw::S(s)) if s == "all" => Ok(Depth::All),
+            Ok(Raw::S(s)) => s
+                .parse::<u32>()
+                .map(|n| if n == 0 { Depth::Top } else { Depth::Upto(n) })
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "`depth` must be a number or \"all\", not {s:?}"
+                    ))
+                }),
+            Err(_) => Err(serde::de::Error::custom(
+                "`depth` must be a number or \"all\"",
+            )),
+        }
+    }
+}
 
 /// Output format of a subscription.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]

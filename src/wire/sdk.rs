@@ -1,11 +1,13 @@
 //! The `sdk` format: PROTOCOL.md's frames (`event` with the SDK's stream event, `run.completed`,
-//! `run.failed`, `run.cancelled`, `tool.call`), each with `type`, `session_id`, `run_id`, `seq`.
+//! `run.failed`, `run.cancelled`, `tool.call`, `tool.progress`), each with `type`,
+//! `session_id`, `run_id`, `seq`; a nested run's frames also carry `path`, `depth` and
+//! `parent_call_id` (section 6.4).
 
 use bytes::Bytes;
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
-use crate::bus::{Frame, FrameBody};
+use crate::bus::{Frame, FrameBody, Nesting};
 
 /// The frame slot this format's bytes are kept in.
 pub(crate) const SLOT: usize = 0;
@@ -38,6 +40,35 @@ impl FrameHead<'_> {
     }
 }
 
+/// Writes a nested frame's `path`, `depth` and `parent_call_id`.
+pub(crate) fn write_nesting<M: SerializeMap>(m: &mut M, n: &Nesting) -> Result<(), M::Error> {
+    m.serialize_entry("path", &n.path)?;
+    m.serialize_entry("depth", &n.depth)?;
+    m.serialize_entry("parent_call_id", &n.parent_call_id)
+}
+
+/// Writes a progress report's `call_id`, `tool`, `progress`, and `total` / `message` when
+/// known.
+pub(crate) fn write_progress<M: SerializeMap>(
+    m: &mut M,
+    call_id: &str,
+    tool: &str,
+    progress: f64,
+    total: Option<f64>,
+    message: Option<&str>,
+) -> Result<(), M::Error> {
+    m.serialize_entry("call_id", call_id)?;
+    m.serialize_entry("tool", tool)?;
+    m.serialize_entry("progress", &progress)?;
+    if let Some(t) = total {
+        m.serialize_entry("total", &t)?;
+    }
+    if let Some(msg) = message {
+        m.serialize_entry("message", msg)?;
+    }
+    Ok(())
+}
+
 struct SdkFrame<'a>(&'a Frame);
 
 impl Serialize for SdkFrame<'_> {
@@ -45,6 +76,9 @@ impl Serialize for SdkFrame<'_> {
         let f = self.0;
         let mut m = s.serialize_map(None)?;
         FrameHead::of(f, f.body.type_name()).write(&mut m)?;
+        if let Some(n) = &f.nesting {
+            write_nesting(&mut m, n)?;
+        }
         match &f.body {
             FrameBody::Event { event, .. } => m.serialize_entry("event", event)?,
             FrameBody::RunCompleted {
@@ -86,6 +120,13 @@ impl Serialize for SdkFrame<'_> {
                 m.serialize_entry("name", name)?;
                 m.serialize_entry("arguments", arguments)?;
             }
+            FrameBody::ToolProgress {
+                call_id,
+                tool,
+                progress,
+                total,
+                message,
+            } => write_progress(&mut m, call_id, tool, *progress, *total, message.as_deref())?,
         }
         m.end()
     }
@@ -137,5 +178,31 @@ mod tests {
         );
         // The second call shares the same bytes.
         assert_eq!(bytes(&f).as_ptr(), a.as_ptr());
+    }
+
+    #[test]
+    fn nested_frames_and_progress_carry_their_fields() {
+        let run: Arc<str> = "run_1".into();
+        let mut f = Frame::new(
+            "s1".into(),
+            9,
+            run.clone(),
+            FrameBody::ToolProgress {
+                call_id: "call_2".into(),
+                tool: "search".into(),
+                progress: 2.0,
+                total: Some(5.0),
+                message: None,
+            },
+        );
+        f.nesting = Some(Arc::new(Nesting {
+            path: vec!["Orchestrator".into(), "Researcher".into()].into(),
+            depth: 1,
+            parent_call_id: "call_1".into(),
+        }));
+        assert_eq!(
+            std::str::from_utf8(bytes(&f)).unwrap(),
+            r#"{"type":"tool.progress","session_id":"s1","run_id":"run_1","seq":9,"path":["Orchestrator","Researcher"],"depth":1,"parent_call_id":"call_1","call_id":"call_2","tool":"search","progress":2.0,"total":5.0}"#
+        );
     }
 }

@@ -135,5 +135,5 @@ pub(crate) fn finish<C: Send + Sync + 'static>(mut b: Baton<C>, outcome: RunOutc
     drop(b);
     // Complete before the terminal frame goes out, so whoever sees the end sees the outcome.
     let _ = shared.done.send_replace(true);
-    shared.topic.publish(&shared.run_id, body);
+    shared.publish_end(body);
 }

@@ -2,6 +2,7 @@
 //! `Runner`, the CLI and the server all drive runs through here.
 //!
 //! A turn, in steps (one file each):
+//! 0. [`sources`]: the tools of the agent's tool sources (MCP servers), listed for the turn;
 //! 1. [`model_call`]: the model request and its stream onto the bus (with the first turn's
 //!    input guardrails, [`guardrails`]);
 //! 2. [`resolve`]: the response's output into run items;
@@ -18,6 +19,7 @@ mod handoffs;
 mod hooks;
 mod model_call;
 mod resolve;
+mod sources;
 mod tools;
 
 use std::sync::atomic::Ordering;
@@ -59,10 +61,7 @@ fn fail<C: Send + Sync + 'static>(b: Baton<C>, e: AgentsError) -> Step<C> {
 
 async fn start_agent<C: Send + Sync + 'static>(b: &mut Baton<C>) {
     let agent = b.agent.clone();
-    *b.shared
-        .current_agent
-        .lock()
-        .unwrap_or_else(|e| e.into_inner()) = agent.name().to_owned();
+    b.shared.set_agent(agent.name());
     b.agent_span = b.task_span.child(SpanData::Agent {
         name: agent.name().to_owned(),
         handoffs: vec![],
@@ -75,7 +74,7 @@ async fn start_agent<C: Send + Sync + 'static>(b: &mut Baton<C>) {
         .into_iter()
         .map(str::to_owned)
         .collect();
-    let tools: Vec<String> = agent.tool_names().into_iter().map(str::to_owned).collect();
+    let tools: Vec<String> = b.tools().iter().map(|t| t.name().to_owned()).collect();
     b.agent_span.update(|d| {
         if let SpanData::Agent {
             handoffs: h,
@@ -160,7 +159,20 @@ pub(crate) async fn run_turn<C: Send + Sync + 'static>(mut b: Baton<C>) -> Step<
             }
         }
     }
-    if !b.agent_started {
+    // The tools of the turn; on an agent's first turn (before its span, as the SDK lists
+    // them) the sources' listings are announced.
+    let starting = !b.agent_started;
+    if !b.agent.tool_sources().is_empty() {
+        let parent = if starting {
+            b.task_span.clone()
+        } else {
+            b.agent_span.clone()
+        };
+        if let Err(e) = sources::gather(&mut b, &parent, starting).await {
+            return fail(b, e);
+        }
+    }
+    if starting {
         start_agent(&mut b).await;
     }
     b.turn += 1;
@@ -197,6 +209,7 @@ pub(crate) async fn run_turn<C: Send + Sync + 'static>(mut b: Baton<C>) -> Step<
             let from = b.agent.name().to_owned();
             b.agent_span.finish();
             b.slot = Some(b.env.stage.admit_handoff(&target));
+            shared.set_agent(target.name());
             shared.publish_event(
                 StreamEvent::AgentUpdated {
                     new_agent: target.name().into(),
@@ -249,7 +262,8 @@ async fn turn_body<C: Send + Sync + 'static>(
         b.agents_used_tools.insert(b.agent.name().to_owned());
     }
     // Function tools run first, all at once; then the first handoff, if any.
-    let Some(tool_results) = tools::run_all(b, turn_span, &tool_calls, &mut new_items).await else {
+    let Some(tool_results) = tools::run_all(b, turn_span, &tool_calls, &mut new_items).await?
+    else {
         return Ok(TurnEnd::Cancelled);
     };
     if !handoff_calls.is_empty() {

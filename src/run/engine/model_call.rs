@@ -107,7 +107,7 @@ async fn build_request<C: Send + Sync + 'static>(
     let mut input = Vec::with_capacity(b.original_input.len() + b.generated.len());
     input.extend(b.original_input.iter().cloned());
     input.extend(b.generated.iter().map(RunItem::to_input_item));
-    let mut tools: Vec<ToolSpec> = agent
+    let mut tools: Vec<ToolSpec> = b
         .tools()
         .iter()
         .map(|t| ToolSpec {

@@ -53,7 +53,7 @@ pub(super) fn resolve<C: Send + Sync + 'static>(
                         raw_item: fc.clone(),
                     });
                     out.handoff_calls.push((fc.clone(), h.clone()));
-                } else if let Some(t) = agent.tools().iter().find(|t| t.name() == fc.name) {
+                } else if let Some(t) = b.tools().iter().find(|t| t.name() == fc.name) {
                     out.new_items.push(RunItem::ToolCall {
                         agent: name.to_owned(),
                         raw_item: fc.clone(),
