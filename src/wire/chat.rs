@@ -120,10 +120,9 @@ mod tests {
     fn nested_tokens_say_their_agent_and_depth() {
         use crate::bus::Nesting;
         use crate::model::RawEvent;
-        let ev: RawEvent = serde_json::from_value(serde_json::json!({
-            "type": "response.output_text.delta", "item_id": "m", "output_index": 0,
-            "content_index": 0, "delta": "Hi", "sequence_number": 3
-        }))
+        let ev = RawEvent::from_json(
+            r#"{"type":"response.output_text.delta","item_id":"m","output_index":0,"content_index":0,"delta":"Hi","sequence_number":3}"#,
+        )
         .unwrap();
         let mut f = Frame::new(
             "s1".into(),
