@@ -12,7 +12,7 @@ use crate::events::StreamEvent;
 use crate::items::RunItem;
 use crate::model::{RawEvent, ResponseEvent};
 use crate::run::{RunConfig, Runner};
-use crate::service::cast::build_cast;
+use crate::service::cast::{build_cast, build_cast_with};
 use crate::service::tools::ClientCalls;
 use crate::trace::{Span, Trace, TraceProcessor};
 
@@ -88,7 +88,7 @@ pub fn main() -> i32 {
     };
     match cli.command {
         Command::CheckConfig { file } => match Config::load(&file) {
-            Ok(c) => match build_cast(&c, Arc::new(ClientCalls::default())) {
+            Ok(c) => match build_cast_with(&c, Arc::new(ClientCalls::default()), false) {
                 Ok(cast) => {
                     println!(
                         "{}: ok ({} agents, {} tools, {} models)",

@@ -148,6 +148,9 @@ pub struct AgentConfig {
     /// Tools it may call (`[[tools]]` names).
     #[serde(default)]
     pub tools: Vec<String>,
+    /// MCP servers whose tools it gets (`[[mcp_servers]]` names), listed at each turn.
+    #[serde(default)]
+    pub mcp_servers: Vec<String>,
 }
 
 /// How a configured tool runs.
@@ -158,6 +161,9 @@ pub enum ToolKind {
     Http,
     /// Sent to the session's clients as `tool.call`; answered by `tool.result`.
     Client,
+    /// Runs the agent `agent` on `{"input": string}` as a nested run (the SDK's
+    /// `Agent.as_tool`).
+    Agent,
 }
 
 /// One `[[tools]]` entry.
@@ -177,14 +183,50 @@ pub struct ToolConfig {
     /// JSON schema of the arguments (default: an object with any properties).
     #[serde(default)]
     pub parameters: Option<Value>,
-    /// How long to wait for the output (default 30000).
-    #[serde(default = "default_tool_timeout")]
-    pub timeout_ms: u64,
+    /// For `agent` tools: the agent it runs.
+    #[serde(default)]
+    pub agent: Option<String>,
+    /// For `agent` tools: turns of the nested run (default 10).
+    #[serde(default)]
+    pub max_turns: Option<u64>,
+    /// Longest a call may take, in milliseconds (default 30000 for `http` and `client`
+    /// tools; none for `agent` tools).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// What a timeout does: `error_as_result` (default: the model reads the SDK's timeout
+    /// message) or `raise_exception` (the run fails with `ToolTimeoutError`).
+    #[serde(default)]
+    pub timeout_behavior: crate::tool::ToolTimeoutBehavior,
+    /// Calls of this tool running at once, over all runs (default: no limit); more wait.
+    #[serde(default)]
+    pub max_concurrency: Option<usize>,
 }
 
-fn default_tool_timeout() -> u64 {
-    30_000
+/// Default timeout of `http` and `client` tools.
+pub const DEFAULT_TOOL_TIMEOUT_MS: u64 = 30_000;
+
+impl ToolConfig {
+    /// The timeout and concurrency limit of the tool's calls.
+    pub fn policy(&self) -> crate::tool::ToolPolicy {
+        let timeout = match (self.timeout_ms, self.kind) {
+            (Some(ms), _) => Some(ms),
+            (None, ToolKind::Agent) => None,
+            (None, _) => Some(DEFAULT_TOOL_TIMEOUT_MS),
+        };
+        let p = crate::tool::ToolPolicy {
+            timeout: timeout.map(std::time::Duration::from_millis),
+            timeout_behavior: self.timeout_behavior,
+            concurrency: None,
+        };
+        match self.max_concurrency {
+            Some(n) => p.max_concurrency(n),
+            None => p,
+        }
+    }
 }
+
+/// One `[[mcp_servers]]` entry.
+pub use crate::mcp::config::{McpServerConfig, McpTransport};
 
 /// `[tracing]`: the tracing pipeline's config (sinks, batching, sink options).
 pub use crate::trace::config::TracingConfig;
@@ -261,6 +303,8 @@ pub struct Config {
     pub agents: Vec<AgentConfig>,
     /// `[[tools]]`.
     pub tools: Vec<ToolConfig>,
+    /// `[[mcp_servers]]`.
+    pub mcp_servers: Vec<McpServerConfig>,
     /// `[tracing]`.
     pub tracing: TracingConfig,
     /// `[sessions]`.
@@ -275,7 +319,15 @@ pub struct Config {
 pub type KeyTable = BTreeMap<String, String>;
 
 const TOP_KEYS: &[&str] = &[
-    "server", "auth", "models", "agents", "tools", "tracing", "sessions", "limits",
+    "server",
+    "auth",
+    "models",
+    "agents",
+    "tools",
+    "mcp_servers",
+    "tracing",
+    "sessions",
+    "limits",
 ];
 
 struct Collector {
@@ -386,6 +438,7 @@ impl Config {
         }
         let agents: Vec<AgentConfig> = list(&mut c, &root, "agents");
         let tools: Vec<ToolConfig> = list(&mut c, &root, "tools");
+        let mcp_servers: Vec<McpServerConfig> = list(&mut c, &root, "mcp_servers");
         let cfg = Config {
             source: file.to_owned(),
             server,
@@ -393,6 +446,7 @@ impl Config {
             models,
             agents,
             tools,
+            mcp_servers,
             tracing,
             sessions,
             limits,
@@ -486,7 +540,30 @@ impl Config {
                     format!("`{}` is defined twice", t.name),
                 );
             }
+            if t.kind != ToolKind::Agent && (t.agent.is_some() || t.max_turns.is_some()) {
+                c.push(
+                    format!("{key}.agent"),
+                    "`agent` and `max_turns` belong to kind = \"agent\"",
+                );
+            }
             match t.kind {
+                ToolKind::Agent => {
+                    if t.url.is_some() || t.parameters.is_some() {
+                        c.push(
+                            format!("{key}.url"),
+                            "an agent tool has no url or parameters (it takes {\"input\": string})",
+                        );
+                    }
+                    if t.agent.as_deref().is_none_or(|a| a.trim().is_empty()) {
+                        c.push(
+                            format!("{key}.agent"),
+                            "an agent tool needs `agent` (the agent it runs)",
+                        );
+                    }
+                    if t.max_turns == Some(0) {
+                        c.push(format!("{key}.max_turns"), "must be at least 1");
+                    }
+                }
                 ToolKind::Http => match &t.url {
                     None => c.push(format!("{key}.url"), "an http tool needs a url"),
                     Some(u) if !u.starts_with("http://") && !u.starts_with("https://") => {
@@ -508,8 +585,11 @@ impl Config {
                     );
                 }
             }
-            if t.timeout_ms == 0 {
+            if t.timeout_ms == Some(0) {
                 c.push(format!("{key}.timeout_ms"), "must be more than 0");
+            }
+            if t.max_concurrency == Some(0) {
+                c.push(format!("{key}.max_concurrency"), "must be at least 1");
             }
         }
         let mut agent_names = std::collections::BTreeSet::new();
@@ -547,6 +627,17 @@ impl Config {
                     );
                 }
             }
+            for m in &a.mcp_servers {
+                if !self.mcp_servers.iter().any(|s| &s.name == m) {
+                    c.push(
+                        format!("{key}.mcp_servers"),
+                        format!(
+                            "no [[mcp_servers]] entry named `{m}` (servers: {})",
+                            join_or_none(self.mcp_servers.iter().map(|s| s.name.as_str()))
+                        ),
+                    );
+                }
+            }
             for t in &a.tools {
                 if !names.contains(t.as_str()) {
                     c.push(
@@ -557,6 +648,32 @@ impl Config {
                         ),
                     );
                 }
+            }
+        }
+        for (i, t) in self.tools.iter().enumerate() {
+            if let (ToolKind::Agent, Some(target)) = (t.kind, &t.agent) {
+                if !target.trim().is_empty() && !agent_names.contains(target.as_str()) {
+                    c.push(
+                        format!("tools[{i}].agent"),
+                        format!(
+                            "no agent named `{target}` (agents: {})",
+                            join_or_none(agent_names.iter())
+                        ),
+                    );
+                }
+            }
+        }
+        let mut servers = std::collections::BTreeSet::new();
+        for (i, m) in self.mcp_servers.iter().enumerate() {
+            let key = format!("mcp_servers[{i}]");
+            if !m.name.trim().is_empty() && !servers.insert(m.name.as_str()) {
+                c.push(
+                    format!("{key}.name"),
+                    format!("`{}` is defined twice", m.name),
+                );
+            }
+            for (k, msg) in m.problems() {
+                c.push(format!("{key}.{k}"), msg);
             }
         }
         for p in self.tracing.problems() {
@@ -728,6 +845,54 @@ kind = "http"
         assert!(keys.contains(&"agents[0].tools"), "{e}");
         assert!(keys.contains(&"tools[0].url"), "{e}");
         assert!(e.to_string().contains("bad.toml: agents[0].handoffs"));
+    }
+
+    #[test]
+    fn agent_tools_and_mcp_servers_are_checked() {
+        let cfg = r#"
+[[agents]]
+name = "Boss"
+tools = ["ask_researcher"]
+mcp_servers = ["everything", "ghost"]
+
+[[agents]]
+name = "Researcher"
+
+[[tools]]
+name = "ask_researcher"
+kind = "agent"
+agent = "Researcher"
+max_turns = 3
+timeout_behavior = "raise_exception"
+max_concurrency = 2
+
+[[tools]]
+name = "lost"
+kind = "agent"
+agent = "Nobody"
+
+[[mcp_servers]]
+name = "everything"
+transport = "stdio"
+command = "npx"
+args = ["-y", "@modelcontextprotocol/server-everything"]
+deny = ["get-env"]
+"#;
+        let e = Config::parse("m.toml", cfg).unwrap_err();
+        let keys: Vec<&str> = e.issues.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(keys, vec!["agents[0].mcp_servers", "tools[1].agent"], "{e}");
+        let ok = cfg
+            .replace(", \"ghost\"", "")
+            .replace("\"Nobody\"", "\"Boss\"");
+        let c = Config::parse("m.toml", &ok).unwrap();
+        assert_eq!(c.mcp_servers[0].deny, vec!["get-env"]);
+        let p = c.tools[0].policy();
+        assert_eq!(p.timeout, None);
+        assert_eq!(
+            p.timeout_behavior,
+            crate::tool::ToolTimeoutBehavior::RaiseException
+        );
+        assert!(p.concurrency.is_some());
     }
 
     #[test]

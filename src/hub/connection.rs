@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use crate::bus::{Delivery, Subscription};
 use crate::hub::frames::{self, Accepted, ClientFrame};
 use crate::service::error::ApiError;
-use crate::service::{Core, Format};
+use crate::service::{Core, Depth, Format};
 
 /// Close code sent when the server shuts down ("going away").
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -226,7 +226,10 @@ impl Conn {
                         )
                         .await;
                 };
-                let format = req.format.unwrap_or_default();
+                let view = (
+                    req.format.unwrap_or_default(),
+                    req.depth.unwrap_or_default(),
+                );
                 let prepared = match self.core.prepare_run(&self.tenant, &session_id, req) {
                     Ok(p) => p,
                     Err(e) => return self.error(id.as_ref(), e).await,
@@ -247,7 +250,7 @@ impl Conn {
                 let following = self.subs.get(&session_id).is_some_and(|h| !h.is_finished());
                 if !following {
                     let before = prepared.topic().last_seq();
-                    self.follow(&session_id, Some(before), format, id.as_ref())
+                    self.follow(&session_id, Some(before), view, id.as_ref())
                         .await;
                 }
                 if let Err(e) = prepared.launch(false) {
@@ -264,7 +267,7 @@ impl Conn {
                     self.follow(
                         &s.session_id,
                         s.after_seq,
-                        s.format.unwrap_or_default(),
+                        (s.format.unwrap_or_default(), s.depth.unwrap_or_default()),
                         s.id.as_ref(),
                     )
                     .await
@@ -299,13 +302,14 @@ impl Conn {
         }
     }
 
-    /// Follows a session (replacing an earlier subscription to it): replays retained frames
-    /// after `after_seq`, then live ones, through a forwarder task.
+    /// Follows a session (replacing an earlier subscription to it) in a format and down to
+    /// a depth of nested runs: replays retained frames after `after_seq`, then live ones,
+    /// through a forwarder task.
     async fn follow(
         &mut self,
         session_id: &str,
         after_seq: Option<u64>,
-        format: Format,
+        view: (Format, Depth),
         id: Option<&serde_json::Value>,
     ) {
         let topic = match self.core.session(&self.tenant, session_id) {
@@ -345,7 +349,7 @@ impl Conn {
             self.core.clone(),
             sub,
             self.tx.clone(),
-            format,
+            view,
             topic.session_id().clone(),
         ));
         self.subs.insert(session_id.to_owned(), h);
@@ -356,7 +360,7 @@ async fn forward(
     core: Arc<Core>,
     mut sub: Subscription,
     tx: mpsc::Sender<Out>,
-    format: Format,
+    (format, depth): (Format, Depth),
     session_id: Arc<str>,
 ) {
     /// Counts the subscription while the forwarder lives (also when it is aborted).
@@ -371,6 +375,9 @@ async fn forward(
     loop {
         match sub.recv().await {
             Some(Delivery::Frame(f)) => {
+                if !depth.admits(&f) {
+                    continue;
+                }
                 if let Some(b) = format.bytes(&f) {
                     if tx.send(Out::Shared(b.clone())).await.is_err() {
                         break;

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use crate::bus::CancelMode;
 use crate::service::error::ApiError;
-use crate::service::{Format, RunCreate};
+use crate::service::{Depth, Format, RunCreate};
 
 /// The frame types a client may send.
 pub const CLIENT_TYPES: &[&str] = &[
@@ -33,6 +33,9 @@ pub struct Subscribe {
     /// `sdk` (default) or `chat`.
     #[serde(default)]
     pub format: Option<Format>,
+    /// How deep into nested runs: `0` (default), a number, or `"all"`.
+    #[serde(default)]
+    pub depth: Option<Depth>,
 }
 
 /// `session.unsubscribe`.

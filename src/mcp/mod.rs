@@ -29,6 +29,99 @@ pub use running::{McpError, McpServer, McpServerStatus};
 #[cfg(feature = "mcp")]
 pub use tool::McpTool;
 
+/// The MCP servers of a config, by name: started by the server and `callboard run`, not by
+/// `check-config`. Without the `mcp` feature a config that has any is refused.
+#[derive(Clone, Default)]
+pub struct McpServers {
+    #[cfg(feature = "mcp")]
+    servers: std::collections::BTreeMap<String, McpServer>,
+}
+
+impl McpServers {
+    /// Starts every `[[mcp_servers]]` entry (each connects in the background).
+    pub fn start(
+        file: &str,
+        configs: &[McpServerConfig],
+    ) -> Result<McpServers, crate::config::ConfigError> {
+        #[cfg(feature = "mcp")]
+        {
+            let mut servers = std::collections::BTreeMap::new();
+            for (i, c) in configs.iter().enumerate() {
+                let s = McpServer::start(c.clone()).map_err(|e| {
+                    crate::config::ConfigError::single(
+                        file,
+                        &format!("mcp_servers[{i}]"),
+                        e.to_string(),
+                    )
+                })?;
+                servers.insert(c.name.clone(), s);
+            }
+            Ok(McpServers { servers })
+        }
+        #[cfg(not(feature = "mcp"))]
+        {
+            if configs.is_empty() {
+                Ok(McpServers::default())
+            } else {
+                Err(crate::config::ConfigError::single(
+                    file,
+                    "mcp_servers",
+                    "this callboard was built without the `mcp` feature; rebuild with it (it is on by default)",
+                ))
+            }
+        }
+    }
+
+    /// Gives `agent` the tools of the servers named in `names` (unknown names, or servers not
+    /// started, are skipped: the config was validated).
+    pub fn attach(&self, agent: crate::agent::Agent, names: &[String]) -> crate::agent::Agent {
+        #[cfg(feature = "mcp")]
+        {
+            let mut agent = agent;
+            for n in names {
+                if let Some(s) = self.servers.get(n) {
+                    agent = agent.mcp_server(s);
+                }
+            }
+            agent
+        }
+        #[cfg(not(feature = "mcp"))]
+        {
+            let _ = names;
+            agent
+        }
+    }
+
+    /// Where each server is (`GET /v1/mcp_servers`).
+    pub fn statuses(&self) -> Vec<serde_json::Value> {
+        #[cfg(feature = "mcp")]
+        {
+            self.servers
+                .values()
+                .filter_map(|s| serde_json::to_value(s.status()).ok())
+                .collect()
+        }
+        #[cfg(not(feature = "mcp"))]
+        {
+            Vec::new()
+        }
+    }
+
+    /// The server named `name`.
+    #[cfg(feature = "mcp")]
+    pub fn get(&self, name: &str) -> Option<&McpServer> {
+        self.servers.get(name)
+    }
+
+    /// Closes every server (children are asked to exit, then killed).
+    pub fn shutdown(&self) {
+        #[cfg(feature = "mcp")]
+        for s in self.servers.values() {
+            s.shutdown();
+        }
+    }
+}
+
 /// Installs rustls' ring provider for the HTTP transport's TLS, once (the transport's own
 /// HTTP client takes the process's default provider).
 #[cfg(feature = "mcp")]

@@ -25,9 +25,18 @@ pub const MAX_NESTING_DEPTH: u32 = 8;
 
 type Extractor = dyn Fn(&RunResult) -> String + Send + Sync;
 
+/// The agent an agent tool runs.
+enum Target<C: Send + Sync + 'static> {
+    /// This agent.
+    Agent(Agent<C>),
+    /// The agent registered under this name when the tool is called (config-built casts,
+    /// where agents may call each other).
+    Named(String),
+}
+
 /// An agent usable as a tool: `{"input": string}` in, the agent's final output out.
 pub struct AgentTool<C: Send + Sync + 'static> {
-    agent: Agent<C>,
+    target: Target<C>,
     name: String,
     description: String,
     parameters: Value,
@@ -56,14 +65,34 @@ impl<C: Send + Sync + 'static> Agent<C> {
     /// in snake case, as the SDK does.
     pub fn as_tool(&self, name: impl Into<String>, description: impl Into<String>) -> AgentTool<C> {
         let name = name.into();
-        AgentTool {
-            name: if name.is_empty() {
+        AgentTool::build(
+            Target::Agent(self.clone()),
+            if name.is_empty() {
                 default_tool_name(self.name())
             } else {
                 name
             },
-            agent: self.clone(),
-            description: description.into(),
+            description.into(),
+        )
+    }
+}
+
+impl<C: Send + Sync + 'static> AgentTool<C> {
+    /// A tool running the agent registered as `agent` on the runner's stage when called
+    /// (how `kind = "agent"` tools of a config are built; agents may then call each other).
+    pub fn named(
+        agent: impl Into<String>,
+        name: impl Into<String>,
+        description: impl Into<String>,
+    ) -> Self {
+        AgentTool::build(Target::Named(agent.into()), name.into(), description.into())
+    }
+
+    fn build(target: Target<C>, name: String, description: String) -> Self {
+        AgentTool {
+            target,
+            name,
+            description,
             parameters: json!({
                 "type": "object",
                 "properties": {"input": {"type": "string", "title": "Input"}},
@@ -75,9 +104,7 @@ impl<C: Send + Sync + 'static> Agent<C> {
             policy: None,
         }
     }
-}
 
-impl<C: Send + Sync + 'static> AgentTool<C> {
     /// Turns the nested run may take (default 10, the SDK's).
     pub fn max_turns(mut self, n: u64) -> Self {
         self.max_turns = Some(n);
@@ -91,6 +118,12 @@ impl<C: Send + Sync + 'static> AgentTool<C> {
         f: impl Fn(&RunResult) -> String + Send + Sync + 'static,
     ) -> Self {
         self.extractor = Some(Arc::new(f));
+        self
+    }
+
+    /// Bounds the tool's calls with `policy` (a timeout, a concurrency limit).
+    pub fn policy(mut self, policy: ToolPolicy) -> Self {
+        self.policy = Some(policy);
         self
     }
 
@@ -111,9 +144,12 @@ impl<C: Send + Sync + 'static> AgentTool<C> {
         self
     }
 
-    /// The agent the tool runs.
-    pub fn agent(&self) -> &Agent<C> {
-        &self.agent
+    /// The name of the agent the tool runs.
+    pub fn agent_name(&self) -> &str {
+        match &self.target {
+            Target::Agent(a) => a.name(),
+            Target::Named(n) => n,
+        }
     }
 }
 
@@ -176,7 +212,10 @@ impl<C: Send + Sync + 'static> Tool<C> for AgentTool<C> {
         ctx: ToolContext<C>,
         arguments: String,
     ) -> BoxFuture<'static, Result<String, ToolError>> {
-        let agent = self.agent.clone();
+        let target = match &self.target {
+            Target::Agent(a) => Ok(a.clone()),
+            Target::Named(n) => Err(n.clone()),
+        };
         let name = self.name.clone();
         let max_turns = self.max_turns.unwrap_or(DEFAULT_MAX_TURNS);
         let extractor = self.extractor.clone();
@@ -203,6 +242,12 @@ impl<C: Send + Sync + 'static> Tool<C> for AgentTool<C> {
                 )));
             }
             let stage = call.env.stage.clone();
+            let agent = match target {
+                Ok(a) => a,
+                Err(n) => stage.get(&n).ok_or_else(|| {
+                    ToolError::Failed(format!("no agent named {n} is registered on the runner"))
+                })?,
+            };
             stage.register(&agent);
             let slot = stage
                 .admit(&agent)

@@ -18,7 +18,7 @@ use crate::bus::{Delivery, Frame};
 use crate::server::auth::Tenant;
 use crate::server::error::ApiError;
 use crate::server::AppState;
-use crate::service::{Format, RunCreate};
+use crate::service::{Depth, Format, RunCreate};
 
 /// `GET /`: the chat page.
 pub async fn chat_page() -> Html<&'static str> {
@@ -53,6 +53,12 @@ pub async fn agents(State(st): State<AppState>, _t: Tenant) -> Json<serde_json::
     Json(json!({ "agents": st.core.agent_infos }))
 }
 
+/// `GET /v1/mcp_servers`: each MCP server's state (`starting`, `ready`, `restarting`,
+/// `stopped`), its tools, restarts, last error and (stdio) process id.
+pub async fn mcp_servers(State(st): State<AppState>, _t: Tenant) -> Json<serde_json::Value> {
+    Json(json!({ "mcp_servers": st.core.mcp.statuses() }))
+}
+
 /// Query of run and event endpoints.
 #[derive(Debug, Default, Deserialize)]
 pub struct StreamQuery {
@@ -62,6 +68,9 @@ pub struct StreamQuery {
     /// `sdk` (default) or `chat`.
     #[serde(default)]
     pub format: Option<Format>,
+    /// How deep into nested runs: `0` (default), a number, or `all`.
+    #[serde(default)]
+    pub depth: Option<Depth>,
     /// Browsers' way to send the key (read by the auth extractor).
     #[serde(default)]
     #[allow(dead_code)]
@@ -131,6 +140,7 @@ pub async fn create_run(
         }
     }
     let format = q.format.or(req.format).unwrap_or_default();
+    let depth = q.depth.or(req.depth).unwrap_or_default();
     let request_id = req.id.take();
     if !wants_sse(&headers) {
         let started = core.start_run(&tenant, &session_id, req, true)?;
@@ -179,7 +189,7 @@ pub async fn create_run(
         Ok::<_, Infallible>(Event::default().event("run.accepted").data(accepted))
     });
     let sid: Arc<str> = session_id.as_str().into();
-    let rest = sse_frames(sub, close, core, sid, format, Some(run_id));
+    let rest = sse_frames(sub, close, core, sid, (format, depth), Some(run_id));
     use futures::StreamExt;
     Ok(Sse::new(first.chain(rest))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
@@ -210,22 +220,22 @@ pub async fn session_events(
                 after_seq: after.unwrap_or(0),
                 oldest_seq: e.oldest_seq,
             })?;
-    let format = q.format.unwrap_or_default();
+    let view = (q.format.unwrap_or_default(), q.depth.unwrap_or_default());
     let close = core.close_sockets.clone();
     let session_id: Arc<str> = session_id.into();
-    let stream = sse_frames(sub, close, core, session_id, format, None);
+    let stream = sse_frames(sub, close, core, session_id, view, None);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
-/// A session subscription as SSE events in `format`: with `run`, only that run's frames,
-/// ending after its end frame; a `lagged` event (and the end) when the client falls behind;
-/// the end when the server closes streams at shutdown.
+/// A session subscription as SSE events in `format`, down to `depth` into nested runs: with
+/// `run`, only that run's frames, ending after its end frame; a `lagged` event (and the end)
+/// when the client falls behind; the end when the server closes streams at shutdown.
 fn sse_frames(
     sub: crate::bus::Subscription,
     close: tokio_util::sync::CancellationToken,
     core: Arc<crate::server::Core>,
     sid: Arc<str>,
-    format: Format,
+    (format, depth): (Format, Depth),
     run: Option<Arc<str>>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     futures::stream::unfold((sub, false), move |(mut sub, done)| {
@@ -241,7 +251,7 @@ fn sse_frames(
                 }?;
                 match d {
                     Delivery::Frame(f) => {
-                        if run.as_ref().is_some_and(|r| f.run_id != *r) {
+                        if run.as_ref().is_some_and(|r| f.run_id != *r) || !depth.admits(&f) {
                             continue;
                         }
                         let end = run.is_some() && f.body.is_terminal();

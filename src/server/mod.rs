@@ -41,6 +41,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(http::metrics))
         .route("/v1/ws", get(ws::ws_upgrade))
         .route("/v1/agents", get(http::agents))
+        .route("/v1/mcp_servers", get(http::mcp_servers))
         .route("/v1/sessions/{session_id}/runs", post(http::create_run))
         .route(
             "/v1/sessions/{session_id}/events",

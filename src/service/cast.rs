@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -11,7 +10,9 @@ use serde_json::Value;
 use crate::agent::Agent;
 use crate::config::{Config, ConfigError, ModelConfig, ToolKind};
 use crate::handoff::{default_tool_description, Handoff};
+use crate::mcp::McpServers;
 use crate::model::Model;
+use crate::run::AgentTool;
 use crate::service::tools::{ClientCalls, ClientTool, HttpTool};
 use crate::tool::Tool;
 
@@ -28,6 +29,8 @@ pub struct AgentInfo {
     pub tools: Vec<ToolInfo>,
     /// Agents it hands off to.
     pub handoffs: Vec<String>,
+    /// MCP servers whose tools it gets (listed at each turn: `GET /v1/mcp_servers`).
+    pub mcp_servers: Vec<String>,
 }
 
 /// A tool as `GET /v1/agents` lists it.
@@ -37,7 +40,7 @@ pub struct ToolInfo {
     pub name: String,
     /// Description.
     pub description: String,
-    /// `function`, `http` or `client`.
+    /// `function`, `http`, `client` or `agent`.
     pub kind: &'static str,
     /// JSON schema of the arguments.
     pub parameters: Value,
@@ -51,6 +54,8 @@ pub struct Cast {
     pub infos: Vec<AgentInfo>,
     /// A line saying which models run the cast (for the start banner).
     pub models_banner: String,
+    /// The MCP servers (started, unless the cast was built for `check-config`).
+    pub mcp: McpServers,
 }
 
 /// Builds the model of a `[models.NAME]` entry.
@@ -71,9 +76,19 @@ fn default_parameters() -> Value {
     serde_json::json!({"type": "object", "properties": {}, "additionalProperties": true})
 }
 
-/// Builds every agent of `cfg` (the demo cast when it defines none). Client tools are
-/// answered through `calls`.
+/// Builds every agent of `cfg` (the demo cast when it defines none), starting its MCP
+/// servers. Client tools are answered through `calls`.
 pub fn build_cast(cfg: &Config, calls: Arc<ClientCalls>) -> Result<Cast, ConfigError> {
+    build_cast_with(cfg, calls, true)
+}
+
+/// Like [`build_cast`]; `start_mcp = false` (for `check-config`) starts no MCP server and
+/// leaves their tools out.
+pub fn build_cast_with(
+    cfg: &Config,
+    calls: Arc<ClientCalls>,
+    start_mcp: bool,
+) -> Result<Cast, ConfigError> {
     let file = cfg.source.as_str();
     let mut models: BTreeMap<String, Arc<dyn Model>> = BTreeMap::new();
     let mut issues = Vec::new();
@@ -133,13 +148,19 @@ pub fn build_cast(cfg: &Config, calls: Arc<ClientCalls>) -> Result<Cast, ConfigE
             } else {
                 banner
             },
+            mcp: McpServers::default(),
         });
     }
+    let mcp = if start_mcp {
+        McpServers::start(file, &cfg.mcp_servers)?
+    } else {
+        McpServers::default()
+    };
     let client = reqwest::Client::new();
     let mut tools: BTreeMap<&str, (Arc<dyn Tool<()>>, &'static str)> = BTreeMap::new();
     for t in &cfg.tools {
         let params = t.parameters.clone().unwrap_or_else(default_parameters);
-        let timeout = Duration::from_millis(t.timeout_ms);
+        let policy = t.policy();
         let tool: (Arc<dyn Tool<()>>, &'static str) = match t.kind {
             ToolKind::Http => (
                 Arc::new(HttpTool::new(
@@ -147,7 +168,7 @@ pub fn build_cast(cfg: &Config, calls: Arc<ClientCalls>) -> Result<Cast, ConfigE
                     t.description.clone(),
                     params,
                     t.url.clone().unwrap_or_default(),
-                    timeout,
+                    policy,
                     client.clone(),
                 )),
                 "http",
@@ -157,11 +178,23 @@ pub fn build_cast(cfg: &Config, calls: Arc<ClientCalls>) -> Result<Cast, ConfigE
                     t.name.clone(),
                     t.description.clone(),
                     params,
-                    timeout,
+                    policy,
                     calls.clone(),
                 )),
                 "client",
             ),
+            ToolKind::Agent => {
+                let mut tool = AgentTool::named(
+                    t.agent.clone().unwrap_or_default(),
+                    t.name.clone(),
+                    t.description.clone(),
+                )
+                .policy(policy);
+                if let Some(n) = t.max_turns {
+                    tool = tool.max_turns(n);
+                }
+                (Arc::new(tool), "agent")
+            }
         };
         tools.insert(t.name.as_str(), tool);
     }
@@ -200,12 +233,14 @@ pub fn build_cast(cfg: &Config, calls: Arc<ClientCalls>) -> Result<Cast, ConfigE
                 Handoff::named(h.clone()).tool_description(default_tool_description(h, desc)),
             );
         }
+        agent = mcp.attach(agent, &a.mcp_servers);
         infos.push(AgentInfo {
             name: a.name.clone(),
             handoff_description: a.handoff_description.clone(),
             model: model_name,
             tools: tool_infos,
             handoffs: a.handoffs.clone(),
+            mcp_servers: a.mcp_servers.clone(),
         });
         agents.insert(a.name.clone(), agent);
     }
@@ -213,6 +248,7 @@ pub fn build_cast(cfg: &Config, calls: Arc<ClientCalls>) -> Result<Cast, ConfigE
         agents,
         infos,
         models_banner: banner,
+        mcp,
     })
 }
 
@@ -232,5 +268,6 @@ fn info_of(a: &Agent, model: &str, kind: &'static str) -> AgentInfo {
             })
             .collect(),
         handoffs: a.handoff_names().iter().map(|s| s.to_string()).collect(),
+        mcp_servers: Vec::new(),
     }
 }

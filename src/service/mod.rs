@@ -10,6 +10,7 @@
 
 pub mod cast;
 pub mod error;
+pub mod http_tool;
 pub mod telemetry;
 pub mod tools;
 
@@ -35,7 +36,7 @@ use crate::service::cast::{build_cast, AgentInfo};
 use crate::service::error::ApiError;
 use crate::service::tools::ClientCalls;
 use crate::session::{MemorySession, Session};
-pub use crate::wire::Format;
+pub use crate::wire::{Depth, Format};
 
 /// Where conversations are kept: opens the memory of a tenant's session.
 pub trait SessionStore: Send + Sync + 'static {
@@ -148,6 +149,9 @@ pub struct RunCreate {
     /// Format of the frames this request subscribes to.
     #[serde(default)]
     pub format: Option<Format>,
+    /// How deep into nested runs the subscription reads: 0 (default), a number, or "all".
+    #[serde(default)]
+    pub depth: Option<Depth>,
 }
 
 /// A run that was started.
@@ -252,6 +256,8 @@ pub struct Core {
     pub config: Config,
     started: Instant,
     tracing: std::sync::OnceLock<crate::trace::config::TracingSetup>,
+    /// The MCP servers of the cast.
+    pub mcp: crate::mcp::McpServers,
 }
 
 /// The bus key of a tenant's session.
@@ -310,6 +316,7 @@ impl Core {
             config,
             started: Instant::now(),
             tracing: std::sync::OnceLock::new(),
+            mcp: cast.mcp,
         }))
     }
 
@@ -854,8 +861,9 @@ impl Core {
     }
 
     /// Shutdown, last step: closes every socket and stream (code 1001) and waits, briefly,
-    /// until the connections are gone.
+    /// until the connections are gone; closes the MCP servers.
     pub async fn close_connections(&self) {
+        self.mcp.shutdown();
         self.close_sockets.cancel();
         let deadline = Instant::now() + Duration::from_secs(3);
         while self.metrics.connections.load(Ordering::Acquire) > 0 && Instant::now() < deadline {

@@ -1,10 +1,9 @@
-//! Tools defined in the config: `http` tools (POST the arguments as JSON, the body is the
-//! output) and `client` tools (sent to the session's clients as `tool.call`, answered by a
-//! `tool.result` frame). Failures and timeouts are tool errors the model reads, never a dead
-//! run.
+//! `client` tools defined in the config: sent to the session's clients as `tool.call`,
+//! answered by a `tool.result` frame (`http` tools: [`http_tool`](super::http_tool)).
+//! Failures and timeouts are tool errors the model reads, never a dead run; the engine
+//! applies the tool's timeout.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use dashmap::DashMap;
 use futures::future::BoxFuture;
@@ -12,103 +11,10 @@ use futures::FutureExt;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+use super::http_tool::error_text;
+pub use super::http_tool::HttpTool;
 use crate::bus::{FrameBody, Topic};
-use crate::tool::{Tool, ToolContext, ToolError, DEFAULT_TOOL_ERROR_MESSAGE};
-
-/// The message the model reads when a configured tool fails: the SDK's text plus the cause.
-fn error_text(error: &ToolError) -> String {
-    format!("{DEFAULT_TOOL_ERROR_MESSAGE} Error: {error}")
-}
-
-/// A tool that POSTs its arguments as JSON to a URL and returns the response body.
-pub struct HttpTool {
-    name: String,
-    description: String,
-    parameters: Value,
-    url: String,
-    timeout: Duration,
-    client: reqwest::Client,
-}
-
-impl HttpTool {
-    /// A tool POSTing to `url` with one shared (pooled) HTTP client.
-    pub fn new(
-        name: String,
-        description: String,
-        parameters: Value,
-        url: String,
-        timeout: Duration,
-        client: reqwest::Client,
-    ) -> Self {
-        HttpTool {
-            name,
-            description,
-            parameters,
-            url,
-            timeout,
-            client,
-        }
-    }
-}
-
-impl Tool<()> for HttpTool {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn description(&self) -> &str {
-        &self.description
-    }
-    fn parameters(&self) -> &Value {
-        &self.parameters
-    }
-    fn strict(&self) -> bool {
-        false
-    }
-    fn invoke(
-        &self,
-        _ctx: ToolContext<()>,
-        arguments: String,
-    ) -> BoxFuture<'static, Result<String, ToolError>> {
-        let body = if arguments.trim().is_empty() {
-            "{}".to_owned()
-        } else {
-            arguments
-        };
-        let req = self
-            .client
-            .post(&self.url)
-            .header("content-type", "application/json")
-            .body(body)
-            .timeout(self.timeout);
-        let name = self.name.clone();
-        let timeout = self.timeout;
-        async move {
-            let map_err = |e: reqwest::Error| {
-                if e.is_timeout() {
-                    ToolError::Timeout {
-                        tool: name.clone(),
-                        seconds: timeout.as_secs_f64(),
-                    }
-                } else {
-                    ToolError::Failed(format!("the request to the tool failed: {e}"))
-                }
-            };
-            let resp = req.send().await.map_err(map_err)?;
-            let status = resp.status();
-            let text = resp.text().await.map_err(map_err)?;
-            if status.is_success() {
-                Ok(text)
-            } else {
-                let snippet: String = text.chars().take(500).collect();
-                Err(ToolError::Failed(format!("HTTP {status}: {snippet}")))
-            }
-        }
-        .boxed()
-    }
-    fn error_message(&self, _ctx: &ToolContext<()>, error: &ToolError) -> String {
-        error_text(error)
-    }
-}
+use crate::tool::{Tool, ToolContext, ToolError, ToolPolicy};
 
 /// Runs waiting on client-side tool calls: which topic each run publishes on and which calls
 /// are waiting for a `tool.result`.
@@ -152,26 +58,39 @@ pub struct ClientTool {
     name: String,
     description: String,
     parameters: Value,
-    timeout: Duration,
+    policy: ToolPolicy,
     calls: Arc<ClientCalls>,
 }
 
 impl ClientTool {
-    /// A client tool answered through `calls`.
+    /// A client tool answered through `calls`; `policy` bounds its calls (the engine applies
+    /// the timeout).
     pub fn new(
         name: String,
         description: String,
         parameters: Value,
-        timeout: Duration,
+        policy: ToolPolicy,
         calls: Arc<ClientCalls>,
     ) -> Self {
         ClientTool {
             name,
             description,
             parameters,
-            timeout,
+            policy,
             calls,
         }
+    }
+}
+
+/// Forgets a waiting call when its caller stops waiting (answered, timed out, cancelled).
+struct Waiting<'a> {
+    calls: &'a ClientCalls,
+    key: (String, String),
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.calls.pending.remove(&self.key);
     }
 }
 
@@ -188,6 +107,9 @@ impl Tool<()> for ClientTool {
     fn strict(&self) -> bool {
         false
     }
+    fn policy(&self) -> Option<&ToolPolicy> {
+        Some(&self.policy)
+    }
     fn invoke(
         &self,
         ctx: ToolContext<()>,
@@ -195,7 +117,6 @@ impl Tool<()> for ClientTool {
     ) -> BoxFuture<'static, Result<String, ToolError>> {
         let calls = self.calls.clone();
         let name = self.name.clone();
-        let timeout = self.timeout;
         async move {
             let run_id = ctx.run.run_id().to_owned();
             let Some((run_arc, topic)) = calls.runs.get(&run_id).map(|e| e.value().clone()) else {
@@ -208,6 +129,7 @@ impl Tool<()> for ClientTool {
             let key = (run_id.clone(), call_id.clone());
             let (tx, rx) = oneshot::channel();
             calls.pending.insert(key.clone(), tx);
+            let _waiting = Waiting { calls: &calls, key };
             topic.publish(
                 &run_arc,
                 FrameBody::ToolCall {
@@ -216,19 +138,8 @@ impl Tool<()> for ClientTool {
                     arguments,
                 },
             );
-            match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(output)) => Ok(output),
-                Ok(Err(_)) => Err(ToolError::Failed(
-                    "the run ended before a client answered".into(),
-                )),
-                Err(_) => {
-                    calls.pending.remove(&key);
-                    Err(ToolError::Timeout {
-                        tool: name,
-                        seconds: timeout.as_secs_f64(),
-                    })
-                }
-            }
+            rx.await
+                .map_err(|_| ToolError::Failed("the run ended before a client answered".into()))
         }
         .boxed()
     }
