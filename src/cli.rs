@@ -284,6 +284,7 @@ async fn run_once(a: RunArgs) -> i32 {
         BusLimits {
             history: 0,
             subscriber_queue: 16,
+            budget: None,
         },
     );
     let mut rc = RunConfig::default();
@@ -301,7 +302,7 @@ async fn run_once(a: RunArgs) -> i32 {
     if let Some(s) = &a.session {
         match crate::service::open_store(&cfg) {
             Ok(store) => {
-                req = req.session(store.open(crate::server::auth::OPEN_TENANT, s));
+                req = req.session(store.session(crate::server::auth::OPEN_TENANT, s));
                 _store = store;
             }
             Err(e) => {

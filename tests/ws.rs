@@ -616,7 +616,7 @@ async fn idle_sessions_are_retired_and_keep_their_numbering() {
     )
     .await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while srv.core.session_count() > 0 {
+    while srv.core.sessions.active() > 0 {
         assert!(
             Instant::now() < deadline,
             "the idle session was not retired"

@@ -52,6 +52,11 @@ tenant = "acme"
 key = "key-globex"
 tenant = "globex"
 
+[[auth.keys]]
+key = "key-ops"
+tenant = "ops"
+admin = true
+
 [models.default]
 provider = "scripted"
 "#;
