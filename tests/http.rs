@@ -35,7 +35,7 @@ fn parse_sse(body: &str) -> Vec<(Option<u64>, String, Value)> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_stores! {
 async fn runs_as_json_and_as_sse_then_resume_with_last_event_id() {
     let srv = start(TWO_TENANTS).await;
     let http = reqwest::Client::new();
@@ -172,8 +172,9 @@ async fn runs_as_json_and_as_sse_then_resume_with_last_event_id() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_stores! {
 async fn agents_health_metrics_and_error_shapes() {
     let srv = start(TWO_TENANTS).await;
     let http = reqwest::Client::new();
@@ -305,8 +306,9 @@ async fn agents_health_metrics_and_error_shapes() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "frame_too_large");
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_stores! {
 async fn http_tools_post_arguments_and_report_failures_to_the_model() {
     use axum::routing::post;
     let tool_app = axum::Router::new()
@@ -390,4 +392,5 @@ timeout_ms = 200
     // timeout), never the details.
     let sdk = "An error occurred while running the tool. Please try again.";
     assert_eq!(outputs.iter().filter(|o| **o == sdk).count(), 2, "{outputs:?}");
+}
 }

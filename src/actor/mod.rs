@@ -410,7 +410,9 @@ impl<C: Send + Sync + 'static> Stage<C> {
         let cap = self.capacity();
         let reserved = stats
             .held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < cap).then_some(n + 1));
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            });
         if let Err(n) = reserved {
             let msg = format!(
                 "agent {} already holds {n} runs ({} running, the rest waiting; the limit); try again later",
@@ -466,10 +468,7 @@ impl<C: Send + Sync + 'static> Stage<C> {
     }
 
     fn drive_here(&self, mut baton: Baton<C>, stats: Arc<AgentStats>) {
-        baton.slot = Some(AgentSlot {
-            stats,
-            actor: None,
-        });
+        baton.slot = Some(AgentSlot { stats, actor: None });
         self.0.rt.spawn(engine::drive(baton, self.clone()));
     }
 }

@@ -248,8 +248,7 @@ impl Conn {
                         .await;
                 };
                 let format = req.format.unwrap_or_default();
-                let prepared = match self.core.prepare_run(&self.tenant, &session_id, req).await
-                {
+                let prepared = match self.core.prepare_run(&self.tenant, &session_id, req).await {
                     Ok(p) => p,
                     Err(e) => return self.error(id.as_ref(), e).await,
                 };

@@ -355,7 +355,10 @@ impl<C: Send + Sync + 'static> RunRequest<'_, C> {
         };
         if let Err((refused, e)) = runner.stage.start(baton) {
             // Not a run: nothing to announce or settle.
-            refused.shared.finished.store(true, std::sync::atomic::Ordering::Release);
+            refused
+                .shared
+                .finished
+                .store(true, std::sync::atomic::Ordering::Release);
             refused.task_span.finish();
             if refused.owns_trace {
                 refused.trace.finish();

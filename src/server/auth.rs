@@ -73,7 +73,10 @@ impl FromRequestParts<AppState> for Tenant {
         if !core.auth_enabled() {
             return Ok(Tenant(Arc::from(OPEN_TENANT)));
         }
-        match request_key(parts).as_deref().and_then(|k| core.tenant_of(k)) {
+        match request_key(parts)
+            .as_deref()
+            .and_then(|k| core.tenant_of(k))
+        {
             Some(t) => Ok(Tenant(Arc::from(t))),
             None => Err(ApiError::Unauthorized),
         }

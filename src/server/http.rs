@@ -379,7 +379,9 @@ pub async fn list_runs(
         status,
         limit: q.limit.unwrap_or(100).min(1000),
     };
-    Ok(Json(json!({ "runs": st.core.list_runs(&tenant, &query).await? })))
+    Ok(Json(
+        json!({ "runs": st.core.list_runs(&tenant, &query).await? }),
+    ))
 }
 
 /// `GET /v1/runs/{run_id}`: the record of one of the tenant's runs.

@@ -172,6 +172,9 @@ pub async fn serve(
     core.drain_runs().await;
     crate::trace::flush_traces();
     core.close_connections().await;
+    if let Err(e) = core.sessions.store().close().await {
+        tracing::warn!(error = %e, "the session store did not close cleanly");
+    }
     match tokio::time::timeout(Duration::from_secs(5), &mut server).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),

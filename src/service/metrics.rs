@@ -39,7 +39,10 @@ impl Core {
         let m = &self.metrics;
         let mut s = String::with_capacity(1024);
         let mut line = |name: &str, kind: &str, help: &str, v: u64| {
-            let _ = write!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n");
+            let _ = write!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+            );
         };
         line(
             "callboard_connections",

@@ -89,10 +89,7 @@ pub struct ConnectionSlot {
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.core
-            .metrics
-            .connections
-            .fetch_sub(1, Ordering::AcqRel);
+        self.core.metrics.connections.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -266,14 +263,12 @@ impl Core {
         tenant: &str,
         session_id: &str,
     ) -> Result<Vec<crate::items::Item>, ApiError> {
-        if !self.sessions.exists(tenant, session_id).await? {
-            let items = self.session_store_items(tenant, session_id).await?;
-            if items.is_empty() {
-                return Err(not_found_session(session_id));
-            }
-            return Ok(items);
+        let items = self.session_store_items(tenant, session_id).await?;
+        if items.is_empty() && !self.sessions.stored(tenant, session_id).await? {
+            // Never used for a run (a subscriber alone does not make a conversation).
+            return Err(not_found_session(session_id));
         }
-        self.session_store_items(tenant, session_id).await
+        Ok(items)
     }
 
     async fn session_store_items(
@@ -308,10 +303,17 @@ impl Core {
 
     /// Clears a tenant's session (refused while a run holds it): its items, its numbering and
     /// its retained frames; its subscribers are told the numbering restarted.
-    pub async fn delete_session(&self, tenant: &Arc<str>, session_id: &str) -> Result<(), ApiError> {
+    pub async fn delete_session(
+        &self,
+        tenant: &Arc<str>,
+        session_id: &str,
+    ) -> Result<(), ApiError> {
         runs::check_session_id(session_id)?;
-        if !self.sessions.exists(tenant, session_id).await?
-            && self.session_store_items(tenant, session_id).await?.is_empty()
+        if !self.sessions.stored(tenant, session_id).await?
+            && self
+                .session_store_items(tenant, session_id)
+                .await?
+                .is_empty()
         {
             return Err(not_found_session(session_id));
         }

@@ -58,4 +58,3 @@ pub struct RunCreate {
     #[serde(default)]
     pub format: Option<Format>,
 }
-

@@ -11,7 +11,6 @@ use serde_json::Value;
 
 use crate::agent::Agent;
 use crate::bus::{CancelMode, Frame, Topic};
-use tokio::sync::oneshot;
 use crate::error::AgentsError;
 use crate::items::RunInput;
 use crate::run::{gen_run_id, RunCanceller, RunConfig, RunEnded, RunOutcome, RunSettle};
@@ -20,6 +19,7 @@ use crate::service::request::RunCreate;
 use crate::service::sessions::SessionOwner;
 use crate::service::Core;
 use crate::session::{RunEnd, RunQuery, RunStart};
+use tokio::sync::oneshot;
 
 /// A run in the registry. It is listed before it starts (its first frames, and so its id,
 /// may reach clients before `start` returns); the canceller comes once it has started, and a
@@ -331,7 +331,10 @@ impl Core {
         session_id: &str,
         req: RunCreate,
     ) -> Result<Started, ApiError> {
-        self.prepare_run(tenant, session_id, req).await?.launch().await
+        self.prepare_run(tenant, session_id, req)
+            .await?
+            .launch()
+            .await
     }
 
     /// Checks and sets up a run without starting it: the session is claimed, and its id,

@@ -202,7 +202,9 @@ impl SessionOwner {
         };
         if epoch.is_some_and(|e| e != st.epoch) {
             // Another numbering: everything retained of this one is new to the client.
-            let oldest = topic.subscribe(Some(0)).map_or_else(|t| t.oldest_seq, |_| 1);
+            let oldest = topic
+                .subscribe(Some(0))
+                .map_or_else(|t| t.oldest_seq, |_| 1);
             return Err(truncated(oldest, &st));
         }
         let sub = topic
@@ -302,7 +304,12 @@ pub struct Sessions {
 impl Sessions {
     /// No active session yet; sessions are kept in `store`, topics get `limits` (their
     /// history counted against `budget`), and owners idle for `idle` are passivated.
-    pub fn new(store: Arc<dyn Store>, limits: BusLimits, budget: Arc<HistoryBudget>, idle: Duration) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        limits: BusLimits,
+        budget: Arc<HistoryBudget>,
+        idle: Duration,
+    ) -> Self {
         let limits = BusLimits {
             budget: Some(budget.clone()),
             ..limits
@@ -332,7 +339,11 @@ impl Sessions {
     }
 
     /// The owner of a tenant's session, activated (its numbering loaded) if needed.
-    pub async fn owner(&self, tenant: &Arc<str>, session_id: &str) -> Result<Arc<SessionOwner>, ApiError> {
+    pub async fn owner(
+        &self,
+        tenant: &Arc<str>,
+        session_id: &str,
+    ) -> Result<Arc<SessionOwner>, ApiError> {
         let key: SessionKey = (tenant.clone(), Arc::from(session_id));
         loop {
             let owner = self
@@ -364,21 +375,21 @@ impl Sessions {
         self.owners.get(&key).map(|o| o.clone())
     }
 
-    /// Whether a session exists: active, or in the store.
-    pub async fn exists(&self, tenant: &str, session_id: &str) -> Result<bool, ApiError> {
-        if self.active_owner(tenant, session_id).is_some() {
+    /// Whether a session was ever used for a run (its numbering is in the store, or its
+    /// active owner published frames).
+    pub async fn stored(&self, tenant: &str, session_id: &str) -> Result<bool, ApiError> {
+        if self
+            .active_owner(tenant, session_id)
+            .is_some_and(|o| o.last_seq() > 0)
+        {
             return Ok(true);
         }
-        if self
+        Ok(self
             .store
             .session_meta(tenant, session_id)
             .await
             .map_err(store_failed)?
-            .is_some()
-        {
-            return Ok(true);
-        }
-        Ok(false)
+            .is_some())
     }
 
     /// The conversation of a session, as the run engine uses it: turns are saved with the
@@ -412,7 +423,9 @@ impl Sessions {
         }
         owner.mark_saved();
         self.owners
-            .remove_if(&(tenant.clone(), Arc::from(session_id)), |_, o| Arc::ptr_eq(o, &owner));
+            .remove_if(&(tenant.clone(), Arc::from(session_id)), |_, o| {
+                Arc::ptr_eq(o, &owner)
+            });
         claimed.topic.reset(&new_epoch);
         let existed = existed.map_err(store_failed)?;
         Ok(existed || claimed.topic.last_seq() > 0)

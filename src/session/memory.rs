@@ -13,8 +13,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::records::{
-    now_ms, RunEnd, RunQuery, RunRecord, RunStart, RunStatus, SessionInfo, SessionMeta,
-    TurnRecord,
+    now_ms, RunEnd, RunQuery, RunRecord, RunStart, RunStatus, SessionInfo, SessionMeta, TurnRecord,
 };
 use super::store::Store;
 use super::{Session, SessionError};
@@ -184,7 +183,12 @@ impl MemoryStore {
             .cloned()
     }
 
-    fn update_run(&self, tenant: &str, run_id: &str, f: impl FnOnce(&mut RunRecord) -> bool) -> bool {
+    fn update_run(
+        &self,
+        tenant: &str,
+        run_id: &str,
+        f: impl FnOnce(&mut RunRecord) -> bool,
+    ) -> bool {
         let mut runs = lock(&self.inner.runs);
         match runs.records.get_mut(&key(tenant, run_id)) {
             Some(r) => f(r),
@@ -463,7 +467,10 @@ mod tests {
                 .await
                 .unwrap();
             let end = RunEnd::cancelled(Some("A".into()), None);
-            assert!(store.record_run_end("t", &format!("r{i}"), end).await.unwrap());
+            assert!(store
+                .record_run_end("t", &format!("r{i}"), end)
+                .await
+                .unwrap());
         }
         assert!(store.run_count() <= 5);
         let last = store.get_run("t", "r7").await.unwrap().unwrap();

@@ -55,7 +55,9 @@ pub fn gen_span_id() -> String {
 
 fn is_id(s: &str, prefix: &str, hex: usize) -> bool {
     s.strip_prefix(prefix).is_some_and(|h| {
-        h.len() == hex && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        h.len() == hex
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 

@@ -51,7 +51,11 @@ pub(super) fn classify(path: &str, e: &rusqlite::Error) -> SessionError {
     }
 }
 
-pub(super) fn configure(conn: &Connection, opts: &StoreOptions, writer: bool) -> rusqlite::Result<()> {
+pub(super) fn configure(
+    conn: &Connection,
+    opts: &StoreOptions,
+    writer: bool,
+) -> rusqlite::Result<()> {
     conn.busy_timeout(opts.busy_timeout)?;
     if writer {
         // Reading the journal mode touches the file header: a file that is not a database

@@ -93,7 +93,10 @@ mod tests {
         let first = FileLock::acquire(&db).unwrap();
         match FileLock::acquire(&db) {
             Err(SessionError::Locked { holder, .. }) => {
-                assert!(holder.contains(&format!("pid {}", std::process::id())), "{holder}")
+                assert!(
+                    holder.contains(&format!("pid {}", std::process::id())),
+                    "{holder}"
+                )
             }
             other => panic!("expected Locked, got {other:?}"),
         }

@@ -191,14 +191,12 @@ impl SqliteStore {
         };
         let mut conn = match &location {
             Location::Memory => Connection::open_in_memory(),
-            Location::File(p) => {
-                Connection::open_with_flags(
-                    p,
-                    OpenFlags::SQLITE_OPEN_READ_WRITE
-                        | OpenFlags::SQLITE_OPEN_CREATE
-                        | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )
-            }
+            Location::File(p) => Connection::open_with_flags(
+                p,
+                OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | OpenFlags::SQLITE_OPEN_CREATE
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            ),
         }
         .map_err(|e| classify(&shown, &e))?;
         configure(&conn, &opts, true).map_err(|e| classify(&shown, &e))?;

@@ -44,7 +44,11 @@ impl ReadPool {
 
 /// Checkpoints the WAL every `interval` on its own connection until `stop` closes. A
 /// PASSIVE checkpoint never waits for or blocks the writer.
-pub(super) fn checkpoint_loop(path: PathBuf, opts: StoreOptions, stop: std::sync::mpsc::Receiver<()>) {
+pub(super) fn checkpoint_loop(
+    path: PathBuf,
+    opts: StoreOptions,
+    stop: std::sync::mpsc::Receiver<()>,
+) {
     let conn = match Connection::open_with_flags(
         &path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use rusqlite::{params, Connection};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::session::records::{now_ms, RunEnd, RunStart};
 use crate::items::Item;
+use crate::session::records::{now_ms, RunEnd, RunStart};
 use crate::session::SessionError;
 
 /// A write, applied inside the batch's transaction.
