@@ -287,6 +287,10 @@ impl SessionOwner {
     }
 }
 
+fn self_session_id(owner: &SessionOwner) -> Arc<str> {
+    owner.session_id.clone()
+}
+
 fn store_failed(e: SessionError) -> ApiError {
     tracing::error!(error = %e, "session store failed");
     ApiError::Internal
@@ -416,16 +420,16 @@ impl Sessions {
         let existed = self.store.delete_session(tenant, session_id).await;
         let new_epoch = gen_epoch();
         {
+            // A new numbering from 1, under a new epoch, on a fresh topic.
             let mut st = owner.lock();
             st.run = None;
-            // The owner is retired; the next use activates a new one numbering from 1.
-            st.passivated = true;
+            st.topic = Some(Topic::new(self_session_id(&owner), self.limits.clone()));
+            st.epoch = new_epoch.clone();
+            st.stored = false;
+            st.reserved = 0;
+            st.last_used = Instant::now();
         }
-        owner.mark_saved();
-        self.owners
-            .remove_if(&(tenant.clone(), Arc::from(session_id)), |_, o| {
-                Arc::ptr_eq(o, &owner)
-            });
+        // Subscribers of the old numbering are told (history_truncated, the new epoch).
         claimed.topic.reset(&new_epoch);
         let existed = existed.map_err(store_failed)?;
         Ok(existed || claimed.topic.last_seq() > 0)
