@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use callboard::bus::{Frame, FrameBody};
+use callboard::bus::{Delivery, Frame, FrameBody, Subscription};
 use callboard::model::scripted::{ScriptedModel, ScriptedTurn};
 use callboard::trace::{self, TraceProcessor, Tracer};
 use callboard::{
@@ -15,7 +15,6 @@ use callboard::{
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::mpsc::UnboundedReceiver;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -81,13 +80,37 @@ fn flat_orchestrator() -> Agent {
         .tool(fixed("write", "Moon pulls the sea."))
 }
 
-async fn drain(rx: &mut UnboundedReceiver<Arc<Frame>>) -> Vec<Arc<Frame>> {
+/// Starts `agent` on the runner's session topic `s` and follows that topic from the start.
+fn start_followed(
+    runner: &Runner,
+    agent: &Agent,
+) -> (callboard::RunResultStreaming<()>, Subscription) {
+    let sid = callboard::run::gen_run_id();
+    let sub = runner.bus().topic(&sid).subscribe(None).unwrap();
+    let run = runner
+        .request(agent, "go")
+        .session_id(&sid)
+        .start()
+        .unwrap();
+    (run, sub)
+}
+
+/// The next frame of a followed topic.
+async fn next(sub: &mut Subscription) -> Arc<Frame> {
+    match tokio::time::timeout(WAIT, sub.recv())
+        .await
+        .expect("frames stalled")
+    {
+        Some(Delivery::Frame(f)) => f,
+        other => panic!("the topic ended or lagged: {other:?}"),
+    }
+}
+
+/// Frames of a followed topic until the top run's end.
+async fn drain(sub: &mut Subscription) -> Vec<Arc<Frame>> {
     let mut out = Vec::new();
     loop {
-        let f = tokio::time::timeout(WAIT, rx.recv())
-            .await
-            .expect("frames stalled")
-            .expect("the frame stream ended before the run");
+        let f = next(sub).await;
         let end = f.nesting.is_none() && f.body.is_terminal();
         out.push(f);
         if end {
@@ -103,16 +126,10 @@ fn event_json(f: &Frame) -> Option<Value> {
 #[tokio::test]
 async fn depth_zero_is_the_run_without_nesting_and_all_depths_show_every_inner_frame() {
     let runner: Runner = Runner::new();
-    let mut nested = runner
-        .run_streamed(&nested_orchestrator(Duration::ZERO), "go")
-        .unwrap();
-    let mut rx = nested.frames().unwrap();
+    let (nested, mut rx) = start_followed(&runner, &nested_orchestrator(Duration::ZERO));
     let frames = drain(&mut rx).await;
     let flat_runner: Runner = Runner::new();
-    let mut flat = flat_runner
-        .run_streamed(&flat_orchestrator(), "go")
-        .unwrap();
-    let mut frx = flat.frames().unwrap();
+    let (_flat, mut frx) = start_followed(&flat_runner, &flat_orchestrator());
     let flat_frames = drain(&mut frx).await;
 
     // Depth 0: the very same events, in the same order, as without nesting.
@@ -188,10 +205,8 @@ async fn agent_tools_of_one_turn_run_concurrently() {
     let runner: Runner = Runner::new();
     // Each inner model waits 40 ms before each of its ~9 delta events; in sequence the two
     // would take twice as long as one, and their frames would not interleave.
-    let mut run = runner
-        .run_streamed(&nested_orchestrator(Duration::from_millis(40)), "go")
-        .unwrap();
-    let mut rx = run.frames().unwrap();
+    let (_run, mut rx) =
+        start_followed(&runner, &nested_orchestrator(Duration::from_millis(40)));
     let frames = drain(&mut rx).await;
     let owners: Vec<&str> = frames
         .iter()
@@ -210,15 +225,11 @@ async fn cancelling_the_outer_run_cancels_the_inner_ones() {
     let runner: Runner = Runner::new();
     let slow = Duration::from_millis(300);
     let orchestrator = nested_orchestrator(slow);
-    let mut run = runner.run_streamed(&orchestrator, "go").unwrap();
-    let mut rx = run.frames().unwrap();
+    let (run, mut rx) = start_followed(&runner, &orchestrator);
     // Wait until both inner runs streamed something.
     let mut seen = std::collections::HashSet::new();
     while seen.len() < 2 {
-        let f = tokio::time::timeout(WAIT, rx.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        let f = next(&mut rx).await;
         if let Some(n) = &f.nesting {
             seen.insert(n.agent().to_owned());
         }
@@ -240,12 +251,14 @@ async fn cancelling_the_outer_run_cancels_the_inner_ones() {
     }
     run.done().await;
     assert_eq!(run.cancelled(), Some(CancelMode::Immediate));
-    // Nothing of the inner runs comes after the cancellation ended them.
-    let after: Vec<Arc<Frame>> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+    // The run ends cancelled; nothing of the inner runs comes after its end.
+    let rest = drain(&mut rx).await;
     assert!(matches!(
-        after.last().map(|f| &f.body),
+        rest.last().map(|f| &f.body),
         Some(FrameBody::RunCancelled { .. })
     ));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(rx.try_recv().is_none(), "frames after the end");
 }
 
 #[derive(Default)]
@@ -318,8 +331,7 @@ async fn rust_tools_report_progress_as_tool_progress_frames() {
             ScriptedTurn::message("ok", 1),
         ]));
     let runner: Runner = Runner::new();
-    let mut run = runner.run_streamed(&agent, "go").unwrap();
-    let mut rx = run.frames().unwrap();
+    let (_run, mut rx) = start_followed(&runner, &agent);
     let frames = drain(&mut rx).await;
     let progress: Vec<(f64, Option<f64>, Option<String>)> = frames
         .iter()
@@ -399,8 +411,7 @@ async fn a_timeout_raising_fails_the_run_with_tool_timeout_error() {
             ScriptedTurn::message("never", 1),
         ]));
     let runner: Runner = Runner::new();
-    let mut run = runner.run_streamed(&agent, "go").unwrap();
-    let mut rx = run.frames().unwrap();
+    let (run, mut rx) = start_followed(&runner, &agent);
     let frames = drain(&mut rx).await;
     match &frames.last().unwrap().body {
         FrameBody::RunFailed {

@@ -16,7 +16,7 @@ use rmcp::Peer;
 use serde_json::{json, Value};
 
 use crate::mcp::actor::Core;
-use crate::tool::{Tool, ToolContext, ToolError, ToolPolicy, DEFAULT_TOOL_ERROR_MESSAGE};
+use crate::tool::{Tool, ToolContext, ToolError, ToolPolicy};
 use crate::trace::{self, SpanData};
 
 /// A tool listed by an MCP server.
@@ -200,11 +200,6 @@ impl<C: Send + Sync + 'static> Tool<C> for McpTool {
             }
         }
         .boxed()
-    }
-    fn error_message(&self, _ctx: &ToolContext<C>, error: &ToolError) -> String {
-        // As for the server's other configured tools: the SDK's text plus the cause, so the
-        // model can tell a restarting server from bad arguments.
-        format!("{DEFAULT_TOOL_ERROR_MESSAGE} Error: {error}")
     }
 }
 

@@ -5,12 +5,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::actor::{AgentSlot, Stage};
 use crate::agent::Agent;
-use crate::bus::{CancelMode, FrameBody, Nesting, Topic};
+use crate::bus::{CancelMode, Frame, FrameBody, Nesting, Topic};
 use crate::context::RunContext;
 use crate::error::AgentsError;
 use crate::events::StreamEvent;
@@ -19,6 +19,7 @@ use crate::hooks::RunHooks;
 use crate::items::{Item, RunItem};
 use crate::model::{ModelProvider, ResponseObject};
 use crate::run::config::RunConfig;
+use crate::run::settle::{RunEnded, RunSettle};
 use crate::session::Session;
 use crate::tool::{CallScope, Tool, ToolProgress};
 use crate::trace::{Span, Trace};
@@ -56,6 +57,12 @@ pub(crate) struct RunShared {
     pub done: watch::Sender<bool>,
     pub trace_id: Option<String>,
     pub finished: AtomicBool,
+    /// The run's own event stream (the library's `stream_events`), bounded: when its reader
+    /// falls behind by the whole buffer, the run waits for it (as the SDK's stream does when
+    /// its consumer is slow), unless cancelled.
+    pub listener: Option<mpsc::Sender<Arc<Frame>>>,
+    /// Turn-level backpressure with a reader of `stream_events` (see [`TurnSync`]).
+    pub turn_sync: TurnSync,
     /// Set for a nested run (an agent called as a tool): where it sits.
     pub nest: Option<NestSpec>,
     /// The nesting its frames carry now (the path ends at its current agent).
@@ -70,13 +77,75 @@ pub(crate) struct NestSpec {
     pub parent_call_id: Arc<str>,
 }
 
-impl RunShared {
-    pub fn publish_event(&self, event: StreamEvent, tool: Option<Arc<str>>) {
-        self.publish(FrameBody::Event { event, tool });
+/// Turn-level backpressure, as the SDK's streamed runs have it: before the next turn starts,
+/// the run waits until the reader of `stream_events` has asked for the event after the last
+/// one of this turn, i.e. has handled every event of the turn. A reader that reacts to an
+/// event (say, cancels after this turn) is always heard before the next turn begins.
+#[derive(Debug, Default)]
+pub(crate) struct TurnSync {
+    /// Events sent to the run's own stream.
+    pub sent: AtomicU64,
+    /// Events the reader has handled (it asked for the next one).
+    pub handled: AtomicU64,
+    /// Whether a `stream_events` reader is attached.
+    pub reading: AtomicBool,
+    pub changed: tokio::sync::Notify,
+}
+
+impl TurnSync {
+    /// The reader asks for its next event: every event before it is handled.
+    pub fn handled(&self, n: u64) {
+        self.handled.store(n, Ordering::Release);
+        self.changed.notify_waiters();
     }
 
-    /// Publishes a frame of this run (with its nesting, when nested).
-    pub fn publish(&self, body: FrameBody) {
+    /// The reader is gone.
+    pub fn detach(&self) {
+        self.reading.store(false, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+}
+
+impl RunShared {
+    /// Publishes an event on the run's topic and to its own event stream.
+    pub async fn publish_event(&self, event: StreamEvent, tool: Option<Arc<str>>) {
+        let frame = self.publish(FrameBody::Event { event, tool });
+        if let Some(tx) = &self.listener {
+            let sent = match tx.try_send(frame) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(f)) => tokio::select! {
+                    r = tx.send(f) => r.is_ok(),
+                    _ = self.cancel.cancelled() => false,
+                },
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            };
+            if sent {
+                self.turn_sync.sent.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Waits, before another turn, until a `stream_events` reader has handled every event so
+    /// far (turn-level backpressure); returns at once without such a reader or on cancel.
+    pub async fn drain_turn(&self) {
+        let sync = &self.turn_sync;
+        loop {
+            let changed = sync.changed.notified();
+            if !sync.reading.load(Ordering::Acquire)
+                || sync.handled.load(Ordering::Acquire) >= sync.sent.load(Ordering::Acquire)
+                || self.cancel.is_cancelled()
+            {
+                return;
+            }
+            tokio::select! {
+                _ = changed => {}
+                _ = self.cancel.cancelled() => return,
+            }
+        }
+    }
+
+    /// Publishes a frame on the run's topic only (with its nesting, when nested).
+    pub fn publish(&self, body: FrameBody) -> Arc<Frame> {
         let nesting = match &self.nest {
             None => None,
             Some(_) => self
@@ -85,15 +154,7 @@ impl RunShared {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
         };
-        self.topic.publish_nested(&self.run_id, body, nesting);
-    }
-
-    /// Publishes the run's end frame; a nested run has none (its parent's `tool_output`
-    /// ends it, as the SDK's nested stream simply ends).
-    pub fn publish_end(&self, body: FrameBody) {
-        if self.nest.is_none() {
-            self.topic.publish(&self.run_id, body);
-        }
+        self.topic.publish_nested(&self.run_id, body, nesting)
     }
 
     /// Notes that `agent` now runs the run (its nested frames' path ends there).
@@ -167,6 +228,7 @@ pub(crate) struct RunEnv<C: Send + Sync + 'static> {
     pub input_guardrails: Vec<InputGuardrail<C>>,
     pub output_guardrails: Vec<OutputGuardrail<C>>,
     pub include_sensitive: bool,
+    pub settle: Option<Arc<dyn RunSettle>>,
 }
 
 /// What a tool call may reach of its run: progress goes onto the run's topic (with its
@@ -222,6 +284,24 @@ impl<C: Send + Sync + 'static> Baton<C> {
             None => self.agent.tools(),
         }
     }
+
+    /// The end of the run, to settle and announce; `None` for a nested run, which announces
+    /// no end (its parent's `tool_output` ends it, as the SDK's nested stream simply ends).
+    pub(crate) fn ended(&self, outcome: RunOutcome, frame: FrameBody) -> Option<RunEnded> {
+        if self.shared.nest.is_some() {
+            return None;
+        }
+        Some(RunEnded::new(
+            self.shared.run_id.clone(),
+            outcome,
+            self.agent.name().to_owned(),
+            self.ctx.usage(),
+            self.turn,
+            frame,
+            self.shared.topic.clone(),
+            self.shared.listener.clone(),
+        ))
+    }
 }
 
 impl<C: Send + Sync + 'static> Drop for Baton<C> {
@@ -229,26 +309,41 @@ impl<C: Send + Sync + 'static> Drop for Baton<C> {
     /// still ends the run, so no consumer is left waiting.
     fn drop(&mut self) {
         if !self.shared.finished.swap(true, Ordering::AcqRel) {
-            let err = AgentsError::UserError(
-                "the run was stopped unexpectedly (its turn task panicked or its runtime shut down)"
-                    .into(),
-            );
+            const MESSAGE: &str = "the run was stopped unexpectedly (its turn task panicked or its runtime shut down)";
+            let err = AgentsError::UserError(MESSAGE.into());
             self.agent_span.set_error("Error in agent run", None);
             self.agent_span.finish();
             self.task_span.finish();
             if self.owns_trace {
                 self.trace.finish();
             }
+            let outcome = RunOutcome::Failed(err);
             *self
                 .shared
                 .outcome
                 .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(RunOutcome::Failed(err));
+                .unwrap_or_else(|e| e.into_inner()) = Some(outcome.clone());
             let _ = self.shared.done.send_replace(true);
-            self.shared.publish_end(FrameBody::RunFailed {
+            let ended = self.ended(
+                outcome,
+                FrameBody::RunFailed {
                     error_type: "UserError".into(),
-                    message: "the run was stopped unexpectedly (its turn task panicked or its runtime shut down)".into(),
-                });
+                    message: MESSAGE.into(),
+                },
+            );
+            match (
+                ended,
+                &self.env.settle,
+                tokio::runtime::Handle::try_current(),
+            ) {
+                (None, _, _) => {}
+                (Some(ended), Some(settle), Ok(rt)) => {
+                    let settle = settle.clone();
+                    rt.spawn(async move { settle.settle(ended).await });
+                }
+                // No settler, or no runtime to settle on: announce it now.
+                (Some(ended), _, _) => drop(ended),
+            }
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod config;
 pub(crate) mod engine;
 pub mod nested;
 pub mod result;
+pub mod settle;
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
@@ -18,8 +19,9 @@ pub use config::{RunConfig, DEFAULT_MAX_TURNS};
 pub use engine::MULTIPLE_HANDOFFS_MESSAGE;
 pub use nested::{AgentTool, MAX_NESTING_DEPTH};
 pub use result::{RunCanceller, RunResult, RunResultStreaming};
+pub use settle::{RunEnded, RunSettle};
 
-use crate::actor::{AgentSlot, Stage};
+use crate::actor::Stage;
 use crate::agent::Agent;
 use crate::bus::{Bus, BusLimits, Topic};
 use crate::context::RunContext;
@@ -129,6 +131,8 @@ impl<C: Send + Sync + 'static> Runner<C> {
             run_id: None,
             input_guardrails: Vec::new(),
             output_guardrails: Vec::new(),
+            settle: None,
+            listen: true,
         }
     }
 }
@@ -171,7 +175,13 @@ pub struct RunRequest<'r, C: Send + Sync + 'static> {
     run_id: Option<String>,
     input_guardrails: Vec<InputGuardrail<C>>,
     output_guardrails: Vec<OutputGuardrail<C>>,
+    settle: Option<Arc<dyn RunSettle>>,
+    listen: bool,
 }
+
+/// How many events a run's own event stream holds for a reader that falls behind; past that
+/// the run waits for the reader (see [`RunResultStreaming::stream_events`]).
+pub const EVENT_BUFFER: usize = 1024;
 
 impl<C: Send + Sync + 'static> RunRequest<'_, C> {
     /// Per-run settings.
@@ -229,11 +239,23 @@ impl<C: Send + Sync + 'static> RunRequest<'_, C> {
         self
     }
 
+    /// Settles the run's end (records, releases) before its end frame is published.
+    pub fn settle(mut self, settle: Arc<dyn RunSettle>) -> Self {
+        self.settle = Some(settle);
+        self
+    }
+
+    /// Whether the handle gets the run's own event stream (default true). A server that
+    /// reads runs from the session topic turns it off, so no per-run queue exists.
+    pub fn listen(mut self, listen: bool) -> Self {
+        self.listen = listen;
+        self
+    }
+
     /// Starts the run and returns its live handle.
     pub fn start(self) -> Result<RunResultStreaming<C>, AgentsError> {
         let runner = self.runner;
         runner.stage.register(&self.agent);
-        let slot = runner.stage.admit(&self.agent)?;
         let run_id: Arc<str> = self.run_id.unwrap_or_else(gen_run_id).into();
         let topic = self.topic.unwrap_or_else(|| {
             Topic::new(
@@ -241,11 +263,17 @@ impl<C: Send + Sync + 'static> RunRequest<'_, C> {
                 BusLimits {
                     history: 0,
                     subscriber_queue: 16,
+                    budget: None,
                 },
             )
         });
-        let rx = topic.listen_run(run_id.clone());
-        let ctx = RunContext::new(self.context, run_id.clone());
+        let (listener, rx) = if self.listen {
+            let (tx, rx) = tokio::sync::mpsc::channel(EVENT_BUFFER);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let ctx = RunContext::new(self.context, run_id);
         let max_turns = self.config.max_turns;
         let shared = launch(Launch {
             stage: runner.stage.clone(),
@@ -259,14 +287,15 @@ impl<C: Send + Sync + 'static> RunRequest<'_, C> {
             topic,
             input_guardrails: self.input_guardrails,
             output_guardrails: self.output_guardrails,
+            settle: self.settle,
+            listener,
             cancel: CancellationToken::new(),
             nest: None,
-            slot,
-        });
+        })?;
         Ok(RunResultStreaming {
             shared,
             ctx,
-            rx: Some(rx),
+            rx: Mutex::new(rx),
             max_turns,
         })
     }
@@ -290,14 +319,18 @@ pub(crate) struct Launch<C: Send + Sync + 'static> {
     pub topic: Arc<Topic>,
     pub input_guardrails: Vec<InputGuardrail<C>>,
     pub output_guardrails: Vec<OutputGuardrail<C>>,
+    pub settle: Option<Arc<dyn RunSettle>>,
+    pub listener: Option<tokio::sync::mpsc::Sender<Arc<crate::bus::Frame>>>,
     pub cancel: CancellationToken,
     pub nest: Option<NestSpec>,
-    pub slot: AgentSlot,
 }
 
 /// Starts a run: its trace (or the current one, for a run inside a traced one) and task
-/// span, its shared state, and its first turn in the starting agent's mailbox.
-pub(crate) fn launch<C: Send + Sync + 'static>(l: Launch<C>) -> Arc<RunShared> {
+/// span, its shared state, and its first turn at the starting agent (which may refuse it:
+/// `Overloaded`).
+pub(crate) fn launch<C: Send + Sync + 'static>(
+    l: Launch<C>,
+) -> Result<Arc<RunShared>, AgentsError> {
     let cfg = l.config;
     let tracer = cfg
         .tracer
@@ -348,6 +381,8 @@ pub(crate) fn launch<C: Send + Sync + 'static>(l: Launch<C>) -> Arc<RunShared> {
         done,
         trace_id,
         finished: AtomicBool::new(false),
+        listener: l.listener,
+        turn_sync: Default::default(),
         nest: l.nest,
         nesting: Mutex::new(None),
     });
@@ -361,6 +396,7 @@ pub(crate) fn launch<C: Send + Sync + 'static>(l: Launch<C>) -> Arc<RunShared> {
         input_guardrails: l.input_guardrails,
         output_guardrails: l.output_guardrails,
         include_sensitive,
+        settle: l.settle,
     });
     let baton = Baton {
         shared: shared.clone(),
@@ -377,9 +413,20 @@ pub(crate) fn launch<C: Send + Sync + 'static>(l: Launch<C>) -> Arc<RunShared> {
         agent_span: Span::disabled(),
         agents_used_tools: Default::default(),
         handoff_from: None,
-        slot: Some(l.slot),
+        slot: None,
         turn_tools: None,
     };
-    l.stage.dispatch(baton);
-    shared
+    if let Err((refused, e)) = l.stage.start(baton) {
+        // Not a run: nothing to announce or settle.
+        refused
+            .shared
+            .finished
+            .store(true, std::sync::atomic::Ordering::Release);
+        refused.task_span.finish();
+        if refused.owns_trace {
+            refused.trace.finish();
+        }
+        return Err(e);
+    }
+    Ok(shared)
 }

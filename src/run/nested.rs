@@ -249,9 +249,6 @@ impl<C: Send + Sync + 'static> Tool<C> for AgentTool<C> {
                 })?,
             };
             stage.register(&agent);
-            let slot = stage
-                .admit(&agent)
-                .map_err(|e| ToolError::Failed(e.to_string()))?;
             let mut config = call.env.config.clone();
             config.max_turns = max_turns;
             let shared = launch(Launch {
@@ -272,13 +269,15 @@ impl<C: Send + Sync + 'static> Tool<C> for AgentTool<C> {
                     depth,
                     parent_call_id: ctx.call_id.clone(),
                 }),
-                slot,
-            });
+                settle: None,
+                listener: None,
+            })
+            .map_err(|e| ToolError::Failed(e.to_string()))?;
             let _guard = CancelOnDrop(shared.clone());
             let handle = RunResultStreaming {
                 shared,
                 ctx: ctx.run.clone(),
-                rx: None,
+                rx: std::sync::Mutex::new(None),
                 max_turns,
             };
             let cancelled = {

@@ -2,7 +2,7 @@
 //! of a streamed run (events, usage so far, cancel).
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::Stream;
 use serde::de::DeserializeOwned;
@@ -67,41 +67,58 @@ impl RunResult {
 ///
 /// Read its events with [`stream_events`](Self::stream_events); the stream always ends,
 /// also on errors and cancellation, and [`error`](Self::error) then tells what went wrong.
+///
+/// The events wait in a bounded buffer ([`EVENT_BUFFER`](crate::run::EVENT_BUFFER)) until
+/// they are read: a reader that falls a whole buffer behind pauses the run until it catches
+/// up (cancelling still works), so memory stays bounded however fast the model streams.
+/// [`wait`](Self::wait) and [`done`](Self::done) give up the stream, so the run never waits
+/// for a reader that will not come.
 pub struct RunResultStreaming<C> {
     pub(crate) shared: Arc<RunShared>,
     pub(crate) ctx: RunContext<C>,
-    pub(crate) rx: Option<mpsc::UnboundedReceiver<Arc<Frame>>>,
+    pub(crate) rx: Mutex<Option<mpsc::Receiver<Arc<Frame>>>>,
     pub(crate) max_turns: u64,
 }
 
 impl<C: Send + Sync + 'static> RunResultStreaming<C> {
-    /// The run's events as they happen (exactly the SDK's stream: the events of agents
-    /// called as tools are not among them; see [`frames`](Self::frames)). Ends when the run
-    /// ends; call once.
+    fn take_rx(&self) -> Option<mpsc::Receiver<Arc<Frame>>> {
+        self.rx.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    /// The run's events as they happen. Ends when the run ends; call once.
+    ///
+    /// As in the SDK, the run does not start its next turn until this stream's reader has
+    /// handled every event of the current one (asked for the next event), so what the reader
+    /// does on an event (cancel after this turn, say) always takes effect in time.
     pub fn stream_events(&mut self) -> impl Stream<Item = StreamEvent> + Send + Unpin + 'static {
-        let rx = self.rx.take();
-        Box::pin(futures::stream::unfold(rx, |rx| async move {
-            let mut rx = rx?;
-            loop {
-                let frame = rx.recv().await?;
-                if frame.nesting.is_some() {
-                    continue;
+        let rx = self.take_rx();
+        let reader = rx.as_ref().map(|_| Reader::attach(self.shared.clone()));
+        Box::pin(futures::stream::unfold(
+            (rx, reader, 0u64),
+            |(rx, reader, mut n)| async move {
+                let mut rx = rx?;
+                if let Some(r) = &reader {
+                    // Asking for the next event: every one before it has been handled.
+                    r.0.turn_sync.handled(n);
                 }
-                if frame.body.is_terminal() {
-                    return None;
+                loop {
+                    let frame = rx.recv().await?;
+                    if frame.body.is_terminal() {
+                        return None;
+                    }
+                    n += 1;
+                    if let Some(ev) = frame.event() {
+                        return Some((ev.clone(), (Some(rx), reader, n)));
+                    }
                 }
-                if let Some(ev) = frame.event() {
-                    return Some((ev.clone(), Some(rx)));
-                }
-            }
-        }))
+            },
+        ))
     }
 
     /// The run's frames as published on its session topic (with `seq`), for relays; the
-    /// frames of nested runs (agents called as tools) among them, with their
-    /// [`nesting`](crate::bus::Frame::nesting).
-    pub fn frames(&mut self) -> Option<mpsc::UnboundedReceiver<Arc<Frame>>> {
-        self.rx.take()
+    /// last one is the run's end frame. Bounded like [`stream_events`](Self::stream_events).
+    pub fn frames(&mut self) -> Option<mpsc::Receiver<Arc<Frame>>> {
+        self.take_rx()
     }
 
     /// Cancels the run: now, or after the current turn.
@@ -225,15 +242,17 @@ impl<C: Send + Sync + 'static> RunResultStreaming<C> {
             .clone()
     }
 
-    /// Waits for the end of the run without consuming the handle.
+    /// Waits for the end of the run without consuming the handle (giving up the event
+    /// stream if it was not taken).
     pub async fn done(&self) {
+        drop(self.take_rx());
         self.shared.wait_done().await;
     }
 
     /// Waits for the end of the run and returns its result, or its error. A cancelled run
     /// returns the items it finished with an empty final output.
-    pub async fn wait(mut self) -> Result<RunResult, AgentsError> {
-        drop(self.rx.take());
+    pub async fn wait(self) -> Result<RunResult, AgentsError> {
+        drop(self.take_rx());
         self.shared.wait_done().await;
         let (final_output, last_agent) = match self.outcome() {
             Some(RunOutcome::Completed {
@@ -265,6 +284,25 @@ impl<C: Send + Sync + 'static> RunResultStreaming<C> {
                 .clone(),
             trace_id: self.shared.trace_id.clone(),
         })
+    }
+}
+
+/// A `stream_events` reader, attached to its run's turn-level backpressure while it lives.
+struct Reader(Arc<RunShared>);
+
+impl Reader {
+    fn attach(shared: Arc<RunShared>) -> Reader {
+        shared
+            .turn_sync
+            .reading
+            .store(true, std::sync::atomic::Ordering::Release);
+        Reader(shared)
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.0.turn_sync.detach();
     }
 }
 

@@ -19,17 +19,12 @@ use futures::{FutureExt, StreamExt};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::tool::{Tool, ToolContext, ToolError, ToolPolicy, DEFAULT_TOOL_ERROR_MESSAGE};
+use crate::tool::{Tool, ToolContext, ToolError, ToolPolicy};
 
 /// Longest NDJSON line accepted.
 pub const MAX_LINE: usize = 1024 * 1024;
 /// Largest answer accepted (plain or NDJSON).
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
-
-/// The message the model reads when a configured tool fails: the SDK's text plus the cause.
-pub(crate) fn error_text(error: &ToolError) -> String {
-    format!("{DEFAULT_TOOL_ERROR_MESSAGE} Error: {error}")
-}
 
 /// A tool that POSTs its arguments as JSON to a URL and returns the response body.
 pub struct HttpTool {
@@ -216,9 +211,6 @@ impl Tool<()> for HttpTool {
             }
         }
         .boxed()
-    }
-    fn error_message(&self, _ctx: &ToolContext<()>, error: &ToolError) -> String {
-        error_text(error)
     }
 }
 

@@ -11,7 +11,6 @@ use futures::FutureExt;
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use super::http_tool::error_text;
 pub use super::http_tool::HttpTool;
 use crate::bus::{FrameBody, Topic};
 use crate::tool::{Tool, ToolContext, ToolError, ToolPolicy};
@@ -142,8 +141,5 @@ impl Tool<()> for ClientTool {
                 .map_err(|_| ToolError::Failed("the run ended before a client answered".into()))
         }
         .boxed()
-    }
-    fn error_message(&self, _ctx: &ToolContext<()>, error: &ToolError) -> String {
-        error_text(error)
     }
 }

@@ -87,7 +87,7 @@ pub(super) async fn gather<C: Send + Sync + 'static>(
                 agent: agent.clone(),
                 raw_item: list_tools_item(source.name(), &tools, error.as_deref()),
             };
-            publish_item(b, &item, None);
+            publish_item(b, &item, None).await;
         }
         let mut dup: Vec<&str> = tool_names
             .iter()
