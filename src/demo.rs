@@ -1,6 +1,8 @@
-//! The demo cast: a triage agent handing off to two specialists, one with a weather tool.
-//! The example program and the server's embedded defaults use it; on the scripted provider
-//! it behaves deterministically (the scripted model is labelled as what it is).
+//! The demo cast: a triage agent handing off to two specialists, one with a weather tool, or,
+//! for a question about both, to an orchestrator that calls both specialists at once as agent
+//! tools (their runs stream nested, with `path` and `depth`). The example program and the
+//! server's embedded defaults use it; on the scripted provider it behaves deterministically
+//! (the scripted model is labelled as what it is).
 
 use std::sync::Arc;
 
@@ -68,11 +70,23 @@ pub fn demo_model() -> ScriptedModel {
         let text = last_user_text(&req.input);
         let lower = text.to_lowercase();
         let has = |name: &str| req.tools.iter().any(|t| t.name == name);
+        let weathery = ["weather", "rain", "sun", "forecast"]
+            .iter()
+            .any(|w| lower.contains(w));
+        let billy = ["bill", "invoice", "payment", "refund"]
+            .iter()
+            .any(|w| lower.contains(w));
         if has("transfer_to_weather") && turn == 0 {
-            if lower.contains("weather") || lower.contains("rain") || lower.contains("sun") {
+            if weathery && billy && has("transfer_to_orchestrator") {
+                return ScriptedTurn::handoff("Orchestrator");
+            }
+            if weathery {
                 return ScriptedTurn::handoff("Weather");
             }
             return ScriptedTurn::handoff("Billing");
+        }
+        if has(ASK_WEATHER) {
+            return orchestrate(req, &text);
         }
         if has("get_weather") && turn <= 1 {
             let args = serde_json::json!({ "city": guess_city(&text) });
@@ -100,8 +114,39 @@ pub fn demo_model() -> ScriptedModel {
     .with_name("scripted-demo")
 }
 
-/// The demo cast on `model`: `Triage` hands off to `Weather` (which has `get_weather`) or
-/// `Billing`. Returns the starting agent.
+/// The orchestrator's agent tools.
+const ASK_WEATHER: &str = "ask_weather";
+const ASK_BILLING: &str = "ask_billing";
+
+/// The orchestrator's turns: both specialists at once, then an answer made of theirs.
+fn orchestrate(req: &ModelRequest, text: &str) -> ScriptedTurn {
+    let output_of = |tool: &str| {
+        let call_id = req.input.iter().rev().find_map(|i| match i {
+            Item::FunctionCall(c) if c.name == tool => Some(c.call_id.clone()),
+            _ => None,
+        })?;
+        req.input.iter().find_map(|i| match i {
+            Item::FunctionCallOutput(o) if o.call_id == call_id => Some(o.output.clone()),
+            _ => None,
+        })
+    };
+    match (output_of(ASK_WEATHER), output_of(ASK_BILLING)) {
+        (Some(w), Some(b)) => ScriptedTurn::message(
+            format!("I asked both specialists at once. Weather: {w} Billing: {b}"),
+            20,
+        ),
+        _ => {
+            let input = serde_json::json!({ "input": text });
+            ScriptedTurn::new()
+                .with_call(ASK_WEATHER, input.clone())
+                .with_call(ASK_BILLING, input)
+        }
+    }
+}
+
+/// The demo cast on `model`: `Triage` hands off to `Weather` (which has `get_weather`),
+/// `Billing`, or, for a question about both, `Orchestrator`, which calls `Weather` and
+/// `Billing` at once as agent tools. Returns the starting agent.
 pub fn cast(model: Arc<dyn Model>) -> Agent {
     let weather_tool = FunctionTool::new(
         "get_weather",
@@ -119,10 +164,39 @@ pub fn cast(model: Arc<dyn Model>) -> Agent {
         .instructions("Answer billing questions.")
         .handoff_description("Billing questions: invoices, payments, refunds.")
         .model_instance(model.clone());
+    let orchestrator = Agent::new("Orchestrator")
+        .instructions("Ask the specialists what the user needs, all at once, and sum up.")
+        .handoff_description("Questions for more than one specialist.")
+        .model_instance(model.clone())
+        .tool(weather.as_tool(ASK_WEATHER, "Asks the weather specialist."))
+        .tool(billing.as_tool(ASK_BILLING, "Asks the billing specialist."));
     Agent::new("Triage")
         .instructions("Route the user to the right specialist.")
         .handoff_description("Routes the user to the right specialist.")
         .model_instance(model)
         .handoff(&weather)
         .handoff(&billing)
+        .handoff(&orchestrator)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Runner;
+
+    #[tokio::test]
+    async fn a_question_for_both_specialists_fans_out() {
+        let runner: Runner = Runner::new();
+        let triage = cast(Arc::new(demo_model()));
+        let r = runner
+            .run(&triage, "What is the weather in Oslo, and is my bill paid?")
+            .await
+            .unwrap();
+        assert_eq!(r.last_agent, "Orchestrator");
+        let text = r.final_output_text().unwrap();
+        assert!(
+            text.contains("in Oslo") && text.contains("Billing"),
+            "{text}"
+        );
+    }
 }

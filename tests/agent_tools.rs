@@ -205,8 +205,7 @@ async fn agent_tools_of_one_turn_run_concurrently() {
     let runner: Runner = Runner::new();
     // Each inner model waits 40 ms before each of its ~9 delta events; in sequence the two
     // would take twice as long as one, and their frames would not interleave.
-    let (_run, mut rx) =
-        start_followed(&runner, &nested_orchestrator(Duration::from_millis(40)));
+    let (_run, mut rx) = start_followed(&runner, &nested_orchestrator(Duration::from_millis(40)));
     let frames = drain(&mut rx).await;
     let owners: Vec<&str> = frames
         .iter()
@@ -499,4 +498,99 @@ async fn a_concurrency_limit_holds_across_calls_and_runs() {
         1,
         "more than one call ran at once"
     );
+}
+
+mod common;
+
+/// The demo cast's orchestrator over the server: a run read at depth "all" carries every
+/// nested frame with its path; a subscriber at depth 0 reads exactly the top run's frames;
+/// the chat format says a nested token's agent and depth; SSE takes `?depth=`.
+#[tokio::test]
+async fn subscribers_pick_their_depth_over_websocket_and_sse() {
+    let srv = common::start(common::TWO_TENANTS).await;
+    let question = "What is the weather in Oslo, and is my bill paid?";
+    let mut all = common::connect(&srv, Some("key-acme")).await;
+    let mut req = common::run_create("r1", "fan", "Triage", question);
+    req["depth"] = json!("all");
+    common::send(&mut all, req).await;
+    let accepted = common::recv(&mut all).await;
+    assert_eq!(accepted["type"], "run.accepted");
+    let frames = common::recv_run(&mut all).await;
+    assert_eq!(
+        frames.last().unwrap()["type"],
+        "run.completed",
+        "{frames:?}"
+    );
+    assert_eq!(frames.last().unwrap()["last_agent"], "Orchestrator");
+    let nested: Vec<&Value> = frames.iter().filter(|f| f.get("depth").is_some()).collect();
+    assert!(nested.len() > 20, "{} nested frames", nested.len());
+    for f in &nested {
+        assert_eq!(f["depth"], 1);
+        let path: Vec<&str> = f["path"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(path[0], "Orchestrator");
+        assert!(path[1] == "Weather" || path[1] == "Billing", "{path:?}");
+        assert!(f["parent_call_id"].as_str().unwrap().starts_with("call_"));
+    }
+    // The nested Weather agent's own tool call is among its frames.
+    assert!(nested
+        .iter()
+        .any(|f| f["event"]["name"] == "tool_called" && f["path"][1] == "Weather"));
+
+    // Depth 0 (the default): exactly the top frames, the same bytes.
+    let mut top = common::connect(&srv, Some("key-acme")).await;
+    common::send(
+        &mut top,
+        json!({"type": "session.subscribe", "session_id": "fan", "after_seq": 0}),
+    )
+    .await;
+    let subscribed = common::recv(&mut top).await;
+    assert_eq!(subscribed["type"], "session.subscribed", "{subscribed}");
+    let top_frames = common::recv_run(&mut top).await;
+    let expected: Vec<&Value> = frames.iter().filter(|f| f.get("depth").is_none()).collect();
+    assert_eq!(top_frames.iter().collect::<Vec<_>>(), expected);
+
+    // Chat format at depth 1: nested tokens say their agent and depth.
+    let mut chat = common::connect(&srv, Some("key-acme")).await;
+    common::send(
+        &mut chat,
+        json!({"type": "session.subscribe", "session_id": "fan", "after_seq": 0, "format": "chat", "depth": 1}),
+    )
+    .await;
+    common::recv(&mut chat).await;
+    let chat_frames = common::recv_run(&mut chat).await;
+    let nested_tokens: Vec<&Value> = chat_frames
+        .iter()
+        .filter(|f| f["type"] == "token" && f.get("depth").is_some())
+        .collect();
+    assert!(!nested_tokens.is_empty());
+    assert!(nested_tokens
+        .iter()
+        .all(|t| t["depth"] == 1 && (t["agent"] == "Weather" || t["agent"] == "Billing")));
+    assert!(chat_frames
+        .iter()
+        .any(|f| f["type"] == "token" && f.get("depth").is_none()));
+
+    // SSE of a run with ?depth=all.
+    let resp = reqwest::Client::new()
+        .post(srv.http("/v1/sessions/fan2/runs?depth=all"))
+        .header("authorization", "Bearer key-acme")
+        .header("accept", "text/event-stream")
+        .json(&json!({"agent": "Triage", "input": question}))
+        .send()
+        .await
+        .unwrap();
+    let body = tokio::time::timeout(WAIT, resp.text())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        body.contains("\"depth\":1"),
+        "no nested frame in the SSE stream"
+    );
+    assert!(body.contains("event: run.completed"));
 }
