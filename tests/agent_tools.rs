@@ -12,6 +12,7 @@ use callboard::{
     Agent, AgentsError, CancelMode, FunctionTool, RunConfig, Runner, StreamEvent, ToolContext,
     ToolTimeoutBehavior,
 };
+use futures::StreamExt;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -593,4 +594,117 @@ async fn subscribers_pick_their_depth_over_websocket_and_sse() {
         "no nested frame in the SSE stream"
     );
     assert!(body.contains("event: run.completed"));
+}
+
+/// An HTTP tool answering NDJSON: its progress lines reach subscribers as `tool.progress`
+/// before the output; a configured `raise_exception` timeout fails the run.
+#[tokio::test]
+async fn http_tools_stream_ndjson_progress_and_configured_timeouts_raise() {
+    use axum::routing::post;
+    let tool_app = axum::Router::new()
+        .route(
+            "/crunch",
+            post(|| async {
+                let lines = futures::stream::iter([
+                    "{\"progress\": 1, \"total\": 2, \"message\": \"half way\"}\n",
+                    "{\"progress\": 2, \"total\": 2}\n",
+                    "{\"output\": \"crunched\"}\n",
+                ])
+                .then(|l| async move {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Ok::<_, std::convert::Infallible>(bytes::Bytes::from(l))
+                });
+                (
+                    [("content-type", "application/x-ndjson")],
+                    axum::body::Body::from_stream(lines),
+                )
+            }),
+        )
+        .route(
+            "/slow",
+            post(|| async {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                "too late"
+            }),
+        );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tool_addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, tool_app).await });
+    let cfg = format!(
+        r#"
+[models.default]
+provider = "scripted"
+[[models.default.script]]
+outputs = [{{ kind = "call", name = "crunch", arguments = '{{}}' }}]
+[[models.default.script]]
+outputs = [{{ kind = "message", text = "done", deltas = 1 }}]
+
+[models.impatient]
+provider = "scripted"
+[[models.impatient.script]]
+outputs = [{{ kind = "call", name = "slow", arguments = '{{}}' }}]
+
+[[agents]]
+name = "Cruncher"
+tools = ["crunch"]
+
+[[agents]]
+name = "Impatient"
+model = "impatient"
+tools = ["slow"]
+
+[[tools]]
+name = "crunch"
+kind = "http"
+url = "http://{tool_addr}/crunch"
+
+[[tools]]
+name = "slow"
+kind = "http"
+url = "http://{tool_addr}/slow"
+timeout_ms = 300
+timeout_behavior = "raise_exception"
+max_concurrency = 1
+"#
+    );
+    let srv = common::start(&cfg).await;
+    let mut ws = common::connect(&srv, None).await;
+    common::send(&mut ws, common::run_create("r1", "nd", "Cruncher", "go")).await;
+    common::recv(&mut ws).await;
+    let frames = common::recv_run(&mut ws).await;
+    assert_eq!(
+        frames.last().unwrap()["type"],
+        "run.completed",
+        "{frames:?}"
+    );
+    let progress: Vec<&Value> = frames
+        .iter()
+        .filter(|f| f["type"] == "tool.progress")
+        .collect();
+    assert_eq!(progress.len(), 2, "{frames:?}");
+    assert_eq!(progress[0]["message"], "half way");
+    assert_eq!(progress[0]["tool"], "crunch");
+    assert_eq!(progress[1]["progress"], json!(2.0));
+    assert!(progress[1].get("message").is_none());
+    let out_at = frames
+        .iter()
+        .position(|f| f["event"]["name"] == "tool_output")
+        .unwrap();
+    assert_eq!(frames[out_at]["event"]["item"]["output"], "crunched");
+    let first_progress = frames
+        .iter()
+        .position(|f| f["type"] == "tool.progress")
+        .unwrap();
+    assert!(first_progress < out_at);
+
+    common::send(&mut ws, common::run_create("r2", "slow", "Impatient", "go")).await;
+    common::recv(&mut ws).await;
+    let frames = common::recv_run(&mut ws).await;
+    let end = frames.last().unwrap();
+    assert_eq!(end["type"], "run.failed", "{frames:?}");
+    assert_eq!(end["error"]["type"], "ToolTimeoutError");
+    assert_eq!(
+        end["error"]["message"],
+        "Tool 'slow' timed out after 0.3 seconds."
+    );
 }
