@@ -362,3 +362,34 @@ allow = ["echo", "get-sum", "trigger-long-running-operation"]
     assert_eq!(chat_progress.len(), 4, "{chat_frames:?}");
     assert_eq!(chat_progress[3]["progress"], json!(4.0));
 }
+
+#[tokio::test]
+async fn tools_are_listed_again_on_list_changed() {
+    if mcp_support::time_server().is_none() {
+        return;
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/mcp-servers/changing_tools.py"
+    );
+    let server =
+        McpServer::start(McpServerConfig::stdio("changing", "python3", &[script])).unwrap();
+    server.wait_ready(READY).await.unwrap();
+    assert_eq!(server.status().tools, vec!["unlock"]);
+    let unlock = tool_named(&server, "unlock").await;
+    let out = unlock.invoke(ctx("unlock"), "{}".into()).await.unwrap();
+    assert_eq!(out, "unlocked");
+    assert!(
+        server
+            .wait_for(READY, |s| s.tools.iter().any(|t| t == "secret"))
+            .await,
+        "the new tool was not listed: {:?}",
+        server.status()
+    );
+    let secret = tool_named(&server, "secret").await;
+    assert_eq!(
+        secret.invoke(ctx("secret"), "{}".into()).await.unwrap(),
+        "42"
+    );
+    server.shutdown();
+}
