@@ -94,19 +94,12 @@ impl Cdp {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_chat_page_streams_an_answer_in_headless_chromium() {
-    let Some(chromium) = find_chromium() else {
-        let msg = "chromium is not installed: `apt-get update && apt-get install -y chromium` to run this test";
-        if std::env::var("CALLBOARD_REQUIRE_CHROMIUM").as_deref() == Ok("1") {
-            panic!("{msg} (CALLBOARD_REQUIRE_CHROMIUM=1)");
-        }
-        eprintln!("SKIPPED: {msg}");
-        return;
-    };
-    let srv = start(TWO_TENANTS).await;
-    let profile = std::env::temp_dir().join(format!("callboard-chromium-{}", std::process::id()));
-    let mut child = Command::new(&chromium)
+/// Starts headless Chromium with its own profile (named by `tag`) and opens the DevTools
+/// protocol on its page.
+async fn open_browser(chromium: &str, tag: &str) -> (Browser, Cdp) {
+    let profile =
+        std::env::temp_dir().join(format!("callboard-chromium-{}-{tag}", std::process::id()));
+    let mut child = Command::new(chromium)
         .args([
             "--headless",
             "--no-sandbox",
@@ -126,7 +119,7 @@ async fn the_chat_page_streams_an_answer_in_headless_chromium() {
         .spawn()
         .expect("start chromium");
     let stderr = child.stderr.take().unwrap();
-    let _browser = Browser(child, profile);
+    let browser = Browser(child, profile);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -161,6 +154,29 @@ async fn the_chat_page_streams_an_answer_in_headless_chromium() {
         .unwrap();
     let mut cdp = Cdp { ws, next_id: 0 };
     cdp.call("Runtime.enable", json!({})).await;
+    (browser, cdp)
+}
+
+/// Chromium, or `None` (after saying why, or failing under `CALLBOARD_REQUIRE_CHROMIUM=1`).
+fn chromium_or_skip() -> Option<String> {
+    let found = find_chromium();
+    if found.is_none() {
+        let msg = "chromium is not installed: `apt-get update && apt-get install -y chromium` to run this test";
+        if std::env::var("CALLBOARD_REQUIRE_CHROMIUM").as_deref() == Ok("1") {
+            panic!("{msg} (CALLBOARD_REQUIRE_CHROMIUM=1)");
+        }
+        eprintln!("SKIPPED: {msg}");
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chat_page_streams_an_answer_in_headless_chromium() {
+    let Some(chromium) = chromium_or_skip() else {
+        return;
+    };
+    let srv = start(TWO_TENANTS).await;
+    let (_browser, mut cdp) = open_browser(&chromium, "answer").await;
     let url = format!(
         "http://{}/?access_token=key-acme&session=browser-1",
         srv.addr
@@ -198,4 +214,102 @@ async fn the_chat_page_streams_an_answer_in_headless_chromium() {
         tokens.contains("callboard_runs_finished_total 1"),
         "{tokens}"
     );
+}
+
+/// Tool progress as a progress bar, and an agent called as a tool in its own nested bubble.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chat_page_shows_progress_bars_and_nested_runs() {
+    let Some(chromium) = chromium_or_skip() else {
+        return;
+    };
+    use axum::routing::post;
+    use futures::StreamExt;
+    let tool_app = axum::Router::new().route(
+        "/crunch",
+        post(|| async {
+            let lines = futures::stream::iter([
+                "{\"progress\": 1, \"total\": 4, \"message\": \"warming up\"}\n",
+                "{\"progress\": 3, \"total\": 4, \"message\": \"nearly there\"}\n",
+                "{\"output\": \"crunched\"}\n",
+            ])
+            .then(|l| async move {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                Ok::<_, std::convert::Infallible>(bytes::Bytes::from(l))
+            });
+            (
+                [("content-type", "application/x-ndjson")],
+                axum::body::Body::from_stream(lines),
+            )
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tool_addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, tool_app).await });
+    let cfg = format!(
+        r#"
+[models.default]
+provider = "scripted"
+[[models.default.script]]
+outputs = [
+  {{ kind = "call", name = "crunch", arguments = '{{}}' }},
+  {{ kind = "call", name = "ask_helper", arguments = '{{"input": "help"}}' }},
+]
+[[models.default.script]]
+outputs = [{{ kind = "message", text = "All done.", deltas = 3 }}]
+
+[models.helper]
+provider = "scripted"
+[[models.helper.script]]
+outputs = [{{ kind = "message", text = "Helper here, helping.", deltas = 4 }}]
+
+[[agents]]
+name = "Boss"
+tools = ["crunch", "ask_helper"]
+
+[[agents]]
+name = "Helper"
+model = "helper"
+
+[[tools]]
+name = "crunch"
+kind = "http"
+url = "http://{tool_addr}/crunch"
+
+[[tools]]
+name = "ask_helper"
+kind = "agent"
+agent = "Helper"
+"#
+    );
+    let srv = start(&cfg).await;
+    let (_browser, mut cdp) = open_browser(&chromium, "progress").await;
+    let url = format!("http://{}/?session=browser-2&agent=Boss", srv.addr);
+    cdp.call("Page.navigate", json!({"url": url})).await;
+    cdp.wait_for(
+        "document.getElementById('status') && document.getElementById('status').textContent === 'connected' && document.getElementById('agent').options.length > 0",
+        "the page to connect",
+    )
+    .await;
+    cdp.eval(
+        "document.getElementById('agent').value = 'Boss'; document.getElementById('input').value = 'go'; document.getElementById('send').click(); true",
+    )
+    .await;
+    cdp.wait_for("document.body.dataset.state === 'done'", "the run's end")
+        .await;
+    let bar = cdp
+        .eval("(() => { const p = document.querySelector('.progress progress'); return p ? p.value + '/' + p.max : ''; })()")
+        .await;
+    assert_eq!(bar, "3/4");
+    let note = cdp
+        .eval("document.querySelector('.progress .note').textContent")
+        .await;
+    assert_eq!(note, "3 / 4 — nearly there");
+    let nested = cdp
+        .eval("(() => { const n = document.querySelector('.nested'); return n ? n.innerText : ''; })()")
+        .await;
+    let nested = nested.as_str().unwrap();
+    assert!(nested.contains("Helper (called as a tool)"), "{nested}");
+    assert!(nested.contains("Helper here, helping."), "{nested}");
+    let text = cdp.eval("document.getElementById('log').innerText").await;
+    assert!(text.as_str().unwrap().contains("All done."), "{text}");
 }
