@@ -46,6 +46,15 @@ fn last_user_text(input: &[Item]) -> String {
         .unwrap_or_default()
 }
 
+/// Whether `tool` was called after the last user message.
+fn called_since_user(input: &[Item], tool: &str) -> bool {
+    input
+        .iter()
+        .rev()
+        .take_while(|i| !matches!(i, Item::Message(m) if m.role == Role::User))
+        .any(|i| matches!(i, Item::FunctionCall(c) if c.name == tool))
+}
+
 fn guess_city(text: &str) -> String {
     let words: Vec<&str> = text
         .split(|c: char| !c.is_alphanumeric())
@@ -88,7 +97,7 @@ pub fn demo_model() -> ScriptedModel {
         if has(ASK_WEATHER) {
             return orchestrate(req, &text);
         }
-        if has("get_weather") && turn <= 1 {
+        if has("get_weather") && turn <= 1 && !called_since_user(&req.input, "get_weather") {
             let args = serde_json::json!({ "city": guess_city(&text) });
             return ScriptedTurn::call("get_weather", args);
         }
