@@ -129,7 +129,10 @@ async fn one_run(runner: &Runner, agent: &Agent) {
         .config(RunConfig::default().tracing_disabled(true))
         .run()
         .await;
-    assert_eq!(r.map(|r| r.final_output_text() == Some("ok")).ok(), Some(true));
+    assert_eq!(
+        r.map(|r| r.final_output_text() == Some("ok")).ok(),
+        Some(true)
+    );
 }
 
 fn main() {
@@ -163,7 +166,9 @@ fn main() {
                 s
             });
             let agent = mcp_caller(&stdio);
-            g.bench_function("mcp_stdio", |b| b.to_async(&rt).iter(|| one_run(&runner, &agent)));
+            g.bench_function("mcp_stdio", |b| {
+                b.to_async(&rt).iter(|| one_run(&runner, &agent))
+            });
             stdio.shutdown();
             let http = mcp_support::HttpEverything::start(&std::path::PathBuf::from(&bin));
             let server = rt.block_on(async {
@@ -173,7 +178,9 @@ fn main() {
                 s
             });
             let agent = mcp_caller(&server);
-            g.bench_function("mcp_http", |b| b.to_async(&rt).iter(|| one_run(&runner, &agent)));
+            g.bench_function("mcp_http", |b| {
+                b.to_async(&rt).iter(|| one_run(&runner, &agent))
+            });
             server.shutdown();
             drop(http);
         }
