@@ -34,6 +34,9 @@ use crate::session::{Session, SessionError, SessionMeta, Store, TurnRecord};
 /// published up to the reservation; the next one numbers after it (a gap, never a reuse).
 pub const SEQ_RESERVATION: u64 = 1 << 20;
 
+/// How long an owner retaining no frames stays active after its last use.
+pub const EMPTY_IDLE: Duration = Duration::from_secs(5);
+
 /// A session's key: tenant and session id.
 pub type SessionKey = (Arc<str>, Arc<str>);
 
@@ -279,11 +282,20 @@ impl SessionOwner {
         ended.publish()
     }
 
-    /// Whether the owner can be passivated now: no run, no subscriber, unused for `idle`.
+    /// Whether the owner can be passivated now: no run, no subscriber, and unused for
+    /// `idle` (or for [`EMPTY_IDLE`] when it retains no frames, e.g. after the history budget
+    /// took them: then it only holds what the store already has).
     fn idle(st: &OwnerState, idle: Duration, now: Instant) -> bool {
-        st.run.is_none()
-            && st.topic.as_ref().is_none_or(|t| t.subscriber_count() == 0)
-            && now.duration_since(st.last_used) >= idle
+        if st.run.is_some() {
+            return false;
+        }
+        let retained = match &st.topic {
+            Some(t) if t.subscriber_count() > 0 => return false,
+            Some(t) => t.retained_bytes() > 0,
+            None => false,
+        };
+        let quiet = now.duration_since(st.last_used);
+        quiet >= idle || (!retained && quiet >= idle.min(EMPTY_IDLE))
     }
 }
 
