@@ -14,7 +14,6 @@
 //! skipped with a note.
 
 #[path = "../tests/mcp_support/mod.rs"]
-#[allow(dead_code)]
 mod mcp_support;
 
 use std::sync::Arc;

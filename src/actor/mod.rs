@@ -410,6 +410,8 @@ impl<C: Send + Sync + 'static> Stage<C> {
 
     /// Sends a new run to its agent's mailbox, or refuses it with `Overloaded` when the agent
     /// has no place and no room in its queue. The baton comes back with the refusal.
+    // The refused baton goes back whole (it is moved, not copied, so its size costs nothing).
+    #[allow(clippy::result_large_err)]
     pub(crate) fn start(&self, baton: Baton<C>) -> Result<(), (Baton<C>, AgentsError)> {
         let (addr, stats) = self.ensure(&baton.agent);
         let cap = self.capacity();
