@@ -193,7 +193,7 @@ async fn agents_health_metrics_and_error_shapes() {
         .iter()
         .find(|a| a["name"] == "Triage")
         .unwrap();
-    assert_eq!(triage["handoffs"], json!(["Weather", "Billing"]));
+    assert_eq!(triage["handoffs"], json!(["Weather", "Billing", "Orchestrator"]));
     assert_eq!(
         reqwest::get(srv.http("/healthz")).await.unwrap().status(),
         200
