@@ -4,26 +4,25 @@
 //! it publishes its state in a `watch` that calls read, and the connection's I/O runs as a
 //! task on the tokio runtime, not in the actor.
 //!
+//! The connection itself (process or HTTP session, handshake, listing, following it) is
+//! `crate::mcp::connection`.
+//!
 //! While a server is restarting its tools stay on offer (from the last listing) and their
 //! calls answer tool errors, so a run goes on and its model can try again later.
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Message};
-use rmcp::service::{RoleClient, RunningService};
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
-use rmcp::{Peer, ServiceExt};
-use tokio::io::AsyncBufReadExt;
+use rmcp::service::RoleClient;
+use rmcp::Peer;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::mcp::client::{ConnectionEvents, Handler as McpHandler};
-use crate::mcp::config::{McpServerConfig, McpTransport};
+use crate::mcp::client::ConnectionEvents;
+use crate::mcp::config::McpServerConfig;
 use crate::mcp::tool::McpTool;
 use crate::tool::ToolPolicy;
 
@@ -33,10 +32,6 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(200);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A connection that lived this long resets the backoff.
 pub const STABLE_AFTER: Duration = Duration::from_secs(30);
-/// How long a closing connection may take to end before it is dropped (which kills a child).
-const CLOSE_GRACE: Duration = Duration::from_secs(5);
-/// Longest stderr line of a child kept for the log.
-const STDERR_LINE_MAX: usize = 4096;
 
 /// Where a server is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -179,34 +174,34 @@ impl Core {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Connected {
-    generation: u64,
-    conn: Arc<Connection>,
-    tools: Vec<rmcp::model::Tool>,
-    pid: Option<u32>,
+    pub(crate) generation: u64,
+    pub(crate) conn: Arc<Connection>,
+    pub(crate) tools: Vec<rmcp::model::Tool>,
+    pub(crate) pid: Option<u32>,
 }
 
 /// Connecting failed.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct ConnectFailed {
-    generation: u64,
-    error: String,
+    pub(crate) generation: u64,
+    pub(crate) error: String,
 }
 
 /// A live connection ended (the child exited, the session closed).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct Disconnected {
-    generation: u64,
-    reason: String,
+    pub(crate) generation: u64,
+    pub(crate) reason: String,
 }
 
 /// The server's tools were listed again after `notifications/tools/list_changed`.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct ToolsListed {
-    generation: u64,
-    tools: Vec<rmcp::model::Tool>,
+    pub(crate) generation: u64,
+    pub(crate) tools: Vec<rmcp::model::Tool>,
 }
 
 /// Stop: close the connection (a child is asked to exit, then killed) and end the actor.
@@ -252,7 +247,7 @@ impl McpActor {
             last_error: s.last_error.clone(),
             pid: None,
         });
-        self.rt.spawn(run_connection(
+        self.rt.spawn(crate::mcp::connection::run_connection(
             self.core.clone(),
             self.generation,
             stop,
@@ -388,154 +383,5 @@ impl Handler<Shutdown> for McpActor {
             pid: None,
         });
         ctx.stop();
-    }
-}
-
-type Service = RunningService<RoleClient, McpHandler>;
-
-/// Starts the transport and does the MCP handshake.
-async fn open(
-    cfg: &McpServerConfig,
-    events: Arc<ConnectionEvents>,
-) -> Result<(Service, Option<u32>), String> {
-    let handler = McpHandler { events };
-    match cfg.transport {
-        McpTransport::Stdio => {
-            let program = cfg.command.as_deref().unwrap_or_default();
-            let mut cmd = tokio::process::Command::new(program);
-            cmd.args(&cfg.args).envs(&cfg.env);
-            if let Some(d) = &cfg.cwd {
-                cmd.current_dir(d);
-            }
-            let (proc, stderr) = TokioChildProcess::builder(cmd)
-                .stderr(Stdio::piped())
-                .spawn()
-                .map_err(|e| format!("could not start `{program}`: {e}"))?;
-            let pid = proc.id();
-            if let Some(err) = stderr {
-                let name = cfg.name.clone();
-                tokio::spawn(async move {
-                    let mut lines = tokio::io::BufReader::new(err).lines();
-                    while let Ok(Some(mut line)) = lines.next_line().await {
-                        line.truncate(STDERR_LINE_MAX);
-                        tracing::debug!(server = %name, "{line}");
-                    }
-                });
-            }
-            let service = handler
-                .serve(proc)
-                .await
-                .map_err(|e| format!("the MCP handshake with `{program}` failed: {e}"))?;
-            Ok((service, pid))
-        }
-        McpTransport::StreamableHttp => {
-            crate::mcp::ensure_tls_provider();
-            let url = cfg.url.as_deref().unwrap_or_default();
-            let mut headers = HashMap::new();
-            for (k, v) in &cfg.headers {
-                let name = axum::http::HeaderName::from_bytes(k.as_bytes())
-                    .map_err(|e| format!("header {k:?}: {e}"))?;
-                let value = axum::http::HeaderValue::from_str(v)
-                    .map_err(|e| format!("header {k:?}: {e}"))?;
-                headers.insert(name, value);
-            }
-            let transport = StreamableHttpClientTransport::from_config(
-                StreamableHttpClientTransportConfig::with_uri(url).custom_headers(headers),
-            );
-            let service = handler
-                .serve(transport)
-                .await
-                .map_err(|e| format!("the MCP handshake with {url} failed: {e}"))?;
-            Ok((service, None))
-        }
-    }
-}
-
-/// One connection's life: open, list, report, follow tool-list changes, notice the end.
-async fn run_connection(
-    core: Arc<Core>,
-    generation: u64,
-    stop: CancellationToken,
-    addr: actix::Addr<McpActor>,
-) {
-    let events = Arc::new(ConnectionEvents::default());
-    let limit = Duration::from_millis(core.config.connect_timeout_ms);
-    let opening = async {
-        let (service, pid) = open(&core.config, events.clone()).await?;
-        match service.peer().list_all_tools().await {
-            Ok(tools) => Ok((service, pid, tools)),
-            Err(e) => {
-                let mut service = service;
-                let _ = service.close_with_timeout(CLOSE_GRACE).await;
-                Err(format!("listing the tools failed: {e}"))
-            }
-        }
-    };
-    let opened = tokio::select! {
-        _ = stop.cancelled() => return,
-        r = tokio::time::timeout(limit, opening) => r,
-    };
-    let (service, pid, tools) = match opened {
-        Ok(Ok(x)) => x,
-        Ok(Err(error)) => {
-            let _ = addr.send(ConnectFailed { generation, error }).await;
-            return;
-        }
-        Err(_) => {
-            let error = format!(
-                "connecting took longer than connect_timeout_ms ({})",
-                core.config.connect_timeout_ms
-            );
-            let _ = addr.send(ConnectFailed { generation, error }).await;
-            return;
-        }
-    };
-    let peer = service.peer().clone();
-    let conn = Arc::new(Connection {
-        peer: peer.clone(),
-        events: events.clone(),
-        generation,
-    });
-    let closer = service.cancellation_token();
-    let waiting = service.waiting();
-    tokio::pin!(waiting);
-    if addr
-        .send(Connected {
-            generation,
-            conn,
-            tools,
-            pid,
-        })
-        .await
-        .is_err()
-    {
-        closer.cancel();
-        let _ = tokio::time::timeout(CLOSE_GRACE, &mut waiting).await;
-        return;
-    }
-    loop {
-        tokio::select! {
-            end = &mut waiting => {
-                let reason = match end {
-                    Ok(r) => format!("the connection ended ({r:?})"),
-                    Err(e) => format!("the connection's task failed: {e}"),
-                };
-                let _ = addr.send(Disconnected { generation, reason }).await;
-                return;
-            }
-            _ = events.tools_changed.notified() => {
-                match peer.list_all_tools().await {
-                    Ok(tools) => {
-                        let _ = addr.send(ToolsListed { generation, tools }).await;
-                    }
-                    Err(e) => tracing::warn!(server = %core.name, error = %e, "listing the changed tools failed"),
-                }
-            }
-            _ = stop.cancelled() => {
-                closer.cancel();
-                let _ = tokio::time::timeout(CLOSE_GRACE, &mut waiting).await;
-                return;
-            }
-        }
     }
 }

@@ -8,6 +8,7 @@
 //!
 //! - `config`: the `[[mcp_servers]]` entry (parsed also without the `mcp` feature).
 //! - `actor`: the actor owning a server's connection, its state and its restarts.
+//! - `connection`: one connection's life (transport, handshake, listing, its end).
 //! - `client`: the `rmcp` client handler: progress routing, tool-list changes.
 //! - `tool`: one listed tool as an agent's tool.
 
@@ -17,6 +18,8 @@ pub mod config;
 pub(crate) mod actor;
 #[cfg(feature = "mcp")]
 pub(crate) mod client;
+#[cfg(feature = "mcp")]
+pub(crate) mod connection;
 #[cfg(feature = "mcp")]
 pub mod tool;
 

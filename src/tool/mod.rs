@@ -4,11 +4,15 @@
 //! the SDK's `timeout_behavior`, a concurrency limit, progress reports, and tool sources
 //! (MCP servers) that offer tools listed at run time.
 
+mod policy;
+
 use std::any::Any;
 use std::fmt::Display;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+
+pub use policy::{timeout_message, ToolPolicy, ToolTimeoutBehavior};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -21,89 +25,6 @@ use crate::context::RunContext;
 /// The message the model receives when a tool fails, as SDK 0.24 sends it.
 pub const DEFAULT_TOOL_ERROR_MESSAGE: &str =
     "An error occurred while running the tool. Please try again.";
-
-/// Formats seconds as Python's `{:g}` does for the values tools use (`2`, `0.5`, `1.25`).
-pub(crate) fn format_seconds(seconds: f64) -> String {
-    if seconds.is_finite() && seconds.fract() == 0.0 && seconds.abs() < 1e15 {
-        return format!("{}", seconds as i64);
-    }
-    // Six significant digits, trailing zeros dropped, as `{:g}` keeps them.
-    let digits = if seconds == 0.0 {
-        0
-    } else {
-        seconds.abs().log10().floor() as i32
-    };
-    let decimals = (5 - digits).clamp(0, 15) as usize;
-    let s = format!("{seconds:.decimals$}");
-    if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.').to_owned()
-    } else {
-        s
-    }
-}
-
-/// The message the model reads when a tool times out with
-/// [`ToolTimeoutBehavior::ErrorAsResult`], as the SDK words it.
-pub fn timeout_message(tool: &str, seconds: f64) -> String {
-    format!(
-        "Tool '{tool}' timed out after {} seconds.",
-        format_seconds(seconds)
-    )
-}
-
-/// What happens when a tool call takes longer than its timeout (the SDK's
-/// `timeout_behavior`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ToolTimeoutBehavior {
-    /// The model reads [`timeout_message`] as the tool's output and the run goes on.
-    #[default]
-    ErrorAsResult,
-    /// The run fails with `ToolTimeoutError`.
-    RaiseException,
-}
-
-/// How a tool's calls are bounded: a timeout and a limit on calls running at once.
-///
-/// The timeout covers the whole call as the model sees it, waiting for a concurrency slot
-/// included. Calls past the concurrency limit wait for a slot (in call order); the wait is
-/// bounded by the timeout when there is one and by the calling run's cancellation.
-#[derive(Clone, Debug, Default)]
-pub struct ToolPolicy {
-    /// Longest a call may take.
-    pub timeout: Option<Duration>,
-    /// What a timeout does.
-    pub timeout_behavior: ToolTimeoutBehavior,
-    /// Calls of this tool running at once, over all runs that use it.
-    pub concurrency: Option<Arc<tokio::sync::Semaphore>>,
-}
-
-impl ToolPolicy {
-    /// A policy with this timeout (error-as-result) and no concurrency limit.
-    pub fn with_timeout(timeout: Duration) -> Self {
-        ToolPolicy {
-            timeout: Some(timeout),
-            ..Default::default()
-        }
-    }
-
-    /// Sets what a timeout does.
-    pub fn timeout_behavior(mut self, b: ToolTimeoutBehavior) -> Self {
-        self.timeout_behavior = b;
-        self
-    }
-
-    /// Limits the calls running at once to `n` (at least 1).
-    pub fn max_concurrency(mut self, n: usize) -> Self {
-        self.concurrency = Some(Arc::new(tokio::sync::Semaphore::new(n.max(1))));
-        self
-    }
-
-    /// Whether the policy bounds anything.
-    pub fn is_unbounded(&self) -> bool {
-        self.timeout.is_none() && self.concurrency.is_none()
-    }
-}
 
 /// One progress report of a running tool call.
 #[derive(Clone, Debug, PartialEq)]
@@ -559,31 +480,6 @@ mod tests {
         assert!(s.to_string().find("uint32").is_none());
         let inner = &s["$defs"]["Inner"];
         assert_eq!(inner["additionalProperties"], false);
-    }
-
-    #[test]
-    fn timeout_messages_use_the_sdk_wording() {
-        assert_eq!(
-            timeout_message("slow", 2.0),
-            "Tool 'slow' timed out after 2 seconds."
-        );
-        assert_eq!(
-            timeout_message("slow", 0.5),
-            "Tool 'slow' timed out after 0.5 seconds."
-        );
-        assert_eq!(
-            timeout_message("slow", 0.25),
-            "Tool 'slow' timed out after 0.25 seconds."
-        );
-        assert_eq!(format_seconds(1.0 / 3.0), "0.333333");
-        assert_eq!(
-            ToolError::Timeout {
-                tool: "t".into(),
-                seconds: 30.0
-            }
-            .to_string(),
-            "Tool 't' timed out after 30 seconds."
-        );
     }
 
     #[test]
