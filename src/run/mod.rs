@@ -354,7 +354,8 @@ impl<C: Send + Sync + 'static> RunRequest<'_, C> {
             handoff_from: None,
             slot: None,
         };
-        if let Err((refused, e)) = runner.stage.start(baton) {
+        if let Err(refused) = runner.stage.start(baton) {
+            let (refused, e) = *refused;
             // Not a run: nothing to announce or settle.
             refused
                 .shared
