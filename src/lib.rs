@@ -31,6 +31,7 @@
 //! - [`run`]: the `Runner`, `RunConfig`, results, and the one engine.
 //! - [`actor`]: agent actors, their mailboxes, and the stage that holds them.
 //! - [`bus`]: session topics with gapless `seq`, history and lag handling.
+//! - [`wire`]: the bus in front ends' own protocols (AI SDK UI message stream, AG-UI).
 //! - [`trace`]: traces, spans, processors, the tracing actor (`trace::batch`), the sinks
 //!   (`trace::sinks`: console, jsonl, store, openai, otlp) and the `[tracing]` config.
 //! - [`session`]: conversation memory.
@@ -62,6 +63,7 @@ pub mod session;
 pub mod tool;
 pub mod trace;
 pub mod usage;
+pub mod wire;
 
 pub use agent::{Agent, OutputType, ToolUseBehavior};
 pub use bus::CancelMode;
