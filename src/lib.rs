@@ -31,14 +31,17 @@
 //! - [`run`]: the `Runner`, `RunConfig`, results, and the one engine.
 //! - [`actor`]: agent actors, their mailboxes, and the stage that holds them.
 //! - [`bus`]: session topics with gapless `seq`, history and lag handling.
-//! - [`wire`]: the bus in front ends' own protocols (AI SDK UI message stream, AG-UI).
 //! - [`trace`]: traces, spans, processors, the tracing actor (`trace::batch`), the sinks
 //!   (`trace::sinks`: console, jsonl, store, openai, otlp) and the `[tracing]` config.
 //! - [`session`]: conversation memory.
 //! - [`usage`], [`error`]: token usage and the SDK's errors.
 //! - [`demo`]: the demo cast used by the example and the server's defaults.
 //! - [`config`]: the server's TOML config and its validation.
-//! - [`server`]: the HTTP API (axum), auth, limits, graceful shutdown.
+//! - [`wire`]: the wire formats, each an encoding of the bus's typed frames (SDK JSON,
+//!   chat relay, AI SDK UI message stream, AG-UI).
+//! - [`service`]: the service layer between the transports and the engine: sessions, runs,
+//!   limits, metrics, the cast built from config.
+//! - [`server`]: the HTTP API (axum), auth, graceful shutdown.
 //! - [`hub`]: the WebSocket hub fanning the bus out to clients.
 //! - [`cli`]: the `callboard` command line (`serve`, `run`, `check-config`).
 
@@ -59,6 +62,7 @@ pub mod items;
 pub mod model;
 pub mod run;
 pub mod server;
+pub mod service;
 pub mod session;
 pub mod tool;
 pub mod trace;
