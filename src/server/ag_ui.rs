@@ -136,7 +136,9 @@ pub async fn run(
         }
         Ask::ToolOutputs(outputs) => {
             let (f, answered) = ui_stream::answer_tool_calls(&core, &tenant, &thread, outputs)?;
-            let enc = AgUiStream::continuing(thread, input.run_id, f.run_id.clone(), answered);
+            let agent = f.agent.clone();
+            let enc =
+                AgUiStream::continuing(thread, input.run_id, f.run_id.clone(), answered, agent);
             (f, enc)
         }
     };

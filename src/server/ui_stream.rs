@@ -96,6 +96,8 @@ pub(crate) struct Follow {
     pub topic: Arc<Topic>,
     pub run_id: String,
     pub sub: Subscription,
+    /// The agent running where the stream starts, when known.
+    pub agent: Option<String>,
 }
 
 /// Starts a run of `agent` on `text` in the session, subscribed before it starts.
@@ -122,6 +124,7 @@ pub(crate) fn start_run(
         topic,
         run_id: started.run_id,
         sub,
+        agent: None,
     })
 }
 
@@ -211,6 +214,7 @@ pub(crate) fn answer_tool_calls(
             topic,
             run_id: run_id.to_string(),
             sub,
+            agent: ui.agent().map(str::to_owned),
         },
         answered,
     ))
@@ -235,6 +239,7 @@ pub(crate) fn run_in_progress(core: &Core, tenant: &str, session_id: &str) -> Op
         topic,
         run_id: run_id.to_string(),
         sub,
+        agent: None,
     })
 }
 

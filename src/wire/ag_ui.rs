@@ -179,6 +179,7 @@ pub struct AgUiStream {
     ids: Ids,
     open: Open,
     started: bool,
+    resume_step: Option<String>,
 }
 
 impl AgUiStream {
@@ -193,19 +194,23 @@ impl AgUiStream {
     }
 
     /// The stream of a run that goes on after the client answered the tool calls `answered`
-    /// (their results are not repeated: the client's `tool` messages hold them).
+    /// (their results are not repeated: the client's `tool` messages hold them), while
+    /// `agent` runs (its step opens the stream again).
     pub fn continuing(
         thread_id: impl Into<String>,
         client_run_id: impl Into<String>,
         run_id: impl Into<String>,
         answered: Vec<String>,
+        agent: Option<String>,
     ) -> AgUiStream {
-        AgUiStream::with(
-            UiRun::continuing(answered),
+        let mut s = AgUiStream::with(
+            UiRun::continuing(answered, agent.clone()),
             thread_id,
             client_run_id,
             run_id,
-        )
+        );
+        s.resume_step = agent;
+        s
     }
 
     fn with(
@@ -223,6 +228,7 @@ impl AgUiStream {
             },
             open: Open::default(),
             started: false,
+            resume_step: None,
         }
     }
 
@@ -246,6 +252,10 @@ impl AgUiStream {
                 metadata: self.ids.meta(None, None),
             },
         );
+        if let Some(agent) = self.resume_step.take() {
+            sse_json(out, &Event::StepStarted { step_name: &agent });
+            self.open.step = Some(agent);
+        }
     }
 
     /// Encodes one frame of the run (frames of other runs are skipped) into `out`.
@@ -561,16 +571,31 @@ mod tests {
             fin["outcome"]["pendingToolCallIds"],
             serde_json::json!(["call_c"])
         );
-        let mut c = AgUiStream::continuing("s1", "r2", "run_1", vec!["call_c".into()]);
+        let mut c = AgUiStream::continuing(
+            "s1",
+            "r2",
+            "run_1",
+            vec!["call_c".into()],
+            Some("Triage".into()),
+        );
         let rest = [
             fixtures::tool_output(30, "call_c", "confirm", "yes"),
             fixtures::completed(31, "ok"),
         ];
         let (ev, _) = encode_all(&mut c, &rest);
         check_sequence(&ev);
-        assert_eq!(types(&ev), ["RUN_STARTED", "RUN_FINISHED"]);
-        assert_eq!(ev[1]["runId"], "r2");
-        assert_eq!(ev[1]["result"], "ok");
+        assert_eq!(
+            types(&ev),
+            [
+                "RUN_STARTED",
+                "STEP_STARTED",
+                "STEP_FINISHED",
+                "RUN_FINISHED"
+            ]
+        );
+        assert_eq!(ev[1]["stepName"], "Triage");
+        assert_eq!(ev[3]["runId"], "r2");
+        assert_eq!(ev[3]["result"], "ok");
     }
 
     #[test]

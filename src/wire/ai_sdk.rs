@@ -186,7 +186,7 @@ impl AiSdkStream {
         answered: Vec<String>,
     ) -> AiSdkStream {
         AiSdkStream::with(
-            UiRun::continuing(answered),
+            UiRun::continuing(answered, None),
             session_id.into(),
             run_id.into(),
         )

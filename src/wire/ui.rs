@@ -166,10 +166,12 @@ impl UiRun {
     }
 
     /// A run seen from the middle, after the client answered the tool calls `answered`: their
-    /// outputs are not repeated (the client has them).
-    pub fn continuing(answered: Vec<String>) -> UiRun {
+    /// outputs are not repeated (the client has them). `agent` is the agent running then (a
+    /// repeated announcement of it is dropped).
+    pub fn continuing(answered: Vec<String>, agent: Option<String>) -> UiRun {
         UiRun {
             skip_outputs: answered,
+            agent,
             ..UiRun::default()
         }
     }
@@ -682,7 +684,7 @@ mod tests {
 
     #[test]
     fn a_continuation_skips_the_answered_outputs_and_shows_calls_it_never_saw() {
-        let mut ui = UiRun::continuing(vec!["call_c".into()]);
+        let mut ui = UiRun::continuing(vec!["call_c".into()], None);
         let frames = [
             fixtures::tool_output(20, "call_c", "confirm", "yes"),
             fixtures::tool_output(21, "call_x", "other", "z"),
