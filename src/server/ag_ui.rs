@@ -130,7 +130,7 @@ pub async fn run(
     let (follow, enc) = match ask {
         Ask::Run(text) => {
             let meta = serde_json::json!({"frontend": "ag-ui", "ag_ui_run_id": input.run_id});
-            let f = ui_stream::start_run(&core, &tenant, &thread, &agent, text, meta)?;
+            let f = ui_stream::start_run(&core, &tenant, &thread, &agent, text, meta).await?;
             let enc = AgUiStream::new(thread, input.run_id, f.run_id.clone());
             (f, enc)
         }

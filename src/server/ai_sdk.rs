@@ -128,7 +128,7 @@ pub async fn chat(
     let (follow, enc) = match ask {
         Ask::Run(text) => {
             let meta = serde_json::json!({"frontend": "ai-sdk"});
-            let f = ui_stream::start_run(&core, &tenant, &session_id, &agent, text, meta)?;
+            let f = ui_stream::start_run(&core, &tenant, &session_id, &agent, text, meta).await?;
             let enc = AiSdkStream::new(session_id, f.run_id.clone());
             (f, enc)
         }
@@ -146,15 +146,17 @@ pub async fn resume(
     State(st): State<AppState>,
     Tenant(tenant): Tenant,
     Path((_agent, session_id)): Path<(String, String)>,
-) -> Response {
+) -> Result<Response, ApiError> {
     let core = st.core.clone();
-    match ui_stream::run_in_progress(&core, &tenant, &session_id) {
-        Some(f) => {
-            let enc = AiSdkStream::new(session_id, f.run_id.clone());
-            respond(&core, f, enc)
-        }
-        None => StatusCode::NO_CONTENT.into_response(),
-    }
+    Ok(
+        match ui_stream::run_in_progress(&core, &tenant, &session_id)? {
+            Some(f) => {
+                let enc = AiSdkStream::new(session_id, f.run_id.clone());
+                respond(&core, f, enc)
+            }
+            None => StatusCode::NO_CONTENT.into_response(),
+        },
+    )
 }
 
 fn respond(core: &Arc<crate::server::Core>, follow: Follow, enc: AiSdkStream) -> Response {

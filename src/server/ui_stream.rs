@@ -91,8 +91,10 @@ pub(crate) fn read_body(
     Ok(body)
 }
 
-/// One run to follow: its topic, its id, and a subscription placed where the stream starts.
+/// One run to follow: its topic, its id, and a subscription placed where the stream starts,
+/// holding a place under the connection limit.
 pub(crate) struct Follow {
+    pub slot: crate::service::ConnectionSlot,
     pub topic: Arc<Topic>,
     pub run_id: String,
     pub sub: Subscription,
@@ -101,7 +103,7 @@ pub(crate) struct Follow {
 }
 
 /// Starts a run of `agent` on `text` in the session, subscribed before it starts.
-pub(crate) fn start_run(
+pub(crate) async fn start_run(
     core: &Arc<Core>,
     tenant: &Arc<str>,
     session_id: &str,
@@ -116,11 +118,15 @@ pub(crate) fn start_run(
         "metadata": metadata,
     }))
     .map_err(|e| ApiError::BadRequest(format!("the run could not be made: {e}")))?;
-    let prepared = core.prepare_run(tenant, session_id, req)?;
+    let slot = core.connection_slot()?;
+    let prepared = core.prepare_run(tenant, session_id, req).await?;
     let topic = prepared.topic().clone();
-    let sub = topic.subscribe(None).map_err(|_| ApiError::Internal)?;
-    let started = prepared.launch(false)?;
+    let sub = topic
+        .subscribe(Some(topic.last_seq()))
+        .map_err(|_| ApiError::Internal)?;
+    let started = prepared.launch().await?;
     Ok(Follow {
+        slot,
         topic,
         run_id: started.run_id,
         sub,
@@ -165,7 +171,11 @@ pub(crate) fn answer_tool_calls(
             session_id.chars().take(100).collect::<String>()
         ))
     };
-    let topic = core.session(tenant, session_id)?;
+    let topic = core
+        .sessions
+        .active_owner(tenant, session_id)
+        .and_then(|o| o.topic())
+        .ok_or_else(nothing)?;
     let frames = retained(&topic);
     // The run: the one whose tool.call frame names an answered call, latest first.
     let run_id = frames
@@ -198,11 +208,13 @@ pub(crate) fn answer_tool_calls(
         _ => return Err(nothing()),
     };
     // Subscribed before answering, so the frames the answers cause are all seen.
+    let slot = core.connection_slot()?;
     let sub = topic
         .subscribe(Some(after))
         .map_err(|e| ApiError::HistoryTruncated {
             after_seq: after,
             oldest_seq: e.oldest_seq,
+            epoch: None,
         })?;
     let mut answered = Vec::with_capacity(answers.len());
     for (call_id, output) in answers {
@@ -211,6 +223,7 @@ pub(crate) fn answer_tool_calls(
     }
     Ok((
         Follow {
+            slot,
             topic,
             run_id: run_id.to_string(),
             sub,
@@ -220,27 +233,37 @@ pub(crate) fn answer_tool_calls(
     ))
 }
 
-/// The session's latest run if it has not ended, with a subscription from its first
-/// retained frame (a resumed stream replays the run from its start).
-pub(crate) fn run_in_progress(core: &Core, tenant: &str, session_id: &str) -> Option<Follow> {
-    let topic = core.session(tenant, session_id).ok()?;
+/// The session's run in progress, with a subscription from its first retained frame (a
+/// resumed stream replays the run from its start); `None` when no run holds the session.
+pub(crate) fn run_in_progress(
+    core: &Arc<Core>,
+    tenant: &str,
+    session_id: &str,
+) -> Result<Option<Follow>, ApiError> {
+    let Some(owner) = core.sessions.active_owner(tenant, session_id) else {
+        return Ok(None);
+    };
+    let (Some(run_id), Some(topic)) = (owner.current_run(), owner.topic()) else {
+        return Ok(None);
+    };
     let frames = retained(&topic);
-    let last = frames.last()?;
-    let run_id = last.run_id.clone();
-    if frames
+    // From the run's first retained frame; from the oldest retained one if it has none yet.
+    let after = frames
         .iter()
-        .any(|f| f.run_id == run_id && f.body.is_terminal())
-    {
-        return None;
-    }
-    let first = frames.iter().find(|f| f.run_id == run_id)?.seq;
-    let sub = topic.subscribe(Some(first - 1)).ok()?;
-    Some(Follow {
+        .find(|f| f.run_id == run_id)
+        .or(frames.first())
+        .map_or(topic.last_seq(), |f| f.seq - 1);
+    let slot = core.connection_slot()?;
+    let Ok(sub) = topic.subscribe(Some(after)) else {
+        return Ok(None);
+    };
+    Ok(Some(Follow {
+        slot,
         topic,
         run_id: run_id.to_string(),
         sub,
         agent: None,
-    })
+    }))
 }
 
 /// The text of a tool output given as JSON: a string as it is, anything else as JSON text.
@@ -279,6 +302,8 @@ pub(crate) fn sse_response<E: RunEncoder>(
 }
 
 struct State<E> {
+    _slot: crate::service::ConnectionSlot,
+    _counted: crate::service::SubscriptionCount,
     enc: E,
     sub: Subscription,
     topic: Arc<Topic>,
@@ -308,9 +333,22 @@ impl<E: RunEncoder> State<E> {
                     self.lagged(resume_after_seq, out);
                     return;
                 }
+                Some(Delivery::Reset { .. }) => {
+                    self.deleted(out);
+                    return;
+                }
                 None => return,
             }
         }
+    }
+
+    /// The session was deleted (its numbering restarted): the run is gone with it.
+    fn deleted(&mut self, out: &mut Vec<u8>) {
+        self.enc.fail(
+            &ApiError::NotFound("the session was deleted while its run streamed".into()),
+            out,
+        );
+        self.done = true;
     }
 
     /// Falls back on history after the live ring skipped this stream ahead.
@@ -328,6 +366,7 @@ impl<E: RunEncoder> State<E> {
                     &ApiError::HistoryTruncated {
                         after_seq: resume_after_seq,
                         oldest_seq: e.oldest_seq,
+                        epoch: None,
                     },
                     out,
                 );
@@ -347,7 +386,12 @@ fn frames<E: RunEncoder>(
 ) -> impl Stream<Item = Result<Bytes, Infallible>> {
     let mut first = Vec::with_capacity(256);
     enc.start(&mut first);
+    core.metrics
+        .sse_streams_total
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let st = State {
+        _slot: follow.slot,
+        _counted: core.count_subscription(),
         enc,
         sub: follow.sub,
         topic: follow.topic,
@@ -377,13 +421,7 @@ fn frames<E: RunEncoder>(
                 Ok(Some(Delivery::Lagged { resume_after_seq })) => {
                     st.lagged(resume_after_seq, &mut out)
                 }
-                Ok(None) => {
-                    st.enc.fail(
-                        &ApiError::NotFound("the session was deleted".into()),
-                        &mut out,
-                    );
-                    st.done = true;
-                }
+                Ok(Some(Delivery::Reset { .. })) | Ok(None) => st.deleted(&mut out),
             }
             if !out.is_empty() {
                 return Some((Ok(Bytes::from(out)), st));

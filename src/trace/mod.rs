@@ -53,6 +53,24 @@ pub fn gen_span_id() -> String {
     gen_id("span", 24)
 }
 
+fn is_id(s: &str, prefix: &str, hex: usize) -> bool {
+    s.strip_prefix(prefix).is_some_and(|h| {
+        h.len() == hex
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// Whether `s` is a trace id as the SDK makes them: `trace_` and 32 lowercase hex digits.
+pub fn is_valid_trace_id(s: &str) -> bool {
+    is_id(s, "trace_", 32)
+}
+
+/// Whether `s` is a span id as the SDK makes them: `span_` and 24 lowercase hex digits.
+pub fn is_valid_span_id(s: &str) -> bool {
+    is_id(s, "span_", 24)
+}
+
 /// A new group id: `group_` and 24 hex digits.
 pub fn gen_group_id() -> String {
     gen_id("group", 24)

@@ -239,6 +239,8 @@ impl UiRun {
                 emit,
             ),
             FrameBody::RunCancelled { mode } => self.end(RunEnd::Cancelled { mode: *mode }, emit),
+            // Subscriptions report a deleted session themselves (`Delivery::Reset`).
+            FrameBody::SessionReset { .. } => {}
         }
         if !self.awaiting && !self.ended && self.calls.iter().any(|c| c.client) {
             // Every call still open is a client's: the run can go on only when they answer.
