@@ -24,22 +24,30 @@ pub async fn demo_run(model: ScriptedModel, input: &str, max_turns: u64) -> Vec<
         max_turns,
         ..RunConfig::default()
     };
-    let run = runner
+    let mut sub = topic.subscribe(Some(0)).expect("a new topic");
+    let _run = runner
         .request(&agent, input)
         .config(cfg)
         .topic(topic.clone())
         .run_id("run_1")
         .start()
         .expect("the run starts");
-    tokio::time::timeout(std::time::Duration::from_secs(30), run.done())
-        .await
-        .expect("the run ends in time");
-    let mut sub = topic.subscribe(Some(0)).expect("history is retained");
+    // Until the end frame: it may be published after the run's own end is signalled.
     let mut frames = Vec::new();
-    while let Some(Delivery::Frame(f)) = sub.try_recv() {
-        frames.push(f);
+    loop {
+        let d = tokio::time::timeout(std::time::Duration::from_secs(30), sub.recv())
+            .await
+            .expect("the run ends in time");
+        if let Some(Delivery::Frame(f)) = d {
+            let end = f.body.is_terminal();
+            frames.push(f);
+            if end {
+                return frames;
+            }
+        } else {
+            panic!("the subscription ended before the run: {d:?}");
+        }
     }
-    frames
 }
 
 /// The demo's weather question: Triage hands off to Weather, which calls `get_weather`

@@ -238,14 +238,18 @@ class RunResultStreaming:
         try:
             await self._follow()
         except asyncio.CancelledError:
+            # The consumer left: close quietly; nobody waits for the end marker.
+            await self._close()
             raise
-        except BaseException as e:  # every failure reaches the consumer, never a hang
+        except Exception as e:  # every failure reaches the consumer, never a hang
             self._error = e
-        finally:
-            ws, self._ws = self._ws, None
-            if ws is not None:
-                await ws.close()
-            await self._queue.put(_END)
+        await self._close()
+        await self._queue.put(_END)
+
+    async def _close(self) -> None:
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            await ws.close()
 
     async def _follow(self) -> None:
         loop = asyncio.get_running_loop()
