@@ -322,6 +322,7 @@ impl<C: Send + Sync + 'static> RunRequest<'_, C> {
             trace_id,
             finished: AtomicBool::new(false),
             listener,
+            turn_sync: Default::default(),
         });
         let ctx = RunContext::new(self.context, run_id);
         let max_turns = cfg.max_turns;

@@ -52,8 +52,14 @@ pub(crate) enum Step<C: Send + Sync + 'static> {
 pub(crate) async fn drive<C: Send + Sync + 'static>(mut baton: Baton<C>, stage: Stage<C>) {
     loop {
         match run_turn(baton).await {
-            Step::Next(b) => baton = b,
-            Step::Handoff(b) => return stage.arrive(b),
+            Step::Next(b) => {
+                b.shared.drain_turn().await;
+                baton = b;
+            }
+            Step::Handoff(b) => {
+                b.shared.drain_turn().await;
+                return stage.arrive(b);
+            }
             Step::Done(b, outcome) => return finish(b, outcome).await,
         }
     }
