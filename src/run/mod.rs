@@ -6,6 +6,7 @@ pub mod config;
 pub(crate) mod engine;
 pub mod result;
 pub mod settle;
+pub mod state;
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
@@ -18,6 +19,7 @@ pub use config::{RunConfig, DEFAULT_MAX_TURNS};
 pub use engine::MULTIPLE_HANDOFFS_MESSAGE;
 pub use result::{RunCanceller, RunResult, RunResultStreaming};
 pub use settle::{RunEnded, RunSettle};
+pub use state::{RunState, ToolApproval};
 
 use crate::actor::Stage;
 use crate::agent::Agent;
