@@ -29,6 +29,12 @@ pub enum CancelMode {
     Immediate,
     /// Finish the current turn (tools, session save), then stop.
     AfterTurn,
+    /// Stopped by a new message on its session (double-texting `interrupt`): the items of
+    /// its completed turns stay.
+    Interrupted,
+    /// Stopped by a new message on its session (double-texting `rollback`): its items are
+    /// removed from the session.
+    RolledBack,
 }
 
 impl CancelMode {
@@ -37,6 +43,8 @@ impl CancelMode {
         match self {
             CancelMode::Immediate => "immediate",
             CancelMode::AfterTurn => "after_turn",
+            CancelMode::Interrupted => "interrupted",
+            CancelMode::RolledBack => "rolled_back",
         }
     }
 }
@@ -73,6 +81,8 @@ pub enum FrameBody {
     RunCancelled {
         /// How.
         mode: CancelMode,
+        /// The run whose arrival cancelled it (double-texting `interrupt` / `rollback`).
+        by_run_id: Option<Arc<str>>,
     },
     /// The session was deleted and its numbering restarted under a new epoch: subscribers
     /// of the old numbering are told (never stored, never numbered).

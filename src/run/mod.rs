@@ -325,6 +325,7 @@ impl<C: Send + Sync + 'static> RunRequest<'_, C> {
             finished: AtomicBool::new(false),
             listener,
             turn_sync: Default::default(),
+            cancelled_as: Mutex::new(None),
         });
         let ctx = RunContext::new(self.context, run_id);
         let max_turns = cfg.max_turns;

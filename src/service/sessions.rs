@@ -471,6 +471,7 @@ impl Sessions {
             let save = (st.stored && last != st.reserved).then(|| SessionMeta {
                 epoch: st.epoch.clone(),
                 seq_reserved: last,
+                seq_safe: last,
             });
             done.push((entry.key().clone(), owner.clone(), save));
         }
@@ -515,6 +516,7 @@ impl Sessions {
             let meta = SessionMeta {
                 epoch,
                 seq_reserved: last,
+                seq_safe: last,
             };
             let _ = self
                 .store

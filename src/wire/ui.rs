@@ -238,7 +238,9 @@ impl UiRun {
                 },
                 emit,
             ),
-            FrameBody::RunCancelled { mode } => self.end(RunEnd::Cancelled { mode: *mode }, emit),
+            FrameBody::RunCancelled { mode, .. } => {
+                self.end(RunEnd::Cancelled { mode: *mode }, emit)
+            }
             // Subscriptions report a deleted session themselves (`Delivery::Reset`).
             FrameBody::SessionReset { .. } => {}
         }
