@@ -39,10 +39,6 @@ impl MemorySession {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Item>> {
         self.items.lock().unwrap_or_else(|e| e.into_inner())
     }
-
-    fn len(&self) -> usize {
-        self.lock().len()
-    }
 }
 
 #[async_trait]
