@@ -29,6 +29,12 @@ pub enum CancelMode {
     Immediate,
     /// Finish the current turn (tools, session save), then stop.
     AfterTurn,
+    /// Stopped by a new message on its session (double-texting `interrupt`): the items of
+    /// its completed turns stay.
+    Interrupted,
+    /// Stopped by a new message on its session (double-texting `rollback`): its items are
+    /// removed from the session.
+    RolledBack,
 }
 
 impl CancelMode {
@@ -37,6 +43,8 @@ impl CancelMode {
         match self {
             CancelMode::Immediate => "immediate",
             CancelMode::AfterTurn => "after_turn",
+            CancelMode::Interrupted => "interrupted",
+            CancelMode::RolledBack => "rolled_back",
         }
     }
 }
@@ -73,6 +81,8 @@ pub enum FrameBody {
     RunCancelled {
         /// How.
         mode: CancelMode,
+        /// The run whose arrival cancelled it (double-texting `interrupt` / `rollback`).
+        by_run_id: Option<Arc<str>>,
     },
     /// The session was deleted and its numbering restarted under a new epoch: subscribers
     /// of the old numbering are told (never stored, never numbered).
@@ -211,8 +221,10 @@ impl Frame {
     /// About how many bytes the frame holds while retained (its encodings included): what
     /// the history budget counts.
     pub fn approx_bytes(&self) -> usize {
-        // The frame, its Arc, the head fields and an encoding's overhead.
-        const BASE: usize = 320;
+        // The frame, its Arc, the head fields, the typed event's own fields and allocations,
+        // and an encoding's overhead (calibrated against the server's RSS with and without
+        // retained history: the load harness's `sessions` scenario).
+        const BASE: usize = 450;
         let payload = match &self.body {
             FrameBody::Event { event, .. } => event_bytes(event),
             FrameBody::RunCompleted { final_output, .. } => match final_output {
@@ -225,8 +237,8 @@ impl Frame {
             FrameBody::ToolProgress { message, .. } => 96 + message.as_ref().map_or(0, String::len),
         };
         let payload = payload + self.nesting.as_ref().map_or(0, |n| 64 + 16 * n.path.len());
-        // Encoded once in JSON (roughly the payload again) besides the typed value.
-        BASE + 2 * payload
+        // The typed value, its JSON encoding (roughly the payload again) and allocator slack.
+        BASE + 3 * payload
     }
 }
 
@@ -442,6 +454,17 @@ impl Topic {
             b.sub(n);
         }
         n
+    }
+
+    /// Frees the live ring if nobody follows the topic any more (the ring is otherwise only
+    /// freed by the next publish); answers whether it did.
+    pub fn release_idle_ring(&self) -> bool {
+        let mut st = self.lock();
+        if st.live.as_ref().is_some_and(|l| l.receiver_count() == 0) {
+            st.live = None;
+            return true;
+        }
+        false
     }
 
     /// Bytes of retained frames.

@@ -38,7 +38,8 @@
 //! - [`usage`], [`error`]: token usage and the SDK's errors.
 //! - [`demo`]: the demo cast used by the example and the server's defaults.
 //! - [`config`]: the server's TOML config and its validation.
-//! - [`wire`]: the wire formats, each an encoding of the bus's typed frames.
+//! - [`wire`]: the wire formats, each an encoding of the bus's typed frames (SDK JSON,
+//!   chat relay, AI SDK UI message stream, AG-UI).
 //! - [`service`]: the service layer between the transports and the engine: sessions, runs,
 //!   limits, metrics, the cast built from config.
 //! - [`server`]: the HTTP API (axum), auth, graceful shutdown.

@@ -7,6 +7,7 @@ pub(crate) mod engine;
 pub mod nested;
 pub mod result;
 pub mod settle;
+pub mod state;
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
@@ -20,6 +21,7 @@ pub use engine::MULTIPLE_HANDOFFS_MESSAGE;
 pub use nested::{AgentTool, MAX_NESTING_DEPTH};
 pub use result::{RunCanceller, RunResult, RunResultStreaming};
 pub use settle::{RunEnded, RunSettle};
+pub use state::{RunState, ToolApproval};
 
 use crate::actor::Stage;
 use crate::agent::Agent;
@@ -383,6 +385,7 @@ pub(crate) fn launch<C: Send + Sync + 'static>(
         finished: AtomicBool::new(false),
         listener: l.listener,
         turn_sync: Default::default(),
+        cancelled_as: Mutex::new(None),
         nest: l.nest,
         nesting: Mutex::new(None),
     });
@@ -416,7 +419,8 @@ pub(crate) fn launch<C: Send + Sync + 'static>(
         slot: None,
         turn_tools: None,
     };
-    if let Err((refused, e)) = l.stage.start(baton) {
+    if let Err(refused) = l.stage.start(baton) {
+        let (refused, e) = *refused;
         // Not a run: nothing to announce or settle.
         refused
             .shared

@@ -176,6 +176,9 @@ impl PreparedRun {
             starting_agent: agent.name().to_owned(),
             trace_id: cfg.trace_id.clone(),
             seq_reserved: reserve.clone(),
+            status: crate::session::RunStatus::Running,
+            request: None,
+            node_id: None,
         };
         // Recorded before the run can publish past the old reservation or save a turn.
         store.record_run_start(start).await.map_err(|e| {

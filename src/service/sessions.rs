@@ -471,6 +471,7 @@ impl Sessions {
             let save = (st.stored && last != st.reserved).then(|| SessionMeta {
                 epoch: st.epoch.clone(),
                 seq_reserved: last,
+                seq_safe: last,
             });
             done.push((entry.key().clone(), owner.clone(), save));
         }
@@ -491,6 +492,14 @@ impl Sessions {
         n
     }
 
+    /// Frees the live rings of sessions nobody follows any more. Answers how many.
+    pub fn release_idle_rings(&self) -> usize {
+        self.owners
+            .iter()
+            .filter(|o| o.topic().is_some_and(|t| t.release_idle_ring()))
+            .count()
+    }
+
     /// Saves every active session's exact numbering (at shutdown, after the runs ended).
     pub async fn save_all(&self) {
         let list: Vec<(Arc<SessionOwner>, String, u64)> = self
@@ -507,6 +516,7 @@ impl Sessions {
             let meta = SessionMeta {
                 epoch,
                 seq_reserved: last,
+                seq_safe: last,
             };
             let _ = self
                 .store

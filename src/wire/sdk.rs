@@ -110,7 +110,12 @@ impl Serialize for SdkFrame<'_> {
                     },
                 )?;
             }
-            FrameBody::RunCancelled { mode } => m.serialize_entry("mode", mode.as_str())?,
+            FrameBody::RunCancelled { mode, by_run_id } => {
+                m.serialize_entry("mode", mode.as_str())?;
+                if let Some(by) = by_run_id {
+                    m.serialize_entry("by_run_id", by.as_ref())?;
+                }
+            }
             FrameBody::SessionReset { epoch } => m.serialize_entry("epoch", epoch)?,
             FrameBody::ToolCall {
                 call_id,

@@ -131,6 +131,9 @@ pub(super) async fn save_turn<C: Send + Sync + 'static>(
             agent: agent.to_owned(),
             usage: b.ctx.usage(),
             seq_reserved: None,
+            state: None,
+            seq_safe: None,
+            pause: None,
         };
         s.save_turn(items.iter().map(RunItem::to_input_item).collect(), &record)
             .await
@@ -145,7 +148,7 @@ pub(super) async fn save_turn<C: Send + Sync + 'static>(
 pub(crate) async fn run_turn<C: Send + Sync + 'static>(mut b: Baton<C>) -> Step<C> {
     let shared = b.shared.clone();
     if shared.cancel.is_cancelled() {
-        return Step::Done(b, RunOutcome::Cancelled(CancelMode::Immediate));
+        return Step::Done(b, RunOutcome::Cancelled(shared.cancel_reason().0));
     }
     if b.turn > 0 && shared.cancel_after_turn.load(Ordering::Acquire) {
         return Step::Done(b, RunOutcome::Cancelled(CancelMode::AfterTurn));
@@ -259,7 +262,7 @@ pub(crate) async fn run_turn<C: Send + Sync + 'static>(mut b: Baton<C>) -> Step<
                 },
             )
         }
-        Ok(TurnEnd::Cancelled) => Step::Done(b, RunOutcome::Cancelled(CancelMode::Immediate)),
+        Ok(TurnEnd::Cancelled) => Step::Done(b, RunOutcome::Cancelled(shared.cancel_reason().0)),
         Err(e) => fail(b, e),
     }
 }
