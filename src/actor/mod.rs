@@ -249,6 +249,7 @@ pub(crate) fn actor_arbiter() -> &'static ArbiterHandle {
 }
 
 /// The library's own tokio runtime, for work started outside any runtime.
+#[cfg(feature = "mcp")]
 pub(crate) fn library_runtime() -> Handle {
     fallback_runtime()
 }

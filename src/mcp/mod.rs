@@ -63,16 +63,23 @@ impl McpServers {
         }
         #[cfg(not(feature = "mcp"))]
         {
-            if configs.is_empty() {
-                Ok(McpServers::default())
-            } else {
-                Err(crate::config::ConfigError::single(
-                    file,
-                    "mcp_servers",
-                    "this callboard was built without the `mcp` feature; rebuild with it (it is on by default)",
-                ))
-            }
+            Self::check(file, configs).map(|()| McpServers::default())
         }
+    }
+
+    /// Checks that this build can run the entries (without starting them).
+    pub fn check(
+        file: &str,
+        configs: &[McpServerConfig],
+    ) -> Result<(), crate::config::ConfigError> {
+        if cfg!(feature = "mcp") || configs.is_empty() {
+            return Ok(());
+        }
+        Err(crate::config::ConfigError::single(
+            file,
+            "mcp_servers",
+            "this callboard was built without the `mcp` feature; rebuild with it (it is on by default)",
+        ))
     }
 
     /// Gives `agent` the tools of the servers named in `names` (unknown names, or servers not

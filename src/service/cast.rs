@@ -154,6 +154,7 @@ pub fn build_cast_with(
     let mcp = if start_mcp {
         McpServers::start(file, &cfg.mcp_servers)?
     } else {
+        McpServers::check(file, &cfg.mcp_servers)?;
         McpServers::default()
     };
     let client = reqwest::Client::new();
