@@ -372,8 +372,8 @@ async fn tools_are_listed_again_on_list_changed() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/mcp-servers/changing_tools.py"
     );
-    let server =
-        McpServer::start(McpServerConfig::stdio("changing", "python3", &[script])).unwrap();
+    let python = mcp_support::python();
+    let server = McpServer::start(McpServerConfig::stdio("changing", python, &[script])).unwrap();
     server.wait_ready(READY).await.unwrap();
     assert_eq!(server.status().tools, vec!["unlock"]);
     let unlock = tool_named(&server, "unlock").await;

@@ -49,9 +49,20 @@ pub fn everything() -> Option<PathBuf> {
     Some(bin)
 }
 
-/// `python3 -m mcp_server_time`'s command line, or `None` (after saying why).
+/// The Python with `mcp-server-time` (and the `mcp` package): the virtualenv `.ci/run` makes
+/// in `tests/mcp-servers/.venv`, else `python3`.
+pub fn python() -> String {
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mcp-servers/.venv/bin/python");
+    if venv.exists() {
+        venv.to_string_lossy().into_owned()
+    } else {
+        "python3".into()
+    }
+}
+
+/// `python -m mcp_server_time`'s command line, or `None` (after saying why).
 pub fn time_server() -> Option<(String, Vec<String>)> {
-    let ok = Command::new("python3")
+    let ok = Command::new(python())
         .args(["-c", "import mcp_server_time"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -60,12 +71,12 @@ pub fn time_server() -> Option<(String, Vec<String>)> {
     if !ok {
         missing(
             "the PyPI package mcp-server-time",
-            "python3 -m pip install mcp-server-time",
+            "python3 -m venv tests/mcp-servers/.venv && tests/mcp-servers/.venv/bin/pip install mcp-server-time",
         );
         return None;
     }
     Some((
-        "python3".into(),
+        python(),
         vec![
             "-m".into(),
             "mcp_server_time".into(),
