@@ -5,8 +5,11 @@
 //! (`CLOCK_PROCESS_CPUTIME_ID`: every thread of callboard, none of the MCP server's process),
 //! one run of an agent whose scripted model calls one tool and then answers, with the tool:
 //! - `function`: a Rust function tool answering `Echo: <message>` (the baseline);
-//! - `mcp_stdio`: `echo` of `@modelcontextprotocol/server-everything` started over stdio;
-//! - `mcp_http`: the same server over streamable HTTP on a loopback port;
+//! - `mcp_stdio`: `echo` of `@modelcontextprotocol/server-everything` started over stdio,
+//!   offering only `echo` (`allow`);
+//! - `mcp_stdio_all_tools`: the same, offering all 13 of its tools (each turn lists them and
+//!   sends their schemas to the model);
+//! - `mcp_http`: the same server over streamable HTTP on a loopback port, offering `echo`;
 //! - `agent`: an agent called as a tool, whose own scripted model answers in one delta.
 //!
 //! The added CPU per call is a variant's median minus the `function` median. The MCP variants
@@ -154,25 +157,26 @@ fn main() {
         None => eprintln!("tools bench: MCP variants skipped (see above)"),
         Some(bin) => {
             let bin = bin.to_string_lossy().into_owned();
-            let stdio = rt.block_on(async {
-                let s = McpServer::start(McpServerConfig::stdio(
-                    "everything",
-                    "node",
-                    &[bin.as_str(), "stdio"],
-                ))
-                .expect("config");
-                s.wait_ready(Duration::from_secs(60)).await.expect("ready");
-                s
-            });
-            let agent = mcp_caller(&stdio);
-            g.bench_function("mcp_stdio", |b| {
-                b.to_async(&rt).iter(|| one_run(&runner, &agent))
-            });
-            stdio.shutdown();
+            for (name, allow) in [("mcp_stdio", true), ("mcp_stdio_all_tools", false)] {
+                let mut cfg =
+                    McpServerConfig::stdio("everything", "node", &[bin.as_str(), "stdio"]);
+                if allow {
+                    cfg.allow = Some(vec!["echo".into()]);
+                }
+                let stdio = rt.block_on(async {
+                    let s = McpServer::start(cfg).expect("config");
+                    s.wait_ready(Duration::from_secs(60)).await.expect("ready");
+                    s
+                });
+                let agent = mcp_caller(&stdio);
+                g.bench_function(name, |b| b.to_async(&rt).iter(|| one_run(&runner, &agent)));
+                stdio.shutdown();
+            }
             let http = mcp_support::HttpEverything::start(&std::path::PathBuf::from(&bin));
             let server = rt.block_on(async {
-                let s = McpServer::start(McpServerConfig::streamable_http("everything", &http.url))
-                    .expect("config");
+                let mut cfg = McpServerConfig::streamable_http("everything", &http.url);
+                cfg.allow = Some(vec!["echo".into()]);
+                let s = McpServer::start(cfg).expect("config");
                 s.wait_ready(Duration::from_secs(60)).await.expect("ready");
                 s
             });
