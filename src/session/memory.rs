@@ -76,7 +76,6 @@ pub const DEFAULT_MAX_RUNS: usize = 10_000;
 type Key = (Arc<str>, Arc<str>);
 
 struct Entry {
-    id: Arc<str>,
     /// The items, each with the run that added it (rollback removes a run's items).
     items: Mutex<Vec<(Option<Arc<str>>, Item)>>,
     meta: Mutex<Option<SessionMeta>>,
@@ -175,7 +174,6 @@ impl MemoryStore {
         }
         let now = now_ms();
         let e = Arc::new(Entry {
-            id: session_id.into(),
             items: Mutex::new(Vec::new()),
             meta: Mutex::new(None),
             created_at: now,
@@ -200,27 +198,41 @@ impl MemoryStore {
     }
 }
 
-/// A conversation of a [`MemoryStore`]: its items, and the run progress of its turns.
+/// A conversation of a [`MemoryStore`]: its items, and the run progress of its turns. Its
+/// entry is made by its first write (reading a session that does not exist makes nothing).
 struct StoreSession {
     store: MemoryStore,
     tenant: Arc<str>,
-    entry: Arc<Entry>,
+    id: Arc<str>,
 }
 
 impl StoreSession {
-    fn add(&self, items: Vec<Item>, run: Option<&Arc<str>>) {
-        self.entry.touch();
-        lock(&self.entry.items).extend(items.into_iter().map(|i| (run.cloned(), i)));
+    fn entry(&self) -> Arc<Entry> {
+        self.store.entry(&self.tenant, &self.id)
+    }
+
+    fn existing(&self) -> Option<Arc<Entry>> {
+        self.store.existing(&self.tenant, &self.id)
+    }
+
+    fn add(&self, items: Vec<Item>, run: Option<&Arc<str>>) -> Arc<Entry> {
+        let entry = self.entry();
+        entry.touch();
+        lock(&entry.items).extend(items.into_iter().map(|i| (run.cloned(), i)));
+        entry
     }
 }
 
 #[async_trait]
 impl Session for StoreSession {
     fn session_id(&self) -> &str {
-        &self.entry.id
+        &self.id
     }
     async fn get_items(&self, limit: Option<usize>) -> Result<Vec<Item>, SessionError> {
-        let items = lock(&self.entry.items);
+        let Some(entry) = self.existing() else {
+            return Ok(Vec::new());
+        };
+        let items = lock(&entry.items);
         let start = limit.map_or(0, |l| items.len().saturating_sub(l));
         Ok(items[start..].iter().map(|(_, i)| i.clone()).collect())
     }
@@ -229,7 +241,7 @@ impl Session for StoreSession {
         Ok(())
     }
     async fn save_turn(&self, items: Vec<Item>, turn: &TurnRecord) -> Result<(), SessionError> {
-        self.add(items, Some(&turn.run_id));
+        let entry = self.add(items, Some(&turn.run_id));
         self.store.with_run(&self.tenant, &turn.run_id, |r| {
             if r.record.status != RunStatus::Running {
                 return false;
@@ -247,7 +259,7 @@ impl Session for StoreSession {
             }
             true
         });
-        let mut meta = lock(&self.entry.meta);
+        let mut meta = lock(&entry.meta);
         if let Some((epoch, upto)) = &turn.seq_reserved {
             let safe = meta.as_ref().map_or(0, |m| m.seq_safe);
             *meta = Some(SessionMeta {
@@ -262,12 +274,18 @@ impl Session for StoreSession {
         Ok(())
     }
     async fn pop_item(&self) -> Result<Option<Item>, SessionError> {
-        self.entry.touch();
-        Ok(lock(&self.entry.items).pop().map(|(_, i)| i))
+        let Some(entry) = self.existing() else {
+            return Ok(None);
+        };
+        entry.touch();
+        let popped = lock(&entry.items).pop().map(|(_, i)| i);
+        Ok(popped)
     }
     async fn clear_session(&self) -> Result<(), SessionError> {
-        self.entry.touch();
-        lock(&self.entry.items).clear();
+        if let Some(entry) = self.existing() {
+            entry.touch();
+            lock(&entry.items).clear();
+        }
         Ok(())
     }
 }
@@ -291,7 +309,7 @@ impl Store for MemoryStore {
         Arc::new(StoreSession {
             store: self.clone(),
             tenant: tenant.into(),
-            entry: self.entry(tenant, session_id),
+            id: session_id.into(),
         })
     }
     async fn session_meta(

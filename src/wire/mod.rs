@@ -25,7 +25,7 @@ pub mod ui;
 mod fixtures;
 
 use bytes::Bytes;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::bus::Frame;
 
@@ -50,6 +50,16 @@ impl Depth {
             Depth::Top => frame.nesting.is_none(),
             Depth::Upto(d) => frame.depth() <= *d,
             Depth::All => true,
+        }
+    }
+}
+
+impl Serialize for Depth {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Depth::Top => s.serialize_u32(0),
+            Depth::Upto(n) => s.serialize_u32(*n),
+            Depth::All => s.serialize_str("all"),
         }
     }
 }
@@ -82,7 +92,7 @@ impl<'de> Deserialize<'de> for Depth {
 }
 
 /// Output format of a subscription.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Format {
     /// Full frames with SDK stream events.

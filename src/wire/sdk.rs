@@ -117,6 +117,7 @@ impl Serialize for SdkFrame<'_> {
                 }
             }
             FrameBody::SessionReset { epoch } => m.serialize_entry("epoch", epoch)?,
+            FrameBody::RunQueued { position } => m.serialize_entry("position", position)?,
             FrameBody::ToolCall {
                 call_id,
                 name,

@@ -166,7 +166,14 @@ pub(crate) async fn run_turn<C: Send + Sync + 'static>(mut b: Baton<C>) -> Step<
             match s.get_items(None).await {
                 Ok(mut history) => {
                     let input = std::mem::take(&mut b.original_input);
-                    if let Err(e) = s.add_items(input.clone()).await {
+                    // Saved as the run's (turn 0), so a rollback removes it with the run.
+                    let record = TurnRecord {
+                        run_id: shared.run_id.clone(),
+                        turn: 0,
+                        agent: b.agent.name().to_owned(),
+                        ..Default::default()
+                    };
+                    if let Err(e) = s.save_turn(input.clone(), &record).await {
                         return fail(
                             b,
                             AgentsError::UserError(format!(
