@@ -84,6 +84,13 @@ pub enum FrameBody {
         /// The run whose arrival cancelled it (double-texting `interrupt` / `rollback`).
         by_run_id: Option<Arc<str>>,
     },
+    /// The run paused: these tool calls wait for a person's decision (PROTOCOL.md 6.3).
+    RunInterrupted {
+        /// The pending calls (the SDK's `tool_approval_item`s).
+        interruptions: Vec<crate::run::state::ToolApproval>,
+    },
+    /// The paused run goes on: every pending call was decided.
+    RunResumed,
     /// The run waits its turn behind the session's earlier runs (double-texting `enqueue`,
     /// and `interrupt` / `rollback` while the run before it ends).
     RunQueued {
@@ -132,16 +139,19 @@ impl FrameBody {
             FrameBody::ToolProgress { .. } => "tool.progress",
             FrameBody::SessionReset { .. } => "session.reset",
             FrameBody::RunQueued { .. } => "run.queued",
+            FrameBody::RunInterrupted { .. } => "run.interrupted",
+            FrameBody::RunResumed => "run.resumed",
         }
     }
 
-    /// Whether the frame ends its run.
+    /// Whether the frame ends its run's stream (its end, or its pause for approval).
     pub fn is_terminal(&self) -> bool {
         matches!(
             self,
             FrameBody::RunCompleted { .. }
                 | FrameBody::RunFailed { .. }
                 | FrameBody::RunCancelled { .. }
+                | FrameBody::RunInterrupted { .. }
         )
     }
 }
@@ -240,9 +250,13 @@ impl Frame {
             },
             FrameBody::RunFailed { message, .. } => message.len(),
             FrameBody::ToolCall { arguments, .. } => arguments.len(),
+            FrameBody::RunInterrupted { interruptions } => {
+                interruptions.iter().map(|i| 128 + i.arguments.len()).sum()
+            }
             FrameBody::RunCancelled { .. }
             | FrameBody::SessionReset { .. }
-            | FrameBody::RunQueued { .. } => 0,
+            | FrameBody::RunQueued { .. }
+            | FrameBody::RunResumed => 0,
             FrameBody::ToolProgress { message, .. } => 96 + message.as_ref().map_or(0, String::len),
         };
         let payload = payload + self.nesting.as_ref().map_or(0, |n| 64 + 16 * n.path.len());

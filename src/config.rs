@@ -203,6 +203,16 @@ pub struct ToolConfig {
     /// Calls of this tool running at once, over all runs (default: no limit); more wait.
     #[serde(default)]
     pub max_concurrency: Option<usize>,
+    /// Each call waits for a person's approval first (`run.approve` / `run.reject`).
+    #[serde(default)]
+    pub needs_approval: bool,
+    /// A call no one decided on within this many milliseconds is rejected (default: never).
+    #[serde(default)]
+    pub approval_timeout_ms: Option<u64>,
+    /// Running a call twice does no harm: a run whose process died while it ran re-runs it
+    /// at restart (otherwise the run ends `interrupted`).
+    #[serde(default)]
+    pub idempotent: bool,
 }
 
 /// Default timeout of `http` and `client` tools.
@@ -220,7 +230,13 @@ impl ToolConfig {
             timeout: timeout.map(std::time::Duration::from_millis),
             timeout_behavior: self.timeout_behavior,
             concurrency: None,
-        };
+            needs_approval: Default::default(),
+            approval_timeout: self
+                .approval_timeout_ms
+                .map(std::time::Duration::from_millis),
+            idempotent: self.idempotent,
+        }
+        .needs_approval(self.needs_approval);
         match self.max_concurrency {
             Some(n) => p.max_concurrency(n),
             None => p,

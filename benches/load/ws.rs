@@ -110,7 +110,11 @@ async fn one_run(
         let t = next_text(ws).await?;
         let ty = scan::frame_type(&t).unwrap_or("");
         match ty {
-            "run.accepted" | "pong" => continue,
+            "run.accepted"
+            | "pong"
+            | "session.subscribed"
+            | "session.unsubscribed"
+            | "run.queued" => continue,
             "error" => return Err(format!("server error: {t}")),
             "lagged" => {
                 c.lagged.fetch_add(1, Ordering::Relaxed);

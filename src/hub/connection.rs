@@ -302,6 +302,32 @@ impl Conn {
                     self.error(c.id.as_ref(), e).await;
                 }
             }
+            ClientFrame::Approve(a) => {
+                let d = crate::run::state::Decision {
+                    approved: true,
+                    message: None,
+                };
+                let r = self
+                    .core
+                    .decide(&self.tenant, &a.run_id, &a.call_id, d, a.always)
+                    .await;
+                if let Err(e) = r {
+                    self.error(a.id.as_ref(), e).await;
+                }
+            }
+            ClientFrame::Reject(r) => {
+                let d = crate::run::state::Decision {
+                    approved: false,
+                    message: r.message,
+                };
+                let res = self
+                    .core
+                    .decide(&self.tenant, &r.run_id, &r.call_id, d, false)
+                    .await;
+                if let Err(e) = res {
+                    self.error(r.id.as_ref(), e).await;
+                }
+            }
             ClientFrame::Subscribe(s) => self.follow(s).await,
             ClientFrame::Unsubscribe(u) => match self.subs.remove(&u.session_id) {
                 Some((h, _)) => h.abort(),

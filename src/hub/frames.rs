@@ -12,6 +12,8 @@ use crate::service::{Depth, Format, RunCreate};
 pub const CLIENT_TYPES: &[&str] = &[
     "run.create",
     "run.cancel",
+    "run.approve",
+    "run.reject",
     "session.subscribe",
     "session.unsubscribe",
     "tool.result",
@@ -67,6 +69,38 @@ pub struct Cancel {
     pub mode: CancelMode,
 }
 
+/// `run.approve`: approves a pending tool call of a paused run.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approve {
+    /// Request id.
+    #[serde(default)]
+    pub id: Option<Value>,
+    /// The run.
+    pub run_id: String,
+    /// The pending call.
+    pub call_id: String,
+    /// Also every later call of that tool in this run.
+    #[serde(default)]
+    pub always: bool,
+}
+
+/// `run.reject`: rejects a pending tool call of a paused run.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reject {
+    /// Request id.
+    #[serde(default)]
+    pub id: Option<Value>,
+    /// The run.
+    pub run_id: String,
+    /// The pending call.
+    pub call_id: String,
+    /// What the model reads instead of the SDK's rejection message.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
 /// `tool.result`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -101,6 +135,12 @@ pub enum ClientFrame {
     /// Cancel a run.
     #[serde(rename = "run.cancel")]
     RunCancel(Cancel),
+    /// Approve a pending tool call.
+    #[serde(rename = "run.approve")]
+    Approve(Approve),
+    /// Reject a pending tool call.
+    #[serde(rename = "run.reject")]
+    Reject(Reject),
     /// Follow a session.
     #[serde(rename = "session.subscribe")]
     Subscribe(Subscribe),

@@ -38,6 +38,9 @@ pub enum RunOutcome {
     Failed(AgentsError),
     /// Cancelled.
     Cancelled(CancelMode),
+    /// Paused: these tool calls wait for a person's decision; the run's state holds the
+    /// rest (resume it with `Runner::resume`).
+    Interrupted(Vec<crate::run::state::ToolApproval>),
 }
 
 /// State of a run shared between the baton and the caller's result handle.
@@ -48,6 +51,10 @@ pub(crate) struct RunShared {
     pub cancel_after_turn: AtomicBool,
     pub current_turn: AtomicU64,
     pub current_agent: Mutex<String>,
+    /// The agent the run started with.
+    pub starting_agent: String,
+    /// The state the run paused with (for `to_state`).
+    pub state: Mutex<Option<crate::run::state::RunState>>,
     pub input: Mutex<Vec<Item>>,
     pub new_items: Mutex<Vec<RunItem>>,
     pub raw_responses: Mutex<Vec<ResponseObject>>,
@@ -160,6 +167,11 @@ impl RunShared {
     }
 
     /// Notes that `agent` now runs the run (its nested frames' path ends there).
+    /// The agent the run started with.
+    pub fn starting_agent(&self) -> &String {
+        &self.starting_agent
+    }
+
     pub fn set_agent(&self, agent: &str) {
         *self.current_agent.lock().unwrap_or_else(|e| e.into_inner()) = agent.to_owned();
         if let Some(spec) = &self.nest {
@@ -252,6 +264,9 @@ pub(crate) struct RunEnv<C: Send + Sync + 'static> {
     pub output_guardrails: Vec<OutputGuardrail<C>>,
     pub include_sensitive: bool,
     pub settle: Option<Arc<dyn RunSettle>>,
+    /// Save the run's state with every turn (the server's runs, for approvals, restarts
+    /// and other nodes).
+    pub keep_state: bool,
 }
 
 /// What a tool call may reach of its run: progress goes onto the run's topic (with its
@@ -297,6 +312,15 @@ pub(crate) struct Baton<C: Send + Sync + 'static> {
     /// This turn's tools when the agent has tool sources (its own plus the listed ones);
     /// `None`: just the agent's own.
     pub turn_tools: Option<Vec<Arc<dyn Tool<C>>>>,
+    /// Decisions on tool calls that need approval.
+    pub approvals: crate::run::state::Approvals,
+    /// A turn to finish instead of calling the model (a resumed run).
+    pub resume_turn: Option<crate::run::state::PendingTurn>,
+    /// A resumed run still to set up at its first turn: the session items before its own
+    /// input to read back (`Some(n)`: the first n), and whether to announce its agent.
+    pub resuming: Option<Option<usize>>,
+    /// Session items before the run's own input (with a session).
+    pub history_len: Option<usize>,
 }
 
 impl<C: Send + Sync + 'static> Baton<C> {

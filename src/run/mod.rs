@@ -23,6 +23,21 @@ pub use result::{RunCanceller, RunResult, RunResultStreaming};
 pub use settle::{RunEnded, RunSettle};
 pub use state::{RunState, ToolApproval};
 
+impl<C: Send + Sync + Default + 'static> Runner<C> {
+    /// Continues a paused or interrupted run from its state (the SDK's
+    /// `Runner.run_streamed(agent, state)` after `state.approve(...)`): `agent` is the run's
+    /// starting agent; give the run's session with [`RunRequest::session`] when it had one.
+    pub fn resume(
+        &self,
+        agent: &Agent<C>,
+        state: RunState,
+    ) -> Result<RunResultStreaming<C>, AgentsError> {
+        self.request(agent, RunInput::Items(Vec::new()))
+            .resume_from(state)
+            .start()
+    }
+}
+
 use crate::actor::Stage;
 use crate::agent::Agent;
 use crate::bus::{Bus, BusLimits, Topic};
@@ -135,6 +150,8 @@ impl<C: Send + Sync + 'static> Runner<C> {
             output_guardrails: Vec::new(),
             settle: None,
             listen: true,
+            keep_state: false,
+            resume: None,
         }
     }
 }
@@ -179,6 +196,8 @@ pub struct RunRequest<'r, C: Send + Sync + 'static> {
     output_guardrails: Vec<OutputGuardrail<C>>,
     settle: Option<Arc<dyn RunSettle>>,
     listen: bool,
+    keep_state: bool,
+    resume: Option<RunState>,
 }
 
 /// How many events a run's own event stream holds for a reader that falls behind; past that
@@ -254,6 +273,38 @@ impl<C: Send + Sync + 'static> RunRequest<'_, C> {
         self
     }
 
+    /// Saves the run's state with every turn's items (for approvals, restarts, other
+    /// nodes); the server's runs do. Without it the state is still saved when the run pauses
+    /// for approval.
+    pub fn keep_state(mut self, keep: bool) -> Self {
+        self.keep_state = keep;
+        self
+    }
+
+    /// Continues a run from its state (the SDK's `Runner.run_streamed(agent, state)`): the
+    /// decided calls of its paused turn run (or give the model the rejection message), then
+    /// its turns go on. The request's agent must be the run's starting agent (or any agent
+    /// registered with the runner: the state names the agent whose turn is next), its input
+    /// is ignored, and its session must be the run's.
+    pub fn resume_from(mut self, state: RunState) -> Self {
+        self.run_id = Some(state.run_id.clone());
+        self.config.max_turns = state.max_turns;
+        if state.trace.trace_id.is_some() {
+            self.config.trace_id = state.trace.trace_id.clone();
+        }
+        if let Some(w) = &state.trace.workflow_name {
+            self.config.workflow_name = w.clone();
+        }
+        if state.trace.group_id.is_some() {
+            self.config.group_id = state.trace.group_id.clone();
+        }
+        if state.trace.metadata.is_some() {
+            self.config.trace_metadata = state.trace.metadata.clone();
+        }
+        self.resume = Some(state);
+        self
+    }
+
     /// Starts the run and returns its live handle.
     pub fn start(self) -> Result<RunResultStreaming<C>, AgentsError> {
         let runner = self.runner;
@@ -293,6 +344,8 @@ impl<C: Send + Sync + 'static> RunRequest<'_, C> {
             listener,
             cancel: CancellationToken::new(),
             nest: None,
+            keep_state: self.keep_state,
+            resume: self.resume,
         })?;
         Ok(RunResultStreaming {
             shared,
@@ -325,6 +378,8 @@ pub(crate) struct Launch<C: Send + Sync + 'static> {
     pub listener: Option<tokio::sync::mpsc::Sender<Arc<crate::bus::Frame>>>,
     pub cancel: CancellationToken,
     pub nest: Option<NestSpec>,
+    pub keep_state: bool,
+    pub resume: Option<RunState>,
 }
 
 /// Starts a run: its trace (or the current one, for a run inside a traced one) and task
@@ -374,6 +429,11 @@ pub(crate) fn launch<C: Send + Sync + 'static>(
         cancel_after_turn: AtomicBool::new(false),
         current_turn: AtomicU64::new(0),
         current_agent: Mutex::new(l.agent.name().to_owned()),
+        state: Mutex::new(None),
+        starting_agent: match &l.resume {
+            Some(st) => st.starting_agent.name.clone(),
+            None => l.agent.name().to_owned(),
+        },
         input: Mutex::new(input_items.clone()),
         new_items: Mutex::new(Vec::new()),
         raw_responses: Mutex::new(Vec::new()),
@@ -400,24 +460,64 @@ pub(crate) fn launch<C: Send + Sync + 'static>(
         output_guardrails: l.output_guardrails,
         include_sensitive,
         settle: l.settle,
+        keep_state: l.keep_state,
     });
+    // A resumed run continues at its state's agent, turn, items, usage and decisions.
+    let mut agent = l.agent;
+    let mut original_input = input_items;
+    let mut generated = Vec::new();
+    let mut turn = 0;
+    let mut approvals = state::Approvals::default();
+    let mut resume_turn = None;
+    let mut resuming = None;
+    let mut agents_used_tools = std::collections::HashSet::new();
+    let mut handoff_from = None;
+    if let Some(st) = l.resume {
+        if st.current_agent.name != agent.name() {
+            agent = l.stage.get(&st.current_agent.name).ok_or_else(|| {
+                AgentsError::UserError(format!(
+                    "the run's state continues at agent {}, which is not registered with the runner",
+                    st.current_agent.name
+                ))
+            })?;
+        }
+        shared.set_agent(agent.name());
+        original_input = st.original_input;
+        *shared.input.lock().unwrap_or_else(|e| e.into_inner()) = original_input.clone();
+        *shared.new_items.lock().unwrap_or_else(|e| e.into_inner()) = st.generated_items.clone();
+        generated = st.generated_items;
+        turn = st.current_turn;
+        shared
+            .current_turn
+            .store(turn, std::sync::atomic::Ordering::Release);
+        l.ctx.with_usage(|u| *u = st.context.usage.clone());
+        approvals = st.context.approvals;
+        resume_turn = st.pending_turn;
+        resuming = Some(st.session_items);
+        agents_used_tools = st.tool_use_tracker.into_iter().collect();
+        handoff_from = st.handoff_from;
+    }
     let baton = Baton {
         shared: shared.clone(),
         env,
         ctx: l.ctx,
-        agent: l.agent,
-        original_input: input_items,
-        generated: Vec::new(),
-        turn: 0,
+        agent,
+        original_input,
+        generated,
+        turn,
         agent_started: false,
         trace,
         owns_trace,
         task_span,
         agent_span: Span::disabled(),
-        agents_used_tools: Default::default(),
-        handoff_from: None,
+        agents_used_tools,
+        handoff_from,
         slot: None,
         turn_tools: None,
+        approvals,
+        resume_turn,
+        resuming,
+        history_len: None,
     };
     if let Err(refused) = l.stage.start(baton) {
         let (refused, e) = *refused;

@@ -264,6 +264,8 @@ impl<C: Send + Sync + 'static> Tool<C> for AgentTool<C> {
                 input_guardrails: Vec::new(),
                 output_guardrails: Vec::new(),
                 cancel: caller.cancel.child_token(),
+                keep_state: false,
+                resume: None,
                 nest: Some(NestSpec {
                     ancestors: caller.path(),
                     depth,

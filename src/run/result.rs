@@ -42,9 +42,23 @@ pub struct RunResult {
     pub output_guardrail_results: Vec<GuardrailResult>,
     /// The trace id, when traced.
     pub trace_id: Option<String>,
+    /// Tool calls waiting for a person's decision, when the run paused.
+    pub interruptions: Vec<crate::run::state::ToolApproval>,
+    /// The paused run's state (decide with `approve` / `reject`, then `Runner::resume`).
+    pub state: Option<crate::run::state::RunState>,
 }
 
 impl RunResult {
+    /// The tool calls waiting for a decision (the SDK's `interruptions`).
+    pub fn interruptions(&self) -> &[crate::run::state::ToolApproval] {
+        &self.interruptions
+    }
+
+    /// The paused run's state (the SDK's `to_state`).
+    pub fn to_state(&self) -> Option<crate::run::state::RunState> {
+        self.state.clone()
+    }
+
     /// The input plus the new items, ready for the next run (the SDK's `to_input_list`).
     pub fn to_input_list(&self) -> Vec<Item> {
         let mut v = self.input.clone();
@@ -260,7 +274,9 @@ impl<C: Send + Sync + 'static> RunResultStreaming<C> {
                 last_agent,
             }) => (final_output, last_agent),
             Some(RunOutcome::Failed(e)) => return Err(e),
-            Some(RunOutcome::Cancelled(_)) | None => (Value::Null, self.current_agent()),
+            Some(RunOutcome::Cancelled(_)) | Some(RunOutcome::Interrupted(_)) | None => {
+                (Value::Null, self.current_agent())
+            }
         };
         Ok(RunResult {
             run_id: self.shared.run_id.to_string(),
@@ -283,7 +299,27 @@ impl<C: Send + Sync + 'static> RunResultStreaming<C> {
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
             trace_id: self.shared.trace_id.clone(),
+            interruptions: self.interruptions(),
+            state: self.to_state(),
         })
+    }
+
+    /// The tool calls waiting for a person's decision, when the run paused (the SDK's
+    /// `interruptions`).
+    pub fn interruptions(&self) -> Vec<crate::run::state::ToolApproval> {
+        match self.outcome() {
+            Some(RunOutcome::Interrupted(i)) => i,
+            _ => Vec::new(),
+        }
+    }
+
+    /// The paused run's state, to decide on and resume (the SDK's `to_state`).
+    pub fn to_state(&self) -> Option<crate::run::state::RunState> {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 

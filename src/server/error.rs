@@ -18,7 +18,7 @@ pub fn status(e: &ApiError) -> StatusCode {
             StatusCode::PAYLOAD_TOO_LARGE
         }
         ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
-        ApiError::SessionBusy(_) => StatusCode::CONFLICT,
+        ApiError::SessionBusy(_) | ApiError::Conflict(_) => StatusCode::CONFLICT,
         ApiError::HistoryTruncated { .. } => StatusCode::GONE,
         ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,

@@ -366,6 +366,67 @@ pub async fn list_sessions(
     Ok(Json(json!({ "sessions": sessions })))
 }
 
+/// `GET /v1/runs/{run_id}/state`: the run's state as its last turn end saved it.
+pub async fn run_state(
+    State(st): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(run_id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(st.core.run_state(&tenant, &run_id).await?))
+}
+
+/// Body of `POST /v1/runs/{run_id}/decisions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionBody {
+    /// The pending call.
+    pub call_id: String,
+    /// `approve` or `reject`.
+    pub decision: DecisionKind,
+    /// With `approve`: every later call of that tool in this run too.
+    #[serde(default)]
+    pub always: bool,
+    /// With `reject`: what the model reads instead of the SDK's rejection message.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// A decision.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionKind {
+    /// Run the call.
+    Approve,
+    /// Do not run it; the model reads the rejection message.
+    Reject,
+}
+
+/// `POST /v1/runs/{run_id}/decisions`: approves or rejects a pending tool call of a paused
+/// run; the run resumes when every pending call is decided. Answers 204.
+pub async fn run_decision(
+    State(st): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(run_id): Path<String>,
+    body: Result<Json<DecisionBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Json(b) = body.map_err(|r| {
+        ApiError::BadRequest(format!("the decision is not valid: {}", r.body_text()))
+    })?;
+    let decision = crate::run::state::Decision {
+        approved: b.decision == DecisionKind::Approve,
+        message: if b.decision == DecisionKind::Reject {
+            b.message
+        } else {
+            None
+        },
+    };
+    let always = b.always && b.decision == DecisionKind::Approve;
+    st.core
+        .decide(&tenant, &run_id, &b.call_id, decision, always)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// Query of `GET /v1/runs`.
 #[derive(Debug, Default, Deserialize)]
 pub struct RunsQuery {

@@ -60,6 +60,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/sessions", get(http::list_sessions))
         .route("/v1/runs", get(http::list_runs))
         .route("/v1/runs/{run_id}", get(http::get_run))
+        .route("/v1/runs/{run_id}/state", get(http::run_state))
+        .route("/v1/runs/{run_id}/decisions", post(http::run_decision))
         .route("/v1/sessions/{session_id}/items", get(http::session_items))
         .route(
             "/v1/sessions/{session_id}",

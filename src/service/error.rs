@@ -44,6 +44,10 @@ pub enum ApiError {
     /// A limit on concurrent runs or connections was reached.
     #[error("{0}")]
     Overloaded(String),
+    /// The request conflicts with the resource's state (a call already decided, a run not
+    /// waiting for a decision).
+    #[error("{0}")]
+    Conflict(String),
     /// The session already has a run in progress (one run per session at a time).
     #[error("{0}")]
     SessionBusy(String),
@@ -81,6 +85,7 @@ impl ApiError {
             ApiError::InputTooLarge { .. } => "input_too_large",
             ApiError::Overloaded(_) => "overloaded",
             ApiError::SessionBusy(_) => "session_busy",
+            ApiError::Conflict(_) => "conflict",
             ApiError::HistoryTruncated { .. } => "history_truncated",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::NotImplemented(_) => "not_implemented",

@@ -4,7 +4,8 @@
 //!
 //! - [`sessions`]: one owner per active session (numbering, history, run claim,
 //!   subscribers), activated on use and passivated when idle.
-//! - [`runs`]: preparing, launching and settling runs; the run registry.
+//! - [`runs`]: preparing, launching and settling runs; the run registry; double-texting.
+//! - [`approvals`]: decisions on paused runs, their timeouts, run states.
 //! - [`request`]: the typed run request every transport parses into.
 //! - [`store`]: the session store `[sessions] store` names.
 //! - [`metrics`], [`telemetry`]: counters, Prometheus text, named events that log and count.
@@ -12,6 +13,7 @@
 //! - [`cast`], [`tools`], [`http_tool`]: from config to agents, models and tools (`http`,
 //!   `client`, `agent`) and MCP servers.
 
+pub mod approvals;
 pub mod cast;
 pub mod error;
 pub mod http_tool;
@@ -337,6 +339,7 @@ impl Core {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(period) => {
+                    self.reject_due_approvals().await;
                     self.sessions.release_idle_rings();
                     let n = self.sessions.passivate_idle().await;
                     if n > 0 {

@@ -252,7 +252,7 @@ impl PreparedRun {
                 let trace_id = cfg.trace_id.clone();
                 let started = core
                     .start_engine(
-                        &tenant, &owner, &run_id, &agent, req.input, cfg, claimed, slot,
+                        &tenant, &owner, &run_id, &agent, req.input, cfg, claimed, slot, None,
                     )
                     .await;
                 // From here the settler releases the session's claim (or the failure did).
@@ -344,6 +344,7 @@ impl Core {
         cfg: RunConfig,
         claimed: Claimed,
         slot: TenantSlot,
+        resume: Option<crate::run::RunState>,
     ) -> Result<(), ApiError> {
         let store = self.sessions.store().clone();
         if let Some((epoch, upto)) = &claimed.reserve {
@@ -366,7 +367,7 @@ impl Core {
             owner: owner.clone(),
             slot: std::sync::Mutex::new(Some(slot)),
         });
-        let started = self
+        let mut request = self
             .runner
             .request_with(agent, input, ())
             .config(cfg)
@@ -375,7 +376,11 @@ impl Core {
             .run_id(run_id.to_string())
             .settle(settler)
             .listen(false)
-            .start();
+            .keep_state(true);
+        if let Some(state) = resume {
+            request = request.resume_from(state);
+        }
+        let started = request.start();
         match started {
             Ok(run) => {
                 if let Some(e) = self.runs.get(&**run_id) {
@@ -487,7 +492,7 @@ impl Core {
         let slot = TenantSlot::forced(&self, &tenant);
         let _ = self
             .start_engine(
-                &tenant, &owner, &run_id, &agent, req.input, cfg, claimed, slot,
+                &tenant, &owner, &run_id, &agent, req.input, cfg, claimed, slot, None,
             )
             .await;
     }
@@ -538,6 +543,16 @@ impl RunSettle for RunSettler {
     async fn settle(&self, ended: RunEnded) {
         let core = &self.core;
         let rid = ended.run_id.clone();
+        if let RunOutcome::Interrupted(_) = &ended.outcome {
+            // Paused: its state is saved (status awaiting_approval); it keeps the session as
+            // stored state only, and holds no task, no place, no memory here.
+            core.runs.remove(&*rid);
+            core.calls.finish_run(&rid);
+            drop(self.slot.lock().unwrap_or_else(|e| e.into_inner()).take());
+            let frame = self.owner.pause_run(ended);
+            core.after_end(&self.tenant, &self.owner, &rid, (frame, None));
+            return;
+        }
         if let RunOutcome::Failed(e) = &ended.outcome {
             tracing::info!(run_id = %rid, error = %e, "run failed");
         }
@@ -872,5 +887,65 @@ impl Core {
             );
         }
         interrupted
+    }
+}
+
+impl Core {
+    /// Resumes a paused run whose pending calls are all decided: `run.resumed` on its
+    /// session, then the engine goes on from its state.
+    pub(crate) async fn resume_paused(
+        self: &Arc<Self>,
+        tenant: &Arc<str>,
+        owner: &Arc<SessionOwner>,
+        state: crate::run::RunState,
+    ) -> Result<(), ApiError> {
+        let run_id: Arc<str> = state.run_id.as_str().into();
+        owner.set_paused(&run_id, false);
+        owner.publish(&run_id, FrameBody::RunResumed);
+        self.start_from_state(tenant, owner, state).await
+    }
+
+    /// Starts the engine on a run's saved state (a decided paused run, or a run taken up
+    /// after a restart); the run holds its session's claim already.
+    pub(crate) async fn start_from_state(
+        self: &Arc<Self>,
+        tenant: &Arc<str>,
+        owner: &Arc<SessionOwner>,
+        state: crate::run::RunState,
+    ) -> Result<(), ApiError> {
+        let run_id: Arc<str> = state.run_id.as_str().into();
+        let Some(agent) = self.agents.get(&state.starting_agent.name).cloned() else {
+            let e = AgentsError::UserError(format!(
+                "the run started with agent {}, which the config no longer has",
+                state.starting_agent.name
+            ));
+            let _ = self
+                .sessions
+                .store()
+                .record_run_end(tenant, &run_id, RunEnd::failed(&e, None, None))
+                .await;
+            let body = FrameBody::RunFailed {
+                error_type: e.sdk_name().into(),
+                message: e.to_string(),
+            };
+            let ended = owner.end_paused(&run_id, body);
+            self.after_end(tenant, owner, &run_id, ended);
+            return Err(ApiError::Conflict(e.to_string()));
+        };
+        let claimed = owner.claimed()?;
+        let slot = TenantSlot::forced(self, tenant);
+        let cfg = RunConfig::default();
+        self.start_engine(
+            tenant,
+            owner,
+            &run_id,
+            &agent,
+            RunInput::Items(Vec::new()),
+            cfg,
+            claimed,
+            slot,
+            Some(state),
+        )
+        .await
     }
 }

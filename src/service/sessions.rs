@@ -75,6 +75,8 @@ pub struct SessionOwner {
     /// for it, so it loads the exact numbering.
     saved: AtomicBool,
     saved_signal: Notify,
+    /// Taken while a decision on the session's paused run is recorded (one at a time).
+    decisions: tokio::sync::Mutex<()>,
 }
 
 /// A subscription granted by an owner, with the numbering it belongs to.
@@ -141,7 +143,13 @@ impl SessionOwner {
             }),
             saved: AtomicBool::new(false),
             saved_signal: Notify::new(),
+            decisions: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The lock decisions on the session's paused run take.
+    pub fn decisions(&self) -> &tokio::sync::Mutex<()> {
+        &self.decisions
     }
 
     fn mark_saved(&self) {
@@ -445,6 +453,17 @@ impl SessionOwner {
         st.paused = false;
         let frame = ended.publish();
         (frame, Self::take_next(&mut st))
+    }
+
+    /// Pauses the session's run (waiting for a decision): publishes its `run.interrupted`
+    /// frame; the run keeps the session, as stored state only.
+    pub fn pause_run(&self, ended: RunEnded) -> Option<Arc<crate::bus::Frame>> {
+        let mut st = self.lock();
+        st.last_used = Instant::now();
+        if st.run.as_deref() == Some(&*ended.run_id) {
+            st.paused = true;
+        }
+        ended.publish()
     }
 
     /// Ends a paused run without a task (a decision's timeout, a new message interrupting

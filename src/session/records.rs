@@ -202,6 +202,17 @@ impl RunEnd {
                 end.cancel_mode = Some(mode.as_str().to_owned());
                 end
             }
+            // Not an end: the run waits for a decision (its state says which).
+            RunOutcome::Interrupted(_) => RunEnd {
+                status: RunStatus::AwaitingApproval,
+                last_agent: Some(current_agent.to_owned()),
+                final_output: None,
+                usage: Some(usage),
+                error: None,
+                cancel_mode: None,
+                by_run_id: None,
+                seq_safe: None,
+            },
         }
     }
 }

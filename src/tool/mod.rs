@@ -12,7 +12,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use policy::{timeout_message, ToolPolicy, ToolTimeoutBehavior};
+pub use policy::{timeout_message, NeedsApproval, ToolPolicy, ToolTimeoutBehavior};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;

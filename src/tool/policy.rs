@@ -45,6 +45,30 @@ pub enum ToolTimeoutBehavior {
     RaiseException,
 }
 
+/// Whether a tool's calls need a person's approval before they run (the SDK's
+/// `needs_approval`).
+#[derive(Clone, Default)]
+pub enum NeedsApproval {
+    /// Never (the default).
+    #[default]
+    Never,
+    /// Every call.
+    Always,
+    /// Calls whose parsed arguments the predicate says need it. Arguments that are not a
+    /// JSON object fail closed: the call needs approval, as in the SDK.
+    When(Arc<dyn Fn(&serde_json::Value) -> bool + Send + Sync>),
+}
+
+impl std::fmt::Debug for NeedsApproval {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NeedsApproval::Never => "Never",
+            NeedsApproval::Always => "Always",
+            NeedsApproval::When(_) => "When(..)",
+        })
+    }
+}
+
 /// How a tool's calls are bounded: a timeout and a limit on calls running at once.
 ///
 /// The timeout covers the whole call as the model sees it, waiting for a concurrency slot
@@ -58,6 +82,13 @@ pub struct ToolPolicy {
     pub timeout_behavior: ToolTimeoutBehavior,
     /// Calls of this tool running at once, over all runs that use it.
     pub concurrency: Option<Arc<tokio::sync::Semaphore>>,
+    /// Whether a call needs a person's approval first.
+    pub needs_approval: NeedsApproval,
+    /// How long a call may wait for a decision before it is rejected (none: for ever).
+    pub approval_timeout: Option<Duration>,
+    /// Whether running a call twice does no harm: a run whose process died while the tool
+    /// ran re-runs it on restart; otherwise such a run ends `interrupted`.
+    pub idempotent: bool,
 }
 
 impl ToolPolicy {
@@ -79,6 +110,49 @@ impl ToolPolicy {
     pub fn max_concurrency(mut self, n: usize) -> Self {
         self.concurrency = Some(Arc::new(tokio::sync::Semaphore::new(n.max(1))));
         self
+    }
+
+    /// Every call needs approval (or none when `false`).
+    pub fn needs_approval(mut self, yes: bool) -> Self {
+        self.needs_approval = if yes {
+            NeedsApproval::Always
+        } else {
+            NeedsApproval::Never
+        };
+        self
+    }
+
+    /// Calls need approval when `predicate` says so of their arguments.
+    pub fn needs_approval_when(
+        mut self,
+        predicate: impl Fn(&serde_json::Value) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.needs_approval = NeedsApproval::When(Arc::new(predicate));
+        self
+    }
+
+    /// Rejects a call no one decided on within `timeout`.
+    pub fn approval_timeout(mut self, timeout: Duration) -> Self {
+        self.approval_timeout = Some(timeout);
+        self
+    }
+
+    /// Marks the tool safe to run again (see [`ToolPolicy::idempotent`]).
+    pub fn idempotent(mut self, yes: bool) -> Self {
+        self.idempotent = yes;
+        self
+    }
+
+    /// Whether a call with these arguments needs approval.
+    pub fn asks_approval(&self, arguments: &str) -> bool {
+        match &self.needs_approval {
+            NeedsApproval::Never => false,
+            NeedsApproval::Always => true,
+            NeedsApproval::When(f) => match serde_json::from_str::<serde_json::Value>(arguments) {
+                Ok(v) if v.is_object() => f(&v),
+                _ => true,
+            },
+        }
     }
 
     /// Whether the policy bounds anything.

@@ -118,6 +118,10 @@ impl Serialize for SdkFrame<'_> {
             }
             FrameBody::SessionReset { epoch } => m.serialize_entry("epoch", epoch)?,
             FrameBody::RunQueued { position } => m.serialize_entry("position", position)?,
+            FrameBody::RunInterrupted { interruptions } => {
+                m.serialize_entry("interruptions", interruptions)?
+            }
+            FrameBody::RunResumed => {}
             FrameBody::ToolCall {
                 call_id,
                 name,

@@ -247,7 +247,18 @@ impl UiRun {
             }
             // Subscriptions report a deleted session themselves (`Delivery::Reset`); a queued
             // notice says nothing a UI stream shows before the run starts.
-            FrameBody::SessionReset { .. } | FrameBody::RunQueued { .. } => {}
+            FrameBody::SessionReset { .. }
+            | FrameBody::RunQueued { .. }
+            | FrameBody::RunResumed => {}
+            // A run paused for approval: the UI stream ends here (the decision is made
+            // elsewhere; a resumed run is followed anew).
+            FrameBody::RunInterrupted { .. } => self.end(
+                RunEnd::Failed {
+                    error_type: "Interrupted",
+                    message: "the run waits for a person's approval of a tool call",
+                },
+                emit,
+            ),
         }
         if !self.awaiting && !self.ended && self.calls.iter().any(|c| c.client) {
             // Every call still open is a client's: the run can go on only when they answer.

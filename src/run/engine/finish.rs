@@ -129,6 +129,9 @@ pub(crate) async fn finish<C: Send + Sync + 'static>(mut b: Baton<C>, outcome: R
             error_type: e.sdk_name().into(),
             message: e.to_string(),
         },
+        RunOutcome::Interrupted(interruptions) => FrameBody::RunInterrupted {
+            interruptions: interruptions.clone(),
+        },
         RunOutcome::Cancelled(mode) => FrameBody::RunCancelled {
             mode: *mode,
             by_run_id: shared.cancel_reason().1,

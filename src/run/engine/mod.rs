@@ -13,6 +13,7 @@
 //!
 //! Hooks come in pairs (the run's, then the agent's): [`hooks`].
 
+mod approvals;
 mod finish;
 mod guardrails;
 mod handoffs;
@@ -32,8 +33,9 @@ use crate::agent::Agent;
 use crate::bus::CancelMode;
 use crate::error::AgentsError;
 use crate::events::StreamEvent;
-use crate::items::RunItem;
+use crate::items::{FunctionCallItem, RunItem};
 use crate::run::baton::{Baton, RunOutcome};
+use crate::run::state::PendingReason;
 use crate::session::TurnRecord;
 use crate::trace::{self, Span, SpanData};
 pub(crate) use finish::finish;
@@ -125,13 +127,18 @@ pub(super) async fn save_turn<C: Send + Sync + 'static>(
         .unwrap_or_else(|e| e.into_inner())
         .extend(items.iter().cloned());
     if let Some(s) = &b.env.session {
+        let state = b.env.keep_state.then(|| {
+            approvals::snapshot_with(b, items, agent, b.turn, None, Vec::new())
+                .to_text()
+                .into()
+        });
         let record = TurnRecord {
             run_id: b.shared.run_id.clone(),
             turn: b.turn,
             agent: agent.to_owned(),
             usage: b.ctx.usage(),
             seq_reserved: None,
-            state: None,
+            state,
             seq_safe: None,
             pause: None,
         };
@@ -153,7 +160,35 @@ pub(crate) async fn run_turn<C: Send + Sync + 'static>(mut b: Baton<C>) -> Step<
     if b.turn > 0 && shared.cancel_after_turn.load(Ordering::Acquire) {
         return Step::Done(b, RunOutcome::Cancelled(CancelMode::AfterTurn));
     }
-    if b.turn == 0 {
+    if let Some(session_items) = b.resuming.take() {
+        // A resumed run: its stream opens with its agent, as the SDK's resumed stream does;
+        // the conversation before its own input comes back from the session.
+        shared
+            .publish_event(
+                StreamEvent::AgentUpdated {
+                    new_agent: b.agent.name().into(),
+                },
+                None,
+            )
+            .await;
+        if let (Some(n), Some(s)) = (session_items, b.env.session.clone()) {
+            match s.get_items(Some(usize::MAX)).await {
+                Ok(history) => {
+                    let mut all: Vec<_> = history.into_iter().take(n).collect();
+                    b.history_len = Some(all.len());
+                    all.extend(std::mem::take(&mut b.original_input));
+                    *shared.input.lock().unwrap_or_else(|e| e.into_inner()) = all.clone();
+                    b.original_input = all;
+                }
+                Err(e) => {
+                    return fail(
+                        b,
+                        AgentsError::UserError(format!("could not read the session: {e}")),
+                    );
+                }
+            }
+        }
+    } else if b.turn == 0 {
         shared
             .publish_event(
                 StreamEvent::AgentUpdated {
@@ -166,11 +201,20 @@ pub(crate) async fn run_turn<C: Send + Sync + 'static>(mut b: Baton<C>) -> Step<
             match s.get_items(None).await {
                 Ok(mut history) => {
                     let input = std::mem::take(&mut b.original_input);
-                    // Saved as the run's (turn 0), so a rollback removes it with the run.
+                    b.history_len = Some(history.len());
+                    history.extend(input.iter().cloned());
+                    b.original_input = history;
+                    // Saved as the run's (turn 0), so a rollback removes it with the run;
+                    // with its state, so a restart can take the run up from the start.
+                    let state = b
+                        .env
+                        .keep_state
+                        .then(|| approvals::snapshot(&b, None, Vec::new()).to_text().into());
                     let record = TurnRecord {
                         run_id: shared.run_id.clone(),
                         turn: 0,
                         agent: b.agent.name().to_owned(),
+                        state,
                         ..Default::default()
                     };
                     if let Err(e) = s.save_turn(input.clone(), &record).await {
@@ -181,9 +225,8 @@ pub(crate) async fn run_turn<C: Send + Sync + 'static>(mut b: Baton<C>) -> Step<
                             )),
                         );
                     }
-                    history.extend(input);
-                    *shared.input.lock().unwrap_or_else(|e| e.into_inner()) = history.clone();
-                    b.original_input = history;
+                    *shared.input.lock().unwrap_or_else(|e| e.into_inner()) =
+                        b.original_input.clone();
                 }
                 Err(e) => {
                     return fail(
@@ -270,6 +313,13 @@ pub(crate) async fn run_turn<C: Send + Sync + 'static>(mut b: Baton<C>) -> Step<
             )
         }
         Ok(TurnEnd::Cancelled) => Step::Done(b, RunOutcome::Cancelled(shared.cancel_reason().0)),
+        Ok(TurnEnd::Interrupted(interruptions, pending)) => {
+            // Paused: the state (with the turn's progress) is saved, then the run ends here.
+            if let Err(e) = pause(&b, pending, &interruptions).await {
+                return fail(b, e);
+            }
+            Step::Done(b, RunOutcome::Interrupted(interruptions))
+        }
         Err(e) => fail(b, e),
     }
 }
@@ -279,31 +329,116 @@ enum TurnEnd<C: Send + Sync + 'static> {
     Handoff(Agent<C>),
     Final(Value),
     Cancelled,
+    Interrupted(
+        Vec<crate::run::state::ToolApproval>,
+        crate::run::state::PendingTurn,
+    ),
+}
+
+/// Saves a paused run's state: in its session's store (the run's status becomes
+/// `awaiting_approval`), and for the result handle (`to_state`).
+async fn pause<C: Send + Sync + 'static>(
+    b: &Baton<C>,
+    pending: crate::run::state::PendingTurn,
+    interruptions: &[crate::run::state::ToolApproval],
+) -> Result<(), AgentsError> {
+    let state = approvals::snapshot(b, Some(pending), interruptions.to_vec());
+    let text: Arc<str> = state.to_text().into();
+    *b.shared.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(state);
+    if let Some(s) = &b.env.session {
+        let deadline = interruptions.iter().filter_map(|i| i.deadline_ms).min();
+        let record = TurnRecord {
+            run_id: b.shared.run_id.clone(),
+            turn: b.turn.saturating_sub(1),
+            agent: b.agent.name().to_owned(),
+            usage: b.ctx.usage(),
+            state: Some(text),
+            pause: Some(deadline),
+            ..Default::default()
+        };
+        s.save_turn(Vec::new(), &record).await.map_err(|e| {
+            AgentsError::UserError(format!("could not save the paused run's state: {e}"))
+        })?;
+    }
+    Ok(())
+}
+
+/// Saves the run's state as its tools start (the server's runs): a process that dies while
+/// they run leaves this state, from which only idempotent tools are run again.
+async fn tools_started<C: Send + Sync + 'static>(
+    b: &Baton<C>,
+    pending: crate::run::state::PendingTurn,
+) -> Result<(), AgentsError> {
+    let Some(s) = &b.env.session else {
+        return Ok(());
+    };
+    let state = approvals::snapshot(b, Some(pending), Vec::new());
+    let record = TurnRecord {
+        run_id: b.shared.run_id.clone(),
+        turn: b.turn.saturating_sub(1),
+        agent: b.agent.name().to_owned(),
+        usage: b.ctx.usage(),
+        state: Some(state.to_text().into()),
+        ..Default::default()
+    };
+    s.save_turn(Vec::new(), &record)
+        .await
+        .map_err(|e| AgentsError::UserError(format!("could not save the run's state: {e}")))
 }
 
 async fn turn_body<C: Send + Sync + 'static>(
     b: &mut Baton<C>,
     turn_span: &Span,
 ) -> Result<TurnEnd<C>, AgentsError> {
-    if b.turn == 1 {
-        guardrails::run_input(b, false).await?;
-    }
-    let Some(response) = model_call::call(b, turn_span).await? else {
-        return Ok(TurnEnd::Cancelled);
+    let (mut new_items, tool_calls, handoff_calls, mut tool_results) = match b.resume_turn.take() {
+        // A paused turn resumed: its model call was made; its remaining calls are decided.
+        Some(p) => resolve::resume(b, p)?,
+        None => {
+            if b.turn == 1 {
+                guardrails::run_input(b, false).await?;
+            }
+            let Some(response) = model_call::call(b, turn_span).await? else {
+                return Ok(TurnEnd::Cancelled);
+            };
+            let r = resolve::resolve(b, turn_span, response).await?;
+            (r.new_items, r.tool_calls, r.handoff_calls, Vec::new())
+        }
     };
-    let resolve::Resolved {
-        mut new_items,
-        tool_calls,
-        handoff_calls,
-    } = resolve::resolve(b, turn_span, response).await?;
     if !tool_calls.is_empty() {
         b.agents_used_tools.insert(b.agent.name().to_owned());
     }
+    // Calls that need a person: rejected ones answer with the rejection message, undecided
+    // ones pause the run once the others ran.
+    let plan = approvals::plan(b, &tool_calls);
+    approvals::reject(b, plan.rejected, &mut new_items, &mut tool_results).await;
+    if b.env.keep_state && !plan.run.is_empty() {
+        let calls: Vec<FunctionCallItem> = handoff_calls.iter().map(|(c, _)| c.clone()).collect();
+        let started = approvals::pending_turn(
+            &new_items,
+            &plan.run,
+            &calls,
+            &tool_results,
+            PendingReason::ToolsStarted,
+        );
+        tools_started(b, started).await?;
+    }
     // Function tools run first, all at once; then the first handoff, if any.
-    let Some(tool_results) = tools::run_all(b, turn_span, &tool_calls, &mut new_items).await?
-    else {
+    let Some(results) = tools::run_all(b, turn_span, &plan.run, &mut new_items).await? else {
         return Ok(TurnEnd::Cancelled);
     };
+    tool_results.extend(results);
+    if !plan.pending.is_empty() {
+        let interruptions = approvals::interruptions(b, &plan.pending);
+        let calls: Vec<FunctionCallItem> = handoff_calls.iter().map(|(c, _)| c.clone()).collect();
+        let pending = approvals::pending_turn(
+            &new_items,
+            &plan.pending,
+            &calls,
+            &tool_results,
+            PendingReason::Approval,
+        );
+        return Ok(TurnEnd::Interrupted(interruptions, pending));
+    }
     if !handoff_calls.is_empty() {
         let target = handoffs::perform(b, turn_span, &handoff_calls, new_items).await?;
         return Ok(TurnEnd::Handoff(target));

@@ -93,3 +93,42 @@ pub(super) async fn resolve<C: Send + Sync + 'static>(
     }
     Ok(out)
 }
+
+/// A paused turn, taken up again: its items so far, its remaining calls with their tools,
+/// its handoffs, and the tool results it had.
+#[allow(clippy::type_complexity)]
+pub(super) fn resume<C: Send + Sync + 'static>(
+    b: &Baton<C>,
+    p: crate::run::state::PendingTurn,
+) -> Result<
+    (
+        Vec<RunItem>,
+        Vec<(FunctionCallItem, Arc<dyn Tool<C>>)>,
+        Vec<(FunctionCallItem, Handoff<C>)>,
+        Vec<(String, String)>,
+    ),
+    AgentsError,
+> {
+    let name = b.agent.name();
+    let mut tools = Vec::with_capacity(p.tool_calls.len());
+    for call in p.tool_calls {
+        let Some(t) = b.tools().iter().find(|t| t.name() == call.name) else {
+            return Err(AgentsError::ModelBehaviorError(format!(
+                "Tool {} not found in agent {name}",
+                call.name
+            )));
+        };
+        tools.push((call, t.clone()));
+    }
+    let mut handoffs = Vec::with_capacity(p.handoff_calls.len());
+    for call in p.handoff_calls {
+        let Some(h) = b.agent.handoffs().iter().find(|h| h.tool_name == call.name) else {
+            return Err(AgentsError::ModelBehaviorError(format!(
+                "Handoff {} not found in agent {name}",
+                call.name
+            )));
+        };
+        handoffs.push((call, h.clone()));
+    }
+    Ok((p.new_items, tools, handoffs, p.tool_results))
+}
