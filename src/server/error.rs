@@ -31,6 +31,14 @@ pub enum ApiError {
         /// The limit.
         limit: usize,
     },
+    /// An HTTP request body over its endpoint's limit.
+    #[error("the request body is over the limit of {limit} bytes ({setting}); send smaller requests")]
+    BodyTooLarge {
+        /// The limit.
+        limit: usize,
+        /// The setting that raises it.
+        setting: &'static str,
+    },
     /// A run input over the input limit.
     #[error("the input has {size} bytes and the limit is {limit}; shorten it")]
     InputTooLarge {
@@ -74,6 +82,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::FrameTooLarge { .. } => "frame_too_large",
             ApiError::InputTooLarge { .. } => "input_too_large",
+            ApiError::BodyTooLarge { .. } => "body_too_large",
             ApiError::Overloaded(_) => "overloaded",
             ApiError::SessionBusy(_) => "session_busy",
             ApiError::HistoryTruncated { .. } => "history_truncated",
@@ -89,7 +98,9 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::UnknownAgent(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::FrameTooLarge { .. } | ApiError::InputTooLarge { .. } => {
+            ApiError::FrameTooLarge { .. }
+            | ApiError::InputTooLarge { .. }
+            | ApiError::BodyTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,

@@ -8,6 +8,7 @@
 //! - [`error`]: `ApiError`, the one error type of every answer.
 //! - [`http`]: the HTTP handlers (runs, SSE, sessions, agents, health, metrics, chat page).
 //! - [`telemetry`]: named events that log and count (errors, lagged subscribers).
+//! - [`traces`]: the trace API (`/v1/traces...`) and the trace browser (`/traces`).
 //!
 //! The WebSocket hub lives in [`crate::hub`].
 
@@ -18,6 +19,7 @@ pub mod error;
 pub mod http;
 pub mod telemetry;
 pub mod tools;
+pub mod traces;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -58,9 +60,16 @@ pub fn app(state: AppState) -> Router {
             "/v1/sessions/{session_id}",
             axum::routing::delete(http::delete_session),
         )
-        .route("/v1/traces", get(http::list_traces))
-        .route("/v1/traces/ingest", post(http::ingest_traces))
-        .route("/v1/traces/{trace_id}", get(http::get_trace))
+        .route("/traces", get(traces::page))
+        .route("/v1/traces", get(traces::list))
+        .route(
+            "/v1/traces/ingest",
+            // Ingest bodies may be far larger than a frame: a limit of their own.
+            post(traces::ingest).layer(axum::extract::DefaultBodyLimit::max(
+                state.core.config.tracing.max_ingest_bytes,
+            )),
+        )
+        .route("/v1/traces/{trace_id}", get(traces::get))
         .fallback(http::not_found)
         .layer(axum::middleware::map_response_with_state(
             state.clone(),

@@ -108,7 +108,8 @@ pub enum ItemKind {
 }
 
 /// One item of a batch: its kind, its trace id and its SDK export as compact JSON text
-/// (made once, shared by every sink).
+/// (made once, shared by every sink), plus the few facts a store indexes, taken from the
+/// span or trace itself so no sink has to parse the JSON for them.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExportItem {
     /// Trace, trace end or span.
@@ -117,6 +118,23 @@ pub struct ExportItem {
     pub trace_id: String,
     /// The SDK's export object (`object: "trace"` or `"trace.span"`) as JSON text.
     pub json: String,
+    /// The tenant of its trace (the trace metadata's `tenant`), when known.
+    pub tenant: Option<Arc<str>>,
+    /// What stores index.
+    pub facts: ItemFacts,
+}
+
+/// What a store indexes about an item.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ItemFacts {
+    /// A trace's workflow name.
+    pub workflow_name: Option<String>,
+    /// A trace's group id.
+    pub group_id: Option<String>,
+    /// An agent span's agent.
+    pub agent: Option<String>,
+    /// A span with an error.
+    pub error: bool,
 }
 
 impl ExportItem {
@@ -127,43 +145,89 @@ impl ExportItem {
 
     /// The item for a trace start or end, when the trace is enabled.
     pub fn from_trace(trace: &Trace, kind: ItemKind) -> Option<Self> {
+        let inner = trace.inner()?;
+        let facts = match kind {
+            ItemKind::Trace => ItemFacts {
+                workflow_name: Some(inner.workflow_name.clone()),
+                group_id: inner.group_id.clone(),
+                ..Default::default()
+            },
+            _ => ItemFacts::default(),
+        };
         Some(ExportItem {
             kind,
-            trace_id: trace.trace_id().to_owned(),
+            trace_id: inner.trace_id.clone(),
             json: trace.export_json()?,
+            tenant: inner.tenant.clone(),
+            facts,
         })
     }
 
     /// The item for a span, when the span is enabled.
     pub fn from_span(span: &Span) -> Option<Self> {
+        let trace = span.trace();
+        let (agent, error) = span.index_facts()?;
         Some(ExportItem {
             kind: ItemKind::Span,
             trace_id: span.trace_id()?.to_owned(),
             json: span.export_json()?,
+            tenant: trace.inner().and_then(|t| t.tenant.clone()),
+            facts: ItemFacts {
+                agent,
+                error,
+                ..Default::default()
+            },
         })
     }
 
-    /// Items for bodies of `POST /v1/traces/ingest`: each object with `object: "trace"` or
-    /// `"trace.span"` and an id; anything else is skipped.
+    /// The item for one object of a `POST /v1/traces/ingest` body: `object: "trace"` or
+    /// `"trace.span"` with an id (`None` for anything else). Ids are not checked here.
+    pub fn from_value(v: &Value) -> Option<Self> {
+        let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        let (kind, trace_id, facts) = match v.get("object").and_then(Value::as_str) {
+            Some("trace") => (
+                ItemKind::Trace,
+                s("id")?,
+                ItemFacts {
+                    workflow_name: s("workflow_name"),
+                    group_id: s("group_id"),
+                    ..Default::default()
+                },
+            ),
+            Some("trace.span") => {
+                s("id")?;
+                let data = &v["span_data"];
+                let agent = (data["type"].as_str() == Some("agent"))
+                    .then(|| data["name"].as_str().map(str::to_owned))
+                    .flatten();
+                let error = v.get("error").is_some_and(|e| !e.is_null());
+                (
+                    ItemKind::Span,
+                    s("trace_id")?,
+                    ItemFacts {
+                        agent,
+                        error,
+                        ..Default::default()
+                    },
+                )
+            }
+            _ => return None,
+        };
+        Some(ExportItem {
+            kind,
+            trace_id,
+            json: serde_json::to_string(v).ok()?,
+            tenant: None,
+            facts,
+        })
+    }
+
+    /// Items for the objects of an ingest body that are traces or spans with ids; anything
+    /// else is skipped.
     pub fn from_values(values: impl IntoIterator<Item = Value>) -> Vec<Self> {
         values
             .into_iter()
-            .filter_map(|v| {
-                let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
-                let (kind, trace_id) = match v.get("object").and_then(Value::as_str) {
-                    Some("trace") => (ItemKind::Trace, s("id")?),
-                    Some("trace.span") => {
-                        s("id")?;
-                        (ItemKind::Span, s("trace_id")?)
-                    }
-                    _ => return None,
-                };
-                Some(ExportItem {
-                    kind,
-                    trace_id,
-                    json: serde_json::to_string(&v).ok()?,
-                })
-            })
+            .filter_map(|v| Self::from_value(&v))
             .collect()
     }
 }

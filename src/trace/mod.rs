@@ -8,6 +8,8 @@
 
 pub mod batch;
 pub mod config;
+pub mod context;
+pub mod ids;
 pub mod processor;
 pub mod sinks;
 
@@ -413,6 +415,8 @@ pub struct TraceInner {
     pub group_id: Option<String>,
     /// Metadata.
     pub metadata: Option<Map<String, Value>>,
+    /// The metadata's `tenant` (the server's runs carry one; stores scope traces by it).
+    pub tenant: Option<Arc<str>>,
     tracer: Tracer,
     ended: Mutex<bool>,
 }
@@ -529,6 +533,12 @@ impl Tracer {
                 .workflow_name
                 .unwrap_or_else(|| "Agent workflow".to_owned()),
             group_id: opts.group_id,
+            tenant: opts
+                .metadata
+                .as_ref()
+                .and_then(|m| m.get("tenant"))
+                .and_then(Value::as_str)
+                .map(Arc::from),
             metadata: opts.metadata,
             tracer: self.clone(),
             ended: Mutex::new(false),
@@ -700,6 +710,18 @@ impl Span {
             metadata,
         };
         Some(f(&view))
+    }
+
+    /// What a store indexes, when enabled: the agent of an agent span, and whether the span
+    /// has an error.
+    pub fn index_facts(&self) -> Option<(Option<String>, bool)> {
+        let s = self.0.as_ref()?;
+        let st = s.state.lock().unwrap_or_else(|e| e.into_inner());
+        let agent = match &st.data {
+            SpanData::Agent { name, .. } => Some(name.clone()),
+            _ => None,
+        };
+        Some((agent, st.error.is_some()))
     }
 
     /// The span's type as exported (`agent`, `custom`, ...), when enabled.

@@ -192,34 +192,9 @@ fn kv_strs(key: &str, v: &Value) -> Option<KeyValue> {
     Some(kv(key, any_value::Value::ArrayValue(ArrayValue { values })))
 }
 
-/// 64-bit FNV-1a, for ids that are not hex.
-fn fnv(bytes: &[u8], seed: u64) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
-/// `n` id bytes from `trace_<hex>` / `span_<hex>` (the leading hex digits), or a hash
-/// of the id when it is not hex.
+/// `n` id bytes from `trace_<hex>` / `span_<hex>` (see [`crate::trace::ids::otel_id_bytes`]).
 pub fn id_bytes(id: &str, n: usize) -> Vec<u8> {
-    let hex = id.split_once('_').map_or(id, |(_, h)| h).as_bytes();
-    if hex.len() >= n * 2 && hex[..n * 2].iter().all(u8::is_ascii_hexdigit) {
-        let val = |c: u8| match c {
-            b'0'..=b'9' => c - b'0',
-            b'a'..=b'f' => c - b'a' + 10,
-            _ => c - b'A' + 10,
-        };
-        return (0..n)
-            .map(|i| val(hex[2 * i]) << 4 | val(hex[2 * i + 1]))
-            .collect();
-    }
-    (0..n.div_ceil(8) as u64)
-        .flat_map(|i| fnv(id.as_bytes(), i).to_be_bytes())
-        .take(n)
-        .collect()
+    crate::trace::ids::otel_id_bytes(id, n)
 }
 
 fn nanos(t: &Value) -> u64 {
