@@ -634,6 +634,7 @@ async fn the_schedule_delay_flushes_on_a_timer() {
         vec![sink.clone()],
         BatchConfig {
             schedule_delay_ms: 50,
+            trace_end_delay_ms: 0,
             ..quick_batches()
         },
     );
@@ -645,6 +646,54 @@ async fn the_schedule_delay_flushes_on_a_timer() {
     }
     assert_eq!(sink.count(ItemKind::Trace), 1);
     assert_eq!(sink.count(ItemKind::TraceEnd), 1);
+}
+
+#[tokio::test]
+async fn a_finished_run_is_exported_soon_after_its_end_without_the_timer() {
+    let sink = Arc::new(Collect::default());
+    let (tracer, _p) = pipeline(vec![sink.clone()], quick_batches());
+    run_reference(&tracer, cfg(&tracer)).await;
+    // The timer is a minute away and the queue far from its trigger: only the trace's end
+    // sends it on.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while sink.count(ItemKind::TraceEnd) < 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(sink.count(ItemKind::TraceEnd), 1);
+    assert_eq!(sink.count(ItemKind::Span), 12);
+}
+
+#[tokio::test]
+async fn traces_ending_together_share_one_export() {
+    let sink = Arc::new(Collect::default());
+    let (tracer, p) = pipeline(
+        vec![sink.clone()],
+        BatchConfig {
+            trace_end_delay_ms: 2_000,
+            ..quick_batches()
+        },
+    );
+    for _ in 0..300 {
+        let tr = tracer.start_trace(TraceOptions::default());
+        tr.span(
+            SpanData::Custom {
+                name: "x".into(),
+                data: json!({}),
+            },
+            None,
+        )
+        .finish();
+        tr.finish();
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while sink.count(ItemKind::TraceEnd) < 300 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(sink.count(ItemKind::TraceEnd), 300);
+    // 900 items in batches of 128: one export per trace end would make 300 batches.
+    let batches = sink.batches.load(Ordering::Relaxed);
+    assert!(batches < 50, "{batches} batches");
+    assert!(p.flush().await);
 }
 
 struct Misbehaving {
@@ -1082,8 +1131,8 @@ async fn config_builds_a_pipeline_that_feeds_the_store() {
     // Ingest of an SDK app's body.
     let sum = store
         .ingest(vec![
-            json!({"object":"trace","id":"trace_abc","workflow_name":"py","group_id":null,"metadata":null}),
-            json!({"object":"trace.span","id":"span_1","trace_id":"trace_abc","parent_id":null,"started_at":"2026-01-01T00:00:00+00:00","ended_at":"2026-01-01T00:00:01+00:00","span_data":{"type":"custom","name":"x","data":{}},"error":null}),
+            json!({"object":"trace","id":"trace_0000000000000000000000000000abcd","workflow_name":"py","group_id":null,"metadata":null}),
+            json!({"object":"trace.span","id":"span_000000000000000000000001","trace_id":"trace_0000000000000000000000000000abcd","parent_id":null,"started_at":"2026-01-01T00:00:00+00:00","ended_at":"2026-01-01T00:00:01+00:00","span_data":{"type":"custom","name":"x","data":{}},"error":null}),
         ])
         .unwrap();
     assert_eq!((sum.traces, sum.spans), (1, 1));
