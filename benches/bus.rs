@@ -9,6 +9,7 @@ use std::sync::Arc;
 use callboard::bus::{BusLimits, Delivery, Frame, FrameBody, Subscription, Topic};
 use callboard::items::{FunctionCallItem, RunItem};
 use callboard::model::{RawEvent, ResponseEvent};
+use callboard::wire::{chat, sdk};
 use callboard::StreamEvent;
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 
@@ -56,7 +57,7 @@ fn drain(subs: &mut [Subscription]) -> usize {
     for s in subs.iter_mut() {
         // Each connection's writer takes the frame's bytes (serialised once, then shared).
         while let Some(Delivery::Frame(f)) = s.try_recv() {
-            n += f.json().len().min(1);
+            n += sdk::bytes(&f).len().min(1);
         }
     }
     n
@@ -71,24 +72,18 @@ fn serialisation(c: &mut Criterion) {
         let mut i = 0;
         b.iter(|| {
             i += 1;
-            Frame::new(session.clone(), i, run.clone(), delta(i))
-                .json()
-                .len()
+            sdk::bytes(&Frame::new(session.clone(), i, run.clone(), delta(i))).len()
         })
     });
     g.bench_function("tool_called frame", |b| {
-        b.iter(|| {
-            Frame::new(session.clone(), 1, run.clone(), tool_called())
-                .json()
-                .len()
-        })
+        b.iter(|| sdk::bytes(&Frame::new(session.clone(), 1, run.clone(), tool_called())).len())
     });
     g.bench_function("delta frame, chat format too", |b| {
         let mut i = 0;
         b.iter(|| {
             i += 1;
             let f = Frame::new(session.clone(), i, run.clone(), delta(i));
-            f.json().len() + f.chat_json().map_or(0, |j| j.len())
+            sdk::bytes(&f).len() + chat::bytes(&f).map_or(0, |j| j.len())
         })
     });
     g.finish();

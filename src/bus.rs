@@ -1,10 +1,10 @@
 //! The session bus: one topic per session, frames numbered by a gapless `seq`, a bounded
 //! history for resume, and any number of subscribers.
 //!
-//! A frame is serialised at most once, by the first subscriber that needs its bytes (a
-//! WebSocket or SSE connection); every other subscriber and the history share those bytes.
-//! In-process consumers (the library's `stream_events`) read the typed event and never pay
-//! for JSON. Live delivery uses a bounded broadcast ring: a subscriber that stops
+//! The bus carries typed frames and knows no wire format: a frame keeps the encodings that
+//! `crate::wire` makes of it, once per format, on first use by a subscriber (a WebSocket or
+//! SSE connection); every other subscriber and the history share those bytes. In-process
+//! consumers (the library's `stream_events`) read the typed event and never pay for JSON. Live delivery uses a bounded broadcast ring: a subscriber that stops
 //! reading never blocks the publisher or the others; when it falls behind by more than the
 //! ring holds it is told [`Delivery::Lagged`] with the last `seq` it received, and resumes
 //! from history with `after_seq`.
@@ -14,14 +14,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use serde::ser::SerializeMap;
-use serde::{Serialize, Serializer};
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::events::StreamEvent;
-use crate::items::RunItem;
-use crate::model::{RawEvent, ResponseEvent};
 
 /// How a run was cancelled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
@@ -122,114 +118,36 @@ pub struct Frame {
     pub run_id: Arc<str>,
     /// What it says.
     pub body: FrameBody,
-    json: OnceLock<Bytes>,
-    chat: OnceLock<Option<Bytes>>,
+    /// Encodings made once and shared by every subscriber (slots are the wire formats',
+    /// see `crate::wire`; the bus does not know what they hold).
+    encoded: [OnceLock<Option<Bytes>>; ENCODING_SLOTS],
 }
 
-struct FrameHead<'a> {
-    ty: &'a str,
-    session_id: &'a str,
-    run_id: &'a str,
-    seq: u64,
-}
-
-impl FrameHead<'_> {
-    fn write<M: SerializeMap>(&self, m: &mut M) -> Result<(), M::Error> {
-        m.serialize_entry("type", self.ty)?;
-        m.serialize_entry("session_id", self.session_id)?;
-        m.serialize_entry("run_id", self.run_id)?;
-        m.serialize_entry("seq", &self.seq)
-    }
-}
-
-struct SdkFrame<'a>(&'a Frame);
-
-impl Serialize for SdkFrame<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let f = self.0;
-        let mut m = s.serialize_map(None)?;
-        FrameHead {
-            ty: f.body.type_name(),
-            session_id: &f.session_id,
-            run_id: &f.run_id,
-            seq: f.seq,
-        }
-        .write(&mut m)?;
-        match &f.body {
-            FrameBody::Event { event, .. } => m.serialize_entry("event", event)?,
-            FrameBody::RunCompleted {
-                final_output,
-                last_agent,
-                usage,
-                trace_id,
-            } => {
-                m.serialize_entry("final_output", final_output)?;
-                m.serialize_entry("last_agent", last_agent)?;
-                m.serialize_entry("usage", usage)?;
-                m.serialize_entry("trace_id", trace_id)?;
-            }
-            FrameBody::RunFailed {
-                error_type,
-                message,
-            } => {
-                #[derive(Serialize)]
-                struct E<'a> {
-                    #[serde(rename = "type")]
-                    ty: &'a str,
-                    message: &'a str,
-                }
-                m.serialize_entry(
-                    "error",
-                    &E {
-                        ty: error_type,
-                        message,
-                    },
-                )?;
-            }
-            FrameBody::RunCancelled { mode } => m.serialize_entry("mode", mode.as_str())?,
-            FrameBody::ToolCall {
-                call_id,
-                name,
-                arguments,
-            } => {
-                m.serialize_entry("call_id", call_id)?;
-                m.serialize_entry("name", name)?;
-                m.serialize_entry("arguments", arguments)?;
-            }
-        }
-        m.end()
-    }
-}
+/// How many per-frame encodings a frame can keep (one per stateless wire format).
+pub const ENCODING_SLOTS: usize = 2;
 
 impl Frame {
-    /// Builds a frame (serialised later, once, when first needed).
+    /// Builds a frame (encoded later, once per format, when first needed).
     pub fn new(session_id: Arc<str>, seq: u64, run_id: Arc<str>, body: FrameBody) -> Frame {
         Frame {
             session_id,
             seq,
             run_id,
             body,
-            json: OnceLock::new(),
-            chat: OnceLock::new(),
+            encoded: Default::default(),
         }
     }
 
-    /// The frame as PROTOCOL.md's full (`sdk`) format JSON, serialised on first use.
-    pub fn json(&self) -> &Bytes {
-        self.json.get_or_init(|| {
-            let mut buf = Vec::with_capacity(384);
-            match serde_json::to_writer(&mut buf, &SdkFrame(self)) {
-                Ok(()) => Bytes::from(buf),
-                Err(e) => Bytes::from(format!(
-                    "{{\"type\":\"error\",\"error\":{{\"code\":\"internal\",\"message\":\"frame could not be serialised: {e}\"}}}}"
-                )),
-            }
-        })
-    }
-
-    /// The frame in the compact `chat` format, or `None` when that format skips it.
-    pub fn chat_json(&self) -> Option<&Bytes> {
-        self.chat.get_or_init(|| self.build_chat()).as_ref()
+    /// The encoding kept in `slot`, made by `encode` on first use; `None` when the format
+    /// skips this frame.
+    pub fn encoded(
+        &self,
+        slot: usize,
+        encode: impl FnOnce(&Frame) -> Option<Bytes>,
+    ) -> Option<&Bytes> {
+        self.encoded[slot % ENCODING_SLOTS]
+            .get_or_init(|| encode(self))
+            .as_ref()
     }
 
     /// The stream event, for `event` frames.
@@ -238,46 +156,6 @@ impl Frame {
             FrameBody::Event { event, .. } => Some(event),
             _ => None,
         }
-    }
-
-    fn build_chat(&self) -> Option<Bytes> {
-        let (ty, key, val): (&str, &str, &str) = match &self.body {
-            FrameBody::Event { event, tool } => match event {
-                StreamEvent::RawResponse(r) => match r.as_ref() {
-                    RawEvent::Typed(ResponseEvent::OutputTextDelta { delta, .. }) => {
-                        ("token", "text", delta)
-                    }
-                    _ => return None,
-                },
-                StreamEvent::AgentUpdated { new_agent } => ("agent_change", "agent", new_agent),
-                StreamEvent::RunItem(item) => match item.as_ref() {
-                    RunItem::ToolCall { raw_item, .. } => ("tool_start", "tool", &raw_item.name),
-                    RunItem::ToolCallOutput { .. } => {
-                        ("tool_end", "tool", tool.as_deref().unwrap_or(""))
-                    }
-                    _ => return None,
-                },
-            },
-            _ => return Some(self.json().clone()),
-        };
-        struct Chat<'a>(&'a Frame, &'a str, &'a str, &'a str);
-        impl Serialize for Chat<'_> {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let mut m = s.serialize_map(Some(5))?;
-                FrameHead {
-                    ty: self.1,
-                    session_id: &self.0.session_id,
-                    run_id: &self.0.run_id,
-                    seq: self.0.seq,
-                }
-                .write(&mut m)?;
-                m.serialize_entry(self.2, self.3)?;
-                m.end()
-            }
-        }
-        serde_json::to_vec(&Chat(self, ty, key, val))
-            .ok()
-            .map(Bytes::from)
     }
 }
 
@@ -658,19 +536,5 @@ mod tests {
         );
         assert!(t.subscribe(Some(7)).is_ok());
         assert!(t.subscribe(Some(10)).is_ok());
-    }
-
-    #[test]
-    fn frames_serialise_once_in_both_formats() {
-        let run: Arc<str> = "run_1".into();
-        let f = Frame::new("s1".into(), 7, run, ev("Billing"));
-        assert_eq!(
-            std::str::from_utf8(f.json()).unwrap(),
-            r#"{"type":"event","session_id":"s1","run_id":"run_1","seq":7,"event":{"type":"agent_updated_stream_event","new_agent":{"name":"Billing"}}}"#
-        );
-        assert_eq!(
-            std::str::from_utf8(f.chat_json().unwrap()).unwrap(),
-            r#"{"type":"agent_change","session_id":"s1","run_id":"run_1","seq":7,"agent":"Billing"}"#
-        );
     }
 }

@@ -12,8 +12,8 @@ use crate::events::StreamEvent;
 use crate::items::RunItem;
 use crate::model::{RawEvent, ResponseEvent};
 use crate::run::{RunConfig, Runner};
-use crate::server::build::build_cast;
-use crate::server::tools::ClientCalls;
+use crate::service::cast::build_cast;
+use crate::service::tools::ClientCalls;
 use crate::trace::{Span, Trace, TraceProcessor};
 
 /// `callboard`: agents as actors, served over WebSocket and HTTP.
@@ -157,7 +157,7 @@ async fn serve(config: Option<PathBuf>) -> i32 {
             return 2;
         }
     };
-    let store = match crate::server::core::open_store(&cfg) {
+    let store = match crate::service::open_store(&cfg) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
@@ -299,7 +299,7 @@ async fn run_once(a: RunArgs) -> i32 {
     // under the tenant an auth-less server uses, so the CLI and the server share it.
     let _store;
     if let Some(s) = &a.session {
-        match crate::server::core::open_store(&cfg) {
+        match crate::service::open_store(&cfg) {
             Ok(store) => {
                 req = req.session(store.open(crate::server::auth::OPEN_TENANT, s));
                 _store = store;
@@ -334,7 +334,7 @@ async fn run_once(a: RunArgs) -> i32 {
             FrameBody::ToolCall { .. } => {}
             body => {
                 if a.json {
-                    let _ = out.write_all(f.json());
+                    let _ = out.write_all(crate::wire::sdk::bytes(&f));
                     let _ = writeln!(out);
                 } else {
                     match body {

@@ -37,7 +37,10 @@
 //! - [`usage`], [`error`]: token usage and the SDK's errors.
 //! - [`demo`]: the demo cast used by the example and the server's defaults.
 //! - [`config`]: the server's TOML config and its validation.
-//! - [`server`]: the HTTP API (axum), auth, limits, graceful shutdown.
+//! - [`wire`]: the wire formats, each an encoding of the bus's typed frames.
+//! - [`service`]: the service layer between the transports and the engine: sessions, runs,
+//!   limits, metrics, the cast built from config.
+//! - [`server`]: the HTTP API (axum), auth, graceful shutdown.
 //! - [`hub`]: the WebSocket hub fanning the bus out to clients.
 //! - [`cli`]: the `callboard` command line (`serve`, `run`, `check-config`).
 
@@ -58,10 +61,12 @@ pub mod items;
 pub mod model;
 pub mod run;
 pub mod server;
+pub mod service;
 pub mod session;
 pub mod tool;
 pub mod trace;
 pub mod usage;
+pub mod wire;
 
 pub use agent::{Agent, OutputType, ToolUseBehavior};
 pub use bus::CancelMode;

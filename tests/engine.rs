@@ -951,7 +951,8 @@ async fn bus_subscribers_see_the_run_with_gapless_seq() {
                 seqs.push(f.seq);
                 if f.body.is_terminal() {
                     assert_eq!(f.body.type_name(), "run.completed");
-                    let v: serde_json::Value = serde_json::from_slice(f.json()).unwrap();
+                    let v: serde_json::Value =
+                        serde_json::from_slice(callboard::wire::sdk::bytes(&f)).unwrap();
                     assert_eq!(v["final_output"], "It is sunny in Oslo today.");
                     assert_eq!(v["last_agent"], "B");
                     assert_eq!(v["usage"]["requests"], 3);

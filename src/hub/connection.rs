@@ -22,8 +22,8 @@ use tokio::task::JoinHandle;
 
 use crate::bus::{Delivery, Subscription};
 use crate::hub::frames::{self, Accepted, ClientFrame};
-use crate::server::core::{Core, Format};
-use crate::server::error::ApiError;
+use crate::service::error::ApiError;
+use crate::service::{Core, Format};
 
 /// Close code sent when the server shuts down ("going away").
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -188,7 +188,7 @@ impl Conn {
 
     async fn error(&self, id: Option<&serde_json::Value>, e: ApiError) {
         let message = e.to_string();
-        crate::server::telemetry::ErrorSent {
+        crate::service::telemetry::ErrorSent {
             code: e.code(),
             surface: "ws",
             message: &message,
@@ -379,7 +379,7 @@ async fn forward(
             }
             Some(Delivery::Lagged { resume_after_seq }) => {
                 drop(sub);
-                crate::server::telemetry::Lagged {
+                crate::service::telemetry::Lagged {
                     session_id: &session_id,
                     resume_after_seq,
                     surface: "ws",

@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::bus::CancelMode;
-use crate::server::core::{Format, RunCreate};
-use crate::server::error::ApiError;
+use crate::service::error::ApiError;
+use crate::service::{Format, RunCreate};
 
 /// The frame types a client may send.
 pub const CLIENT_TYPES: &[&str] = &[

@@ -1,5 +1,5 @@
-//! The WebSocket hub at `GET /v1/ws`: authenticates the upgrade, then runs one
-//! [`connection`] per socket. A connection follows any number of sessions, and a session
+//! The WebSocket hub: one [`connection`] per socket (the HTTP server authenticates the
+//! upgrade at `GET /v1/ws` and hands the socket over). A connection follows any number of sessions, and a session
 //! has any number of connections; each connection has one bounded outbound queue drained by
 //! a writer that feeds everything queued and flushes once.
 //!
@@ -9,63 +9,7 @@
 pub mod connection;
 pub mod frames;
 
-use std::sync::atomic::Ordering;
-
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::State;
-use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
-
-use crate::server::auth::Tenant;
-use crate::server::error::ApiError;
-use crate::server::AppState;
-
 /// WebSocket read buffer: small, because it is resident on every connection (DESIGN.md).
 pub const READ_BUFFER: usize = 4 * 1024;
 /// WebSocket write buffer: large enough for feed-then-flush batching.
 pub const WRITE_BUFFER: usize = 16 * 1024;
-
-/// `GET /v1/ws`: the key is checked before the upgrade (401 otherwise), then the connection
-/// limit (503 `overloaded` when full).
-pub async fn ws_upgrade(
-    State(st): State<AppState>,
-    Tenant(tenant): Tenant,
-    ws: WebSocketUpgrade,
-) -> Response {
-    let core = st.core.clone();
-    if core.is_draining() {
-        return ApiError::ShuttingDown.into_response();
-    }
-    // Counted from here (not only once the socket is up), so a burst of upgrades cannot
-    // overshoot the limit; the connection loop takes the count over.
-    let reserved =
-        core.metrics
-            .connections
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < core.limits.max_connections).then_some(n + 1)
-            });
-    if reserved.is_err() {
-        return ApiError::Overloaded(format!(
-            "the server holds {} WebSocket connections (its limit); retry later",
-            core.limits.max_connections
-        ))
-        .into_response();
-    }
-    // Messages up to 4x the frame limit are read and answered `frame_too_large`; larger ones
-    // close the socket (code 1009), since reading them would cost the server their size.
-    let hard_cap = core.limits.max_frame_bytes.saturating_mul(4).max(64 * 1024);
-    ws.read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_message_size(hard_cap)
-        .max_frame_size(hard_cap)
-        .on_failed_upgrade({
-            let core = core.clone();
-            move |_| {
-                core.metrics.connections.fetch_sub(1, Ordering::AcqRel);
-            }
-        })
-        .on_upgrade(move |socket| async move {
-            let (sink, stream) = socket.split();
-            connection::run_counted(core, tenant, sink, stream).await;
-        })
-}

@@ -1,164 +1,28 @@
-//! [`ApiError`]: every error the HTTP API and the WebSocket hub answer with, its PROTOCOL.md
-//! code, its HTTP status and the JSON shape `{"error":{"code","message"}}`.
+//! The HTTP face of [`ApiError`]: its status code, and answers in the JSON shape
+//! `{"error":{"code","message"}}` carrying the code as a response extension (so it is counted).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-/// An error answered to a client. Messages say what was wrong and what to do; internal
-/// details are logged, never sent.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ApiError {
-    /// Malformed JSON, an unknown frame type, a missing or wrong field.
-    #[error("{0}")]
-    BadRequest(String),
-    /// No or bad API key.
-    #[error(
-        "a valid API key is required: send `Authorization: Bearer <key>` or `?access_token=<key>`"
-    )]
-    Unauthorized,
-    /// No agent by that name.
-    #[error("no agent named `{0}`; GET /v1/agents lists them")]
-    UnknownAgent(String),
-    /// A session or run that does not exist (or is another tenant's).
-    #[error("{0}")]
-    NotFound(String),
-    /// A WebSocket message over the frame limit.
-    #[error("the frame has {size} bytes and the limit is {limit}; send smaller frames")]
-    FrameTooLarge {
-        /// Its size.
-        size: usize,
-        /// The limit.
-        limit: usize,
-    },
-    /// An HTTP request body over its endpoint's limit.
-    #[error("the request body is over the limit of {limit} bytes ({setting}); send smaller requests")]
-    BodyTooLarge {
-        /// The limit.
-        limit: usize,
-        /// The setting that raises it.
-        setting: &'static str,
-    },
-    /// A run input over the input limit.
-    #[error("the input has {size} bytes and the limit is {limit}; shorten it")]
-    InputTooLarge {
-        /// Its size.
-        size: usize,
-        /// The limit.
-        limit: usize,
-    },
-    /// A limit on concurrent runs or connections was reached.
-    #[error("{0}")]
-    Overloaded(String),
-    /// The session already has a run in progress (one run per session at a time).
-    #[error("{0}")]
-    SessionBusy(String),
-    /// Resume from a seq that history no longer holds.
-    #[error("seq {after_seq} is older than the session's retained history (oldest retained seq: {oldest_seq}); resubscribe with after_seq >= {}", oldest_seq.saturating_sub(1))]
-    HistoryTruncated {
-        /// What was asked for.
-        after_seq: u64,
-        /// The oldest retained seq.
-        oldest_seq: u64,
-    },
-    /// The server is shutting down.
-    #[error("the server is shutting down; retry on another instance or later")]
-    ShuttingDown,
-    /// Not in this build.
-    #[error("{0}")]
-    NotImplemented(String),
-    /// Something broke inside; the details are in the server log.
-    #[error("internal error; the server log has the details")]
-    Internal,
-}
+pub use crate::service::error::{ApiError, ErrorBody, ErrorCode};
 
-impl ApiError {
-    /// The PROTOCOL.md error code.
-    pub fn code(&self) -> &'static str {
-        match self {
-            ApiError::BadRequest(_) => "bad_request",
-            ApiError::Unauthorized => "unauthorized",
-            ApiError::UnknownAgent(_) => "unknown_agent",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::FrameTooLarge { .. } => "frame_too_large",
-            ApiError::InputTooLarge { .. } => "input_too_large",
-            ApiError::BodyTooLarge { .. } => "body_too_large",
-            ApiError::Overloaded(_) => "overloaded",
-            ApiError::SessionBusy(_) => "session_busy",
-            ApiError::HistoryTruncated { .. } => "history_truncated",
-            ApiError::ShuttingDown => "shutting_down",
-            ApiError::NotImplemented(_) => "not_implemented",
-            ApiError::Internal => "internal",
-        }
+/// The HTTP status of an error answer.
+pub fn status(e: &ApiError) -> StatusCode {
+    match e {
+        ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+        ApiError::UnknownAgent(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+        ApiError::FrameTooLarge { .. }
+        | ApiError::InputTooLarge { .. }
+        | ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+        ApiError::SessionBusy(_) => StatusCode::CONFLICT,
+        ApiError::HistoryTruncated { .. } => StatusCode::GONE,
+        ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+        ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
-
-    /// The HTTP status.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::UnknownAgent(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::FrameTooLarge { .. }
-            | ApiError::InputTooLarge { .. }
-            | ApiError::BodyTooLarge { .. } => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
-            ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::SessionBusy(_) => StatusCode::CONFLICT,
-            ApiError::HistoryTruncated { .. } => StatusCode::GONE,
-            ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
-            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-
-    /// The `error` object: `{code, message}` (plus `oldest_seq` for `history_truncated`).
-    pub fn body(&self) -> ErrorBody {
-        ErrorBody {
-            code: self.code(),
-            message: self.to_string(),
-            oldest_seq: match self {
-                ApiError::HistoryTruncated { oldest_seq, .. } => Some(*oldest_seq),
-                _ => None,
-            },
-        }
-    }
-
-    /// The WebSocket `error` frame answering request `id`.
-    pub fn frame(&self, id: Option<&serde_json::Value>) -> String {
-        #[derive(Serialize)]
-        struct Frame<'a> {
-            #[serde(rename = "type")]
-            ty: &'static str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            id: Option<&'a serde_json::Value>,
-            error: ErrorBody,
-        }
-        serde_json::to_string(&Frame {
-            ty: "error",
-            id,
-            error: self.body(),
-        })
-        .unwrap_or_else(|_| {
-            r#"{"type":"error","error":{"code":"internal","message":"internal error"}}"#.into()
-        })
-    }
-}
-
-/// The code of an error answer, carried as a response extension so it can be counted.
-#[derive(Clone, Copy, Debug)]
-pub struct ErrorCode(pub &'static str);
-
-/// The `error` object of answers and frames.
-#[derive(Clone, Debug, Serialize)]
-pub struct ErrorBody {
-    /// The error code.
-    pub code: &'static str,
-    /// What was wrong and what to do.
-    pub message: String,
-    /// For `history_truncated`: the oldest retained seq.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub oldest_seq: Option<u64>,
 }
 
 impl IntoResponse for ApiError {
@@ -167,14 +31,8 @@ impl IntoResponse for ApiError {
         struct Body {
             error: ErrorBody,
         }
-        let mut res = (self.status(), axum::Json(Body { error: self.body() })).into_response();
+        let mut res = (status(&self), axum::Json(Body { error: self.body() })).into_response();
         res.extensions_mut().insert(ErrorCode(self.code()));
         res
-    }
-}
-
-impl From<axum::extract::rejection::JsonRejection> for ApiError {
-    fn from(r: axum::extract::rejection::JsonRejection) -> Self {
-        ApiError::BadRequest(format!("the request body is not valid: {}", r.body_text()))
     }
 }

@@ -16,9 +16,9 @@ use serde_json::json;
 
 use crate::bus::{Delivery, Frame};
 use crate::server::auth::Tenant;
-use crate::server::core::{Format, RunCreate};
 use crate::server::error::ApiError;
 use crate::server::AppState;
+use crate::service::{Format, RunCreate};
 
 /// `GET /`: the chat page.
 pub async fn chat_page() -> Html<&'static str> {
@@ -78,29 +78,12 @@ fn wants_sse(headers: &HeaderMap) -> bool {
 fn sse_event(frame: &Frame, format: Format) -> Option<Event> {
     let bytes = format.bytes(frame)?;
     let data = std::str::from_utf8(bytes).ok()?;
-    let ty = match format {
-        Format::Sdk => frame.body.type_name(),
-        Format::Chat => chat_type(frame),
-    };
     Some(
         Event::default()
             .id(frame.seq.to_string())
-            .event(ty)
+            .event(format.event_name(frame))
             .data(data),
     )
-}
-
-fn chat_type(frame: &Frame) -> &'static str {
-    use crate::events::StreamEvent;
-    match frame.event() {
-        Some(StreamEvent::RawResponse(_)) => "token",
-        Some(StreamEvent::AgentUpdated { .. }) => "agent_change",
-        Some(StreamEvent::RunItem(i)) => match i.as_ref() {
-            crate::items::RunItem::ToolCall { .. } => "tool_start",
-            _ => "tool_end",
-        },
-        None => frame.body.type_name(),
-    }
 }
 
 /// `POST /v1/sessions/{session_id}/runs`: a run, answered with its end frame as JSON, or
@@ -164,7 +147,7 @@ pub async fn create_run(
                 Some(f) if f.body.is_terminal() => {
                     return Ok((
                         [(header::CONTENT_TYPE, "application/json")],
-                        f.json().clone(),
+                        crate::wire::sdk::bytes(&f).clone(),
                     )
                         .into_response())
                 }
@@ -267,7 +250,7 @@ fn sse_frames(
                         }
                     }
                     Delivery::Lagged { resume_after_seq } => {
-                        crate::server::telemetry::Lagged {
+                        crate::service::telemetry::Lagged {
                             session_id: &sid,
                             resume_after_seq,
                             surface: "sse",

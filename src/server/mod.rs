@@ -1,25 +1,20 @@
 //! The HTTP server: [`app`] builds the router (the same one tests use), [`serve`] runs it on
 //! a listener until a shutdown signal, then shuts down gracefully.
 //!
-//! - [`core`]: shared state (runs, sessions, limits, metrics, shutdown switches).
-//! - [`build`]: from config to agents, models and tools.
-//! - [`tools`]: `http` and `client` tools.
 //! - [`auth`]: API keys to tenants.
-//! - [`error`]: `ApiError`, the one error type of every answer.
+//! - [`error`]: the HTTP status and JSON answer of an `ApiError`.
 //! - [`http`]: the HTTP handlers (runs, SSE, sessions, agents, health, metrics, chat page).
-//! - [`telemetry`]: named events that log and count (errors, lagged subscribers).
 //! - [`traces`]: the trace API (`/v1/traces...`) and the trace browser (`/traces`).
+//! - [`ws`]: the WebSocket upgrade, handing sockets to the hub ([`crate::hub`]).
 //!
-//! The WebSocket hub lives in [`crate::hub`].
+//! The shared state and the rules every transport follows live in the service layer
+//! ([`crate::service`]).
 
 pub mod auth;
-pub mod build;
-pub mod core;
 pub mod error;
 pub mod http;
-pub mod telemetry;
-pub mod tools;
 pub mod traces;
+pub mod ws;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,8 +24,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
 
-pub use self::core::Core;
 pub use self::error::ApiError;
+pub use crate::service::Core;
 
 /// The state every handler receives.
 #[derive(Clone)]
@@ -46,7 +41,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))
         .route("/metrics", get(http::metrics))
-        .route("/v1/ws", get(crate::hub::ws_upgrade))
+        .route("/v1/ws", get(ws::ws_upgrade))
         .route("/v1/agents", get(http::agents))
         .route("/v1/sessions/{session_id}/runs", post(http::create_run))
         .route(
@@ -88,7 +83,7 @@ async fn count_http_errors(
     res: axum::response::Response,
 ) -> axum::response::Response {
     if let Some(code) = res.extensions().get::<error::ErrorCode>() {
-        telemetry::ErrorSent {
+        crate::service::telemetry::ErrorSent {
             code: code.0,
             surface: "http",
             message: "",

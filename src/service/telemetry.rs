@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::server::core::Metrics;
+use crate::service::Metrics;
 
 /// Every error code the server answers with, in the order `errors_by_code` counts them.
 pub const ERROR_CODES: [&str; 11] = [

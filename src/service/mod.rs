@@ -1,6 +1,17 @@
-//! The server's shared state: the runner and its cast, the bus, the runs in progress, the
-//! in-memory sessions, limits, metrics, and the shutdown switches. HTTP handlers and
-//! WebSocket connections all go through [`Core`], so both surfaces behave alike.
+//! The service layer between the transports (HTTP in `crate::server`, WebSocket in
+//! `crate::hub`) and the engine: the runner and its cast, the session bus, the runs in
+//! progress, sessions, limits, metrics, and the shutdown switches. Every transport goes
+//! through [`Core`], so they all behave alike.
+//!
+//! - [`error`]: `ApiError`, the one error type of every answer.
+//! - [`cast`]: from config to agents, models and tools.
+//! - [`tools`]: `http` and `client` tools.
+//! - [`telemetry`]: named events that log and count (errors, lagged subscribers).
+
+pub mod cast;
+pub mod error;
+pub mod telemetry;
+pub mod tools;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -20,10 +31,11 @@ use crate::config::{Config, ConfigError, KeyTable, LimitsConfig};
 use crate::error::AgentsError;
 use crate::items::RunInput;
 use crate::run::{gen_run_id, RunCanceller, RunConfig, Runner};
-use crate::server::build::{build_cast, AgentInfo};
-use crate::server::error::ApiError;
-use crate::server::tools::ClientCalls;
+use crate::service::cast::{build_cast, AgentInfo};
+use crate::service::error::ApiError;
+use crate::service::tools::ClientCalls;
 use crate::session::{MemorySession, Session};
+pub use crate::wire::Format;
 
 /// Where conversations are kept: opens the memory of a tenant's session.
 pub trait SessionStore: Send + Sync + 'static {
@@ -105,27 +117,6 @@ pub struct TraceRequest {
     /// No trace for this run.
     #[serde(default)]
     pub disabled: bool,
-}
-
-/// Output format of a subscription.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Format {
-    /// Full frames with SDK stream events.
-    #[default]
-    Sdk,
-    /// The compact chat relay.
-    Chat,
-}
-
-impl Format {
-    /// The bytes of `frame` in this format, or `None` when the format skips it.
-    pub fn bytes<'f>(&self, frame: &'f Frame) -> Option<&'f bytes::Bytes> {
-        match self {
-            Format::Sdk => Some(frame.json()),
-            Format::Chat => frame.chat_json(),
-        }
-    }
 }
 
 /// The body of a run request: `run.create` minus its `type`, or the HTTP POST body.
@@ -221,7 +212,7 @@ pub struct Metrics {
     /// Error frames and error answers sent.
     pub errors: AtomicU64,
     /// The same, by error code.
-    pub errors_by_code: crate::server::telemetry::ErrorCounts,
+    pub errors_by_code: crate::service::telemetry::ErrorCounts,
     /// Live session subscriptions.
     pub subscriptions: AtomicUsize,
 }

@@ -12,7 +12,7 @@ use crate::agent::Agent;
 use crate::config::{Config, ConfigError, ModelConfig, ToolKind};
 use crate::handoff::{default_tool_description, Handoff};
 use crate::model::Model;
-use crate::server::tools::{ClientCalls, ClientTool, HttpTool};
+use crate::service::tools::{ClientCalls, ClientTool, HttpTool};
 use crate::tool::Tool;
 
 /// What `GET /v1/agents` says about one agent.

@@ -1,0 +1,263 @@
+//! The one engine: a single turn of a run, exactly as the SDK resolves it. The library
+//! `Runner`, the CLI and the server all drive runs through here.
+//!
+//! A turn, in steps (one file each):
+//! 1. [`model_call`]: the model request and its stream onto the bus (with the first turn's
+//!    input guardrails, [`guardrails`]);
+//! 2. [`resolve`]: the response's output into run items;
+//! 3. [`tools`]: the function tools, all at once;
+//! 4. [`handoffs`]: the first handoff wins, the baton moves to the target's mailbox;
+//! 5. [`finish`]: final output or another turn (output guardrails, then the turn is saved),
+//!    and the end of the run.
+//!
+//! Hooks come in pairs (the run's, then the agent's): [`hooks`].
+
+mod finish;
+mod guardrails;
+mod handoffs;
+mod hooks;
+mod model_call;
+mod resolve;
+mod tools;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use crate::actor::Stage;
+use crate::agent::Agent;
+use crate::bus::CancelMode;
+use crate::error::AgentsError;
+use crate::events::StreamEvent;
+use crate::items::RunItem;
+use crate::run::baton::{Baton, RunOutcome};
+use crate::trace::{self, Span, SpanData};
+pub(crate) use finish::finish;
+pub use handoffs::MULTIPLE_HANDOFFS_MESSAGE;
+use hooks::{call_hooks, Hook};
+
+pub(crate) enum Step<C: Send + Sync + 'static> {
+    /// Another turn: on the same agent, or on a new one after a handoff.
+    Next(Baton<C>),
+    /// The run is over.
+    Done(Baton<C>, RunOutcome),
+}
+
+/// Drives one turn of a baton and routes what follows: the next turn to the right agent's
+/// mailbox, or the end of the run.
+pub(crate) async fn drive<C: Send + Sync + 'static>(baton: Baton<C>, stage: Stage<C>) {
+    match run_turn(baton).await {
+        Step::Next(b) => stage.dispatch(b),
+        Step::Done(b, outcome) => finish(b, outcome),
+    }
+}
+
+fn fail<C: Send + Sync + 'static>(b: Baton<C>, e: AgentsError) -> Step<C> {
+    Step::Done(b, RunOutcome::Failed(e))
+}
+
+async fn start_agent<C: Send + Sync + 'static>(b: &mut Baton<C>) {
+    let agent = b.agent.clone();
+    *b.shared
+        .current_agent
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = agent.name().to_owned();
+    b.agent_span = b.task_span.child(SpanData::Agent {
+        name: agent.name().to_owned(),
+        handoffs: vec![],
+        tools: vec![],
+        // The SDK names a plain-text agent's output type "str".
+        output_type: Some(agent.output_type_name().unwrap_or("str").to_owned()),
+    });
+    let handoffs: Vec<String> = agent
+        .handoff_names()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let tools: Vec<String> = agent.tool_names().into_iter().map(str::to_owned).collect();
+    b.agent_span.update(|d| {
+        if let SpanData::Agent {
+            handoffs: h,
+            tools: t,
+            ..
+        } = d
+        {
+            *h = handoffs;
+            *t = tools;
+        }
+    });
+    call_hooks(b, &agent, Hook::AgentStart).await;
+    b.agent_started = true;
+}
+
+pub(super) fn publish_item<C: Send + Sync + 'static>(
+    b: &Baton<C>,
+    item: &RunItem,
+    tool: Option<Arc<str>>,
+) {
+    b.shared
+        .publish_event(StreamEvent::RunItem(Arc::new(item.clone())), tool);
+}
+
+pub(super) async fn save_turn<C: Send + Sync + 'static>(
+    b: &Baton<C>,
+    items: &[RunItem],
+) -> Result<(), AgentsError> {
+    b.shared
+        .new_items
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(items.iter().cloned());
+    if let Some(s) = &b.env.session {
+        s.add_items(items.iter().map(RunItem::to_input_item).collect())
+            .await
+            .map_err(|e| {
+                AgentsError::UserError(format!("could not save the turn to the session: {e}"))
+            })?;
+    }
+    Ok(())
+}
+
+/// Runs one turn of the baton's current agent.
+pub(crate) async fn run_turn<C: Send + Sync + 'static>(mut b: Baton<C>) -> Step<C> {
+    let shared = b.shared.clone();
+    if shared.cancel.is_cancelled() {
+        return Step::Done(b, RunOutcome::Cancelled(CancelMode::Immediate));
+    }
+    if b.turn > 0 && shared.cancel_after_turn.load(Ordering::Acquire) {
+        return Step::Done(b, RunOutcome::Cancelled(CancelMode::AfterTurn));
+    }
+    if b.turn == 0 {
+        shared.publish_event(
+            StreamEvent::AgentUpdated {
+                new_agent: b.agent.name().into(),
+            },
+            None,
+        );
+        if let Some(s) = b.env.session.clone() {
+            match s.get_items(None).await {
+                Ok(mut history) => {
+                    let input = std::mem::take(&mut b.original_input);
+                    if let Err(e) = s.add_items(input.clone()).await {
+                        return fail(
+                            b,
+                            AgentsError::UserError(format!(
+                                "could not save the input to the session: {e}"
+                            )),
+                        );
+                    }
+                    history.extend(input);
+                    *shared.input.lock().unwrap_or_else(|e| e.into_inner()) = history.clone();
+                    b.original_input = history;
+                }
+                Err(e) => {
+                    return fail(
+                        b,
+                        AgentsError::UserError(format!("could not read the session: {e}")),
+                    );
+                }
+            }
+        }
+    }
+    if !b.agent_started {
+        start_agent(&mut b).await;
+    }
+    b.turn += 1;
+    shared.current_turn.store(b.turn, Ordering::Release);
+    let max_turns = b.env.config.max_turns;
+    if b.turn > max_turns {
+        b.agent_span
+            .set_error("Max turns exceeded", Some(json!({"max_turns": max_turns})));
+        return fail(b, AgentsError::MaxTurnsExceeded { max_turns });
+    }
+
+    let turn_span = b.agent_span.child(SpanData::Turn {
+        turn: b.turn,
+        agent_name: b.agent.name().to_owned(),
+        usage: None,
+    });
+    let usage_before = b.ctx.usage();
+    let step = turn_body(&mut b, &turn_span).await;
+    let usage_after = b.ctx.usage();
+    let mut turn_usage = usage_after;
+    turn_usage.input_tokens -= usage_before.input_tokens;
+    turn_usage.output_tokens -= usage_before.output_tokens;
+    turn_usage.input_tokens_details.cached_tokens -=
+        usage_before.input_tokens_details.cached_tokens;
+    turn_span.update(|d| {
+        if let SpanData::Turn { usage, .. } = d {
+            *usage = Some(trace::turn_usage_json(&turn_usage));
+        }
+    });
+    turn_span.finish();
+    match step {
+        Ok(TurnEnd::Again) => Step::Next(b),
+        Ok(TurnEnd::Handoff(target)) => {
+            let from = b.agent.name().to_owned();
+            b.agent_span.finish();
+            b.slot = Some(b.env.stage.admit_handoff(&target));
+            shared.publish_event(
+                StreamEvent::AgentUpdated {
+                    new_agent: target.name().into(),
+                },
+                None,
+            );
+            b.agent = target;
+            b.agent_started = false;
+            b.handoff_from = Some(from);
+            Step::Next(b)
+        }
+        Ok(TurnEnd::Final(v)) => {
+            let last_agent = b.agent.name().to_owned();
+            Step::Done(
+                b,
+                RunOutcome::Completed {
+                    final_output: v,
+                    last_agent,
+                },
+            )
+        }
+        Ok(TurnEnd::Cancelled) => Step::Done(b, RunOutcome::Cancelled(CancelMode::Immediate)),
+        Err(e) => fail(b, e),
+    }
+}
+
+enum TurnEnd<C: Send + Sync + 'static> {
+    Again,
+    Handoff(Agent<C>),
+    Final(Value),
+    Cancelled,
+}
+
+async fn turn_body<C: Send + Sync + 'static>(
+    b: &mut Baton<C>,
+    turn_span: &Span,
+) -> Result<TurnEnd<C>, AgentsError> {
+    if b.turn == 1 {
+        guardrails::run_input(b, false).await?;
+    }
+    let Some(response) = model_call::call(b, turn_span).await? else {
+        return Ok(TurnEnd::Cancelled);
+    };
+    let resolve::Resolved {
+        mut new_items,
+        tool_calls,
+        handoff_calls,
+    } = resolve::resolve(b, turn_span, response)?;
+    if !tool_calls.is_empty() {
+        b.agents_used_tools.insert(b.agent.name().to_owned());
+    }
+    // Function tools run first, all at once; then the first handoff, if any.
+    let Some(tool_results) = tools::run_all(b, turn_span, &tool_calls, &mut new_items).await else {
+        return Ok(TurnEnd::Cancelled);
+    };
+    if !handoff_calls.is_empty() {
+        let target = handoffs::perform(b, turn_span, &handoff_calls, new_items).await?;
+        return Ok(TurnEnd::Handoff(target));
+    }
+    Ok(match finish::conclude(b, new_items, &tool_results).await? {
+        Some(v) => TurnEnd::Final(v),
+        None => TurnEnd::Again,
+    })
+}
