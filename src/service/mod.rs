@@ -613,6 +613,10 @@ impl Core {
         }
         // The trace store scopes traces by this key, so a tenant sees only its own.
         metadata.insert("tenant".into(), Value::String(tenant.to_string()));
+        // The trace browser links a trace to its session and run record by these.
+        let run_id = gen_run_id();
+        metadata.insert("session_id".into(), Value::String(session_id.to_owned()));
+        metadata.insert("run_id".into(), Value::String(run_id.clone()));
         let mut cfg = RunConfig::default();
         if let Some(n) = req.max_turns {
             cfg.max_turns = n;
@@ -631,7 +635,7 @@ impl Core {
             tenant: tenant.clone(),
             agent,
             input: req.input,
-            run_id: gen_run_id(),
+            run_id,
             trace_id: cfg.trace_id.clone(),
             cfg,
             topic,

@@ -139,6 +139,8 @@ pub struct ItemFacts {
     pub group_id: Option<String>,
     /// An agent span's agent.
     pub agent: Option<String>,
+    /// A model call's model (the SDK's response span export does not name it).
+    pub model: Option<String>,
     /// A span with an error.
     pub error: bool,
 }
@@ -172,15 +174,16 @@ impl ExportItem {
     /// The item for a span, when the span is enabled.
     pub fn from_span(span: &Span) -> Option<Self> {
         let trace = span.trace();
-        let (agent, error) = span.index_facts()?;
+        let f = span.index_facts()?;
         Some(ExportItem {
             kind: ItemKind::Span,
             trace_id: span.trace_id()?.to_owned(),
             json: span.export_json()?,
             tenant: trace.inner().and_then(|t| t.tenant.clone()),
             facts: ItemFacts {
-                agent,
-                error,
+                agent: f.agent,
+                model: f.model,
+                error: f.error,
                 ..Default::default()
             },
         })
@@ -207,11 +210,13 @@ impl ExportItem {
                     .then(|| data["name"].as_str().map(str::to_owned))
                     .flatten();
                 let error = v.get("error").is_some_and(|e| !e.is_null());
+                let model = data["model"].as_str().map(str::to_owned);
                 (
                     ItemKind::Span,
                     s("trace_id")?,
                     ItemFacts {
                         agent,
+                        model,
                         error,
                         ..Default::default()
                     },

@@ -116,6 +116,9 @@ pub enum SpanData {
         response_id: Option<String>,
         /// Usage of the call.
         usage: Option<Value>,
+        /// The model called. Not in the SDK's export JSON (its response span has none);
+        /// sinks get it from [`ItemFacts::model`](batch::ItemFacts::model).
+        model: Option<String>,
     },
     /// A Chat-Completions model call.
     Generation {
@@ -234,7 +237,9 @@ impl SpanData {
                     usage: usage.as_ref(),
                 },
             },
-            SpanData::Response { response_id, usage } => DataView::Response {
+            SpanData::Response {
+                response_id, usage, ..
+            } => DataView::Response {
                 response_id: response_id.as_deref(),
                 usage: usage.as_ref(),
             },
@@ -568,6 +573,17 @@ pub struct SpanInner {
     state: Mutex<SpanState>,
 }
 
+/// See [`Span::index_facts`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct IndexFacts {
+    /// An agent span's agent.
+    pub agent: Option<String>,
+    /// A model call's model.
+    pub model: Option<String>,
+    /// Whether the span has an error.
+    pub error: bool,
+}
+
 /// A span handle (cheap to clone). A disabled span is a no-op.
 #[derive(Clone, Debug)]
 pub struct Span(Option<Arc<SpanInner>>);
@@ -712,16 +728,23 @@ impl Span {
         Some(f(&view))
     }
 
-    /// What a store indexes, when enabled: the agent of an agent span, and whether the span
-    /// has an error.
-    pub fn index_facts(&self) -> Option<(Option<String>, bool)> {
+    /// What sinks index, when enabled: the agent of an agent span, the model of a model
+    /// call, and whether the span has an error.
+    pub fn index_facts(&self) -> Option<IndexFacts> {
         let s = self.0.as_ref()?;
         let st = s.state.lock().unwrap_or_else(|e| e.into_inner());
-        let agent = match &st.data {
-            SpanData::Agent { name, .. } => Some(name.clone()),
-            _ => None,
+        let (agent, model) = match &st.data {
+            SpanData::Agent { name, .. } => (Some(name.clone()), None),
+            SpanData::Response { model, .. } | SpanData::Generation { model, .. } => {
+                (None, model.clone())
+            }
+            _ => (None, None),
         };
-        Some((agent, st.error.is_some()))
+        Some(IndexFacts {
+            agent,
+            model,
+            error: st.error.is_some(),
+        })
     }
 
     /// The span's type as exported (`agent`, `custom`, ...), when enabled.

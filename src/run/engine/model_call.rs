@@ -62,7 +62,9 @@ pub(super) async fn call<C: Send + Sync + 'static>(
         None
     };
     mspan.update(|d| match d {
-        SpanData::Response { response_id, usage } => {
+        SpanData::Response {
+            response_id, usage, ..
+        } => {
             *response_id = Some(response.id.clone());
             *usage = usage_json.clone();
         }
@@ -164,6 +166,7 @@ fn model_span<C: Send + Sync + 'static>(
         ModelApi::Responses => turn_span.child(SpanData::Response {
             response_id: None,
             usage: None,
+            model: Some(model.name().to_owned()),
         }),
         ModelApi::ChatCompletions => {
             // As in the SDK, the input is filled in after the span's start.
