@@ -1089,8 +1089,27 @@ async fn otlp_sink_sends_genai_spans_over_otlp_http() {
         attr(tool, "gen_ai.tool.name").as_deref(),
         Some("get_weather")
     );
-    let chats: Vec<_> = spans.iter().filter(|s| s.name == "chat").collect();
+    let chats: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name.starts_with("chat"))
+        .collect();
     assert_eq!(chats.len(), 3);
+    let model = attr(chats[0], "gen_ai.request.model").expect("the model is named");
+    assert_eq!(chats[0].name, format!("chat {model}"));
+    assert_eq!(attr(chats[0], "llm.model_name"), Some(model));
+    for (name, kind) in [
+        ("turn 1", "CHAIN"),
+        ("invoke_agent A", "AGENT"),
+        ("execute_tool get_weather", "TOOL"),
+    ] {
+        assert_eq!(
+            attr(named(name), "openinference.span.kind").as_deref(),
+            Some(kind)
+        );
+    }
+    assert!(spans
+        .iter()
+        .all(|s| attr(s, "openinference.span.kind").is_some()));
     assert_eq!(
         attr(chats[0], "gen_ai.operation.name").as_deref(),
         Some("chat")
