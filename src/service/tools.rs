@@ -1,7 +1,7 @@
-//! Tools defined in the config: `http` tools (POST the arguments as JSON, the body is the
-//! output) and `client` tools (sent to the session's clients as `tool.call`, answered by a
-//! `tool.result` frame). Failures and timeouts are tool errors the model reads, never a dead
-//! run.
+//! Tools defined in the config: `http` tools (POST the arguments as JSON with the trace
+//! context headers of [`crate::trace::context`], the body is the output) and `client` tools
+//! (sent to the session's clients as `tool.call`, answered by a `tool.result` frame).
+//! Failures and timeouts are tool errors the model reads, never a dead run.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,12 +74,17 @@ impl Tool<()> for HttpTool {
         } else {
             arguments
         };
-        let req = self
+        let mut req = self
             .client
             .post(&self.url)
             .header("content-type", "application/json")
             .body(body)
             .timeout(self.timeout);
+        // The tool's function span is current here: the service can nest its own spans
+        // under it (W3C traceparent, and the SDK ids for the ingest endpoint).
+        for (name, value) in crate::trace::context::current_headers() {
+            req = req.header(name, value);
+        }
         let name = self.name.clone();
         let timeout = self.timeout;
         async move {
