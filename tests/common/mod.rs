@@ -2,6 +2,8 @@
 //! WebSocket client. Every wait has a timeout.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
