@@ -52,7 +52,8 @@ async fn spans(client: &reqwest::Client, base: &str) -> Vec<Value> {
         if let Some(c) = &cursor {
             url.push_str(&format!("&cursor={c}"));
         }
-        let Ok(Ok(r)) = tokio::time::timeout(Duration::from_secs(10), client.get(&url).send()).await
+        let Ok(Ok(r)) =
+            tokio::time::timeout(Duration::from_secs(10), client.get(&url).send()).await
         else {
             return out;
         };
@@ -121,7 +122,10 @@ async fn phoenix_receives_and_returns_the_genai_spans() {
         if let Ok(Some(status)) = phoenix.0.try_wait() {
             panic!("phoenix serve exited at start: {status}");
         }
-        assert!(Instant::now() < deadline, "phoenix did not come up in 240 s");
+        assert!(
+            Instant::now() < deadline,
+            "phoenix did not come up in 240 s"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
@@ -154,7 +158,10 @@ store = "memory"
     let r = tokio::time::timeout(
         common::WAIT,
         client
-            .post(format!("http://{}/v1/sessions/conv-phoenix/runs", server.addr))
+            .post(format!(
+                "http://{}/v1/sessions/conv-phoenix/runs",
+                server.addr
+            ))
             .json(&json!({"agent": "Triage", "input": "What is the weather in Oslo?"}))
             .send(),
     )
@@ -170,7 +177,7 @@ store = "memory"
         .to_owned();
 
     // The demo run: task, Triage (turn, model call, handoff), Weather (turn, model call,
-    // tool; turn, model call): 11 spans. They reach Phoenix after its end (trace_end_delay_ms), then Phoenix
+    // tool; turn, model call): 11 spans. They reach Phoenix after its end ([tracing.batch] export_delay_ms), then Phoenix
     // ingests them asynchronously.
     let deadline = Instant::now() + Duration::from_secs(60);
     let got = loop {
@@ -207,28 +214,46 @@ store = "memory"
     let agents = named("invoke_agent ");
     assert_eq!(agents.len(), 2, "{names:?}");
     for a in &agents {
-        assert_eq!(attr_str(a, "gen_ai.operation.name").as_deref(), Some("invoke_agent"));
+        assert_eq!(
+            attr_str(a, "gen_ai.operation.name").as_deref(),
+            Some("invoke_agent")
+        );
         assert_eq!(a["span_kind"], "AGENT", "{a:#}");
     }
     let agent_names: Vec<String> = agents
         .iter()
         .filter_map(|a| attr_str(a, "gen_ai.agent.name"))
         .collect();
-    assert!(agent_names.contains(&"Triage".to_owned()), "{agent_names:?}");
-    assert!(agent_names.contains(&"Weather".to_owned()), "{agent_names:?}");
+    assert!(
+        agent_names.contains(&"Triage".to_owned()),
+        "{agent_names:?}"
+    );
+    assert!(
+        agent_names.contains(&"Weather".to_owned()),
+        "{agent_names:?}"
+    );
 
     // The tool: execute_tool with its name, kind TOOL.
     let tools = named("execute_tool get_weather");
     assert_eq!(tools.len(), 1, "{names:?}");
-    assert_eq!(attr_str(tools[0], "gen_ai.operation.name").as_deref(), Some("execute_tool"));
-    assert_eq!(attr_str(tools[0], "gen_ai.tool.name").as_deref(), Some("get_weather"));
+    assert_eq!(
+        attr_str(tools[0], "gen_ai.operation.name").as_deref(),
+        Some("execute_tool")
+    );
+    assert_eq!(
+        attr_str(tools[0], "gen_ai.tool.name").as_deref(),
+        Some("get_weather")
+    );
     assert_eq!(tools[0]["span_kind"], "TOOL");
 
     // Model calls: chat <model>, kind LLM, the model name and token usage.
     let chats = named("chat ");
     assert_eq!(chats.len(), 3, "{names:?}");
     for c in &chats {
-        assert_eq!(attr_str(c, "gen_ai.operation.name").as_deref(), Some("chat"));
+        assert_eq!(
+            attr_str(c, "gen_ai.operation.name").as_deref(),
+            Some("chat")
+        );
         assert_eq!(c["span_kind"], "LLM", "{c:#}");
         let model = attr_str(c, "gen_ai.request.model").expect("model");
         assert!(!model.is_empty());
@@ -258,7 +283,10 @@ store = "memory"
             .cloned()
     };
     let turn = by_id(tools[0]["parent_id"].as_str().unwrap_or("")).expect("the tool's parent");
-    assert!(turn["name"].as_str().unwrap_or("").starts_with("turn"), "{turn:#}");
+    assert!(
+        turn["name"].as_str().unwrap_or("").starts_with("turn"),
+        "{turn:#}"
+    );
     let agent = by_id(turn["parent_id"].as_str().unwrap_or("")).expect("the turn's parent");
     assert_eq!(agent["name"], "invoke_agent Weather");
 }

@@ -186,8 +186,11 @@ fn pipeline(sinks: Vec<Arc<dyn Sink>>, batch: BatchConfig) -> (Tracer, BatchTrac
     (t, p)
 }
 
+/// Exports on flush, shutdown and the trigger ratio only (the timer is a minute away and
+/// no export follows new items by itself), so tests see exactly the batches they cause.
 fn quick_batches() -> BatchConfig {
     BatchConfig {
+        export_delay_ms: 0,
         schedule_delay_ms: 60_000,
         export_timeout_ms: 2_000,
         shutdown_timeout_ms: 5_000,
@@ -634,7 +637,6 @@ async fn the_schedule_delay_flushes_on_a_timer() {
         vec![sink.clone()],
         BatchConfig {
             schedule_delay_ms: 50,
-            trace_end_delay_ms: 0,
             ..quick_batches()
         },
     );
@@ -649,11 +651,17 @@ async fn the_schedule_delay_flushes_on_a_timer() {
 }
 
 #[tokio::test]
-async fn a_finished_run_is_exported_soon_after_its_end_without_the_timer() {
+async fn a_finished_run_is_exported_soon_without_the_timer() {
     let sink = Arc::new(Collect::default());
-    let (tracer, _p) = pipeline(vec![sink.clone()], quick_batches());
+    let (tracer, _p) = pipeline(
+        vec![sink.clone()],
+        BatchConfig {
+            export_delay_ms: 100,
+            ..quick_batches()
+        },
+    );
     run_reference(&tracer, cfg(&tracer)).await;
-    // The timer is a minute away and the queue far from its trigger: only the trace's end
+    // The timer is a minute away and the queue far from its trigger: the export delay
     // sends it on.
     let deadline = tokio::time::Instant::now() + WAIT;
     while sink.count(ItemKind::TraceEnd) < 1 && tokio::time::Instant::now() < deadline {
@@ -669,7 +677,7 @@ async fn traces_ending_together_share_one_export() {
     let (tracer, p) = pipeline(
         vec![sink.clone()],
         BatchConfig {
-            trace_end_delay_ms: 2_000,
+            export_delay_ms: 2_000,
             ..quick_batches()
         },
     );

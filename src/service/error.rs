@@ -31,7 +31,9 @@ pub enum ApiError {
         limit: usize,
     },
     /// An HTTP request body over its endpoint's limit.
-    #[error("the request body is over the limit of {limit} bytes ({setting}); send smaller requests")]
+    #[error(
+        "the request body is over the limit of {limit} bytes ({setting}); send smaller requests"
+    )]
     BodyTooLarge {
         /// The limit.
         limit: usize,

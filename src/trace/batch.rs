@@ -52,11 +52,12 @@ pub struct BatchConfig {
     pub export_timeout_ms: u64,
     /// Milliseconds `force_flush` and `shutdown` wait for the sinks before giving up (30000).
     pub shutdown_timeout_ms: u64,
-    /// Milliseconds from a trace's end to the export that takes it (100), so a finished
-    /// run is in the sinks at once rather than at the next scheduled export; one export
-    /// serves every trace that ends meanwhile, so batches stay large under load. 0: no such
-    /// export (the SDK's behaviour: the timer and the trigger ratio only).
-    pub trace_end_delay_ms: u64,
+    /// Milliseconds from a new item (a trace starting or ending, a span ending) to the
+    /// export that takes it (100), so runs show in the sinks as they start, grow and end,
+    /// rather than at the next scheduled export. One export takes everything staged
+    /// meanwhile, so batches stay large under load. 0: no such export (the SDK's behaviour:
+    /// the timer and the trigger ratio only).
+    pub export_delay_ms: u64,
 }
 
 impl Default for BatchConfig {
@@ -68,7 +69,7 @@ impl Default for BatchConfig {
             export_trigger_ratio: 0.7,
             export_timeout_ms: 30_000,
             shutdown_timeout_ms: 30_000,
-            trace_end_delay_ms: 100,
+            export_delay_ms: 100,
         }
     }
 }
@@ -375,8 +376,8 @@ impl Message for Wake {
     type Result = ();
 }
 
-/// A trace ended: export after `trace_end_delay_ms`, together with whatever else ends
-/// meanwhile.
+/// Something was staged: export after `export_delay_ms`, together with whatever else is
+/// staged meanwhile.
 struct Soon;
 
 impl Message for Soon {
@@ -425,7 +426,7 @@ struct SinkHandle {
 struct Staging {
     events: Mutex<Vec<TraceEvent>>,
     wake_pending: AtomicBool,
-    /// An export after a trace end is scheduled.
+    /// An export after `export_delay_ms` is scheduled.
     soon_pending: AtomicBool,
 }
 
@@ -505,9 +506,9 @@ impl Handler<Wake> for TraceActor {
 impl Handler<Soon> for TraceActor {
     type Result = ();
 
-    /// A trace ended: export after the delay (traces ending meanwhile ride along).
+    /// Something was staged: export after the delay (what is staged meanwhile rides along).
     fn handle(&mut self, _msg: Soon, ctx: &mut Self::Context) {
-        let delay = Duration::from_millis(self.cfg.trace_end_delay_ms);
+        let delay = Duration::from_millis(self.cfg.export_delay_ms);
         ctx.run_later(delay, |act, _| {
             act.staging.soon_pending.store(false, Ordering::Release);
             act.export_all(false);
@@ -733,7 +734,6 @@ impl BatchTraceProcessor {
             self.drop_one();
             return;
         }
-        let ends = matches!(ev, TraceEvent::TraceEnd(_));
         let n = {
             let mut g = self
                 .staging
@@ -755,8 +755,9 @@ impl BatchTraceProcessor {
                 self.staging.wake_pending.store(false, Ordering::Release);
             }
         }
-        if ends
-            && self.cfg.trace_end_delay_ms > 0
+        // One export per `export_delay_ms` at most: a load and, rarely, a swap per item.
+        if self.cfg.export_delay_ms > 0
+            && !self.staging.soon_pending.load(Ordering::Acquire)
             && !self.staging.soon_pending.swap(true, Ordering::AcqRel)
             && self.addr.try_send(Soon).is_err()
         {

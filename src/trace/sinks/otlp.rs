@@ -150,7 +150,11 @@ impl OtlpSink {
                 }
                 ItemKind::Span => {
                     let info = traces.get(&item.trace_id).cloned().unwrap_or_default();
-                    spans.push(to_otlp_span(&item.value(), item.facts.model.as_deref(), &info));
+                    spans.push(to_otlp_span(
+                        &item.value(),
+                        item.facts.model.as_deref(),
+                        &info,
+                    ));
                 }
             }
         }
@@ -215,7 +219,10 @@ fn nanos(t: &Value) -> u64 {
 }
 
 fn usage_attrs(attrs: &mut Vec<KeyValue>, usage: &Value) {
-    let (i, o) = (usage["input_tokens"].as_i64(), usage["output_tokens"].as_i64());
+    let (i, o) = (
+        usage["input_tokens"].as_i64(),
+        usage["output_tokens"].as_i64(),
+    );
     if let Some(i) = i {
         attrs.push(kv_int("gen_ai.usage.input_tokens", i));
         attrs.push(kv_int("llm.token_count.prompt", i));

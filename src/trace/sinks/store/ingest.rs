@@ -55,7 +55,6 @@ impl IngestAnswer {
             });
         }
     }
-
 }
 
 /// Why an object's ids are not acceptable, if they are not.

@@ -70,7 +70,10 @@ impl TraceStore {
         let mut filter = |cond: &str, v: &Option<String>| {
             if let Some(v) = v {
                 args.push(v.clone());
-                sql.push_str(&format!(" AND {}", cond.replace('?', &format!("?{}", args.len()))));
+                sql.push_str(&format!(
+                    " AND {}",
+                    cond.replace('?', &format!("?{}", args.len()))
+                ));
             }
         };
         filter("t.trace_id = ?", &q.trace_id);

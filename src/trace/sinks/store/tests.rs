@@ -12,7 +12,14 @@ const T2: &str = "trace_00000000000000000000000000000002";
 const SA: &str = "span_0000000000000000000000aa";
 const SB: &str = "span_0000000000000000000000bb";
 
-fn span(id: &str, trace: &str, parent: Option<&str>, start: u32, data: Value, error: Value) -> Value {
+fn span(
+    id: &str,
+    trace: &str,
+    parent: Option<&str>,
+    start: u32,
+    data: Value,
+    error: Value,
+) -> Value {
     json!({"object":"trace.span","id":id,"trace_id":trace,"parent_id":parent,
         "started_at":format!("2026-01-01T00:00:{start:02}.000000+00:00"),
         "ended_at":format!("2026-01-01T00:00:{:02}.000000+00:00", start + 1),
@@ -42,7 +49,10 @@ fn ingest_then_query_by_id_workflow_group_agent_errors_and_time() {
             ],
         )
         .unwrap();
-    assert_eq!((sum.traces, sum.spans, sum.skipped, sum.refused), (2, 2, 1, 0));
+    assert_eq!(
+        (sum.traces, sum.spans, sum.skipped, sum.refused),
+        (2, 2, 1, 0)
+    );
     let q = |f: fn(&mut TraceQuery)| {
         let mut q = TraceQuery::default();
         f(&mut q);
@@ -57,7 +67,10 @@ fn ingest_then_query_by_id_workflow_group_agent_errors_and_time() {
     assert_eq!(q(|q| q.group_id = Some("g1".into()))[0].id, T1);
     assert_eq!(q(|_| {}).len(), 2);
     assert_eq!(q(|q| q.agent = Some("Triage".into()))[0].id, T1);
-    assert!(q(|q| q.agent = Some("Tri".into())).is_empty(), "whole names only");
+    assert!(
+        q(|q| q.agent = Some("Tri".into())).is_empty(),
+        "whole names only"
+    );
     let errs = q(|q| q.errors_only = true);
     assert_eq!(errs.len(), 1);
     assert_eq!(errs[0].id, T1);
@@ -69,7 +82,10 @@ fn ingest_then_query_by_id_workflow_group_agent_errors_and_time() {
     assert_eq!(spans[0]["id"], SA, "spans come in start order");
     assert!(s.get_trace(T1, Some("other")).unwrap().is_none());
     assert!(s.get_trace(T1, Some("acme")).unwrap().is_some());
-    assert!(s.get_trace("trace_ffffffffffffffffffffffffffffffff", None).unwrap().is_none());
+    assert!(s
+        .get_trace("trace_ffffffffffffffffffffffffffffffff", None)
+        .unwrap()
+        .is_none());
 }
 
 #[test]
@@ -77,8 +93,11 @@ fn pages_go_back_in_time_with_until() {
     let s = TraceStore::open_in_memory().unwrap();
     for i in 0..5u32 {
         let id = format!("trace_{i:032x}");
-        s.ingest_for("acme", vec![json!({"object":"trace","id":id,"workflow_name":"W"})])
-            .unwrap();
+        s.ingest_for(
+            "acme",
+            vec![json!({"object":"trace","id":id,"workflow_name":"W"})],
+        )
+        .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
     let page1 = s
@@ -97,7 +116,10 @@ fn pages_go_back_in_time_with_until() {
         })
         .unwrap();
     let ids: Vec<&str> = page2.iter().map(|t| t.id.as_str()).collect();
-    assert_eq!(ids, [format!("trace_{:032x}", 2), format!("trace_{:032x}", 1)]);
+    assert_eq!(
+        ids,
+        [format!("trace_{:032x}", 2), format!("trace_{:032x}", 1)]
+    );
 }
 
 #[test]
@@ -146,7 +168,10 @@ fn another_tenant_can_neither_take_over_a_trace_nor_add_to_it() {
     assert_eq!((listed[0].span_count, listed[0].agents.len()), (1, 1));
     // Spans alone (no trace object) for a trace A holds are refused too.
     let r = s
-        .ingest_for("globex", vec![span(SB, T1, None, 1, func("x"), Value::Null)])
+        .ingest_for(
+            "globex",
+            vec![span(SB, T1, None, 1, func("x"), Value::Null)],
+        )
         .unwrap();
     assert_eq!((r.refused, r.spans), (1, 0));
     // The sink path obeys the same rule: a run item naming another tenant is refused.
@@ -192,7 +217,10 @@ fn claims_reserve_an_id_for_one_tenant() {
     s.claim(T1, "acme").unwrap();
     s.claim(T1, "acme").unwrap();
     assert!(matches!(s.claim(T1, "globex"), Err(ClaimError::Taken(_))));
-    assert!(matches!(s.claim("x", "acme"), Err(ClaimError::InvalidId(_))));
+    assert!(matches!(
+        s.claim("x", "acme"),
+        Err(ClaimError::InvalidId(_))
+    ));
     let msg = s.claim(T1, "globex").unwrap_err().to_string();
     assert!(msg.contains("another tenant"), "{msg}");
     // The owner's run then fills the claimed trace in.
@@ -247,7 +275,14 @@ fn files_of_the_first_schema_are_migrated() {
         .unwrap();
         let spans = json!([
             span(SA, T1, None, 0, agent("Triage"), Value::Null),
-            span(SB, T1, Some(SA), 1, func("f"), json!({"message":"boom","data":null})),
+            span(
+                SB,
+                T1,
+                Some(SA),
+                1,
+                func("f"),
+                json!({"message":"boom","data":null})
+            ),
         ]);
         c.execute(
             "INSERT INTO span_chunks (trace_id, n, spans) VALUES (?1, 2, ?2)",
