@@ -144,6 +144,8 @@ pub struct ItemFacts {
     pub model: Option<String>,
     /// A span with an error.
     pub error: bool,
+    /// When a trace started or ended (ISO-8601), for trace and trace-end items.
+    pub at: Option<String>,
 }
 
 impl ExportItem {
@@ -152,16 +154,22 @@ impl ExportItem {
         serde_json::from_str(&self.json).unwrap_or(Value::Null)
     }
 
-    /// The item for a trace start or end, when the trace is enabled.
-    pub fn from_trace(trace: &Trace, kind: ItemKind) -> Option<Self> {
+    /// The item for a trace start or end, when the trace is enabled; `at` is when it
+    /// happened (now when `None`).
+    pub fn from_trace(trace: &Trace, kind: ItemKind, at: Option<&str>) -> Option<Self> {
         let inner = trace.inner()?;
+        let at = Some(at.map_or_else(super::time_iso, str::to_owned));
         let facts = match kind {
             ItemKind::Trace => ItemFacts {
                 workflow_name: Some(inner.workflow_name.clone()),
                 group_id: inner.group_id.clone(),
+                at,
                 ..Default::default()
             },
-            _ => ItemFacts::default(),
+            _ => ItemFacts {
+                at,
+                ..Default::default()
+            },
         };
         Some(ExportItem {
             kind,
@@ -352,18 +360,19 @@ impl TraceStats {
 // ---------------------------------------------------------------------------------------
 // Messages of the tracing actor.
 
-/// What a run hands over: cheap handles, exported to JSON on the actor's side.
+/// What a run hands over: cheap handles (and when a trace started or ended), exported to
+/// JSON on the actor's side.
 enum TraceEvent {
-    TraceStart(Trace),
-    TraceEnd(Trace),
+    TraceStart(Trace, String),
+    TraceEnd(Trace, String),
     SpanEnd(Span),
 }
 
 impl TraceEvent {
     fn export(&self) -> Option<ExportItem> {
         match self {
-            TraceEvent::TraceStart(t) => ExportItem::from_trace(t, ItemKind::Trace),
-            TraceEvent::TraceEnd(t) => ExportItem::from_trace(t, ItemKind::TraceEnd),
+            TraceEvent::TraceStart(t, at) => ExportItem::from_trace(t, ItemKind::Trace, Some(at)),
+            TraceEvent::TraceEnd(t, at) => ExportItem::from_trace(t, ItemKind::TraceEnd, Some(at)),
             TraceEvent::SpanEnd(s) => ExportItem::from_span(s),
         }
     }
@@ -834,11 +843,11 @@ impl BatchTraceProcessor {
 
 impl TraceProcessor for BatchTraceProcessor {
     fn on_trace_start(&self, trace: &Trace) {
-        self.enqueue(TraceEvent::TraceStart(trace.clone()));
+        self.enqueue(TraceEvent::TraceStart(trace.clone(), super::time_iso()));
     }
 
     fn on_trace_end(&self, trace: &Trace) {
-        self.enqueue(TraceEvent::TraceEnd(trace.clone()));
+        self.enqueue(TraceEvent::TraceEnd(trace.clone(), super::time_iso()));
     }
 
     /// Nothing: spans are sent when they end, as in the SDK.

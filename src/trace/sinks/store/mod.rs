@@ -263,11 +263,12 @@ impl TraceStore {
         struct Group<'a> {
             tenant: Option<&'a str>,
             trace: Option<&'a ExportItem>,
-            ended: bool,
+            ended: Option<&'a str>,
             spans: Vec<&'a str>,
             agents: String,
             errors: i64,
         }
+        let now = crate::trace::time_iso();
         let mut order: Vec<&str> = Vec::new();
         let mut groups: HashMap<&str, Group<'_>> = HashMap::new();
         for item in items {
@@ -276,7 +277,7 @@ impl TraceStore {
                 Group {
                     tenant: item.tenant.as_deref(),
                     trace: None,
-                    ended: false,
+                    ended: None,
                     spans: Vec::new(),
                     agents: String::new(),
                     errors: 0,
@@ -284,7 +285,9 @@ impl TraceStore {
             });
             match item.kind {
                 ItemKind::Trace => g.trace = Some(item),
-                ItemKind::TraceEnd => g.ended = true,
+                ItemKind::TraceEnd => {
+                    g.ended = Some(item.facts.at.as_deref().unwrap_or(now.as_str()))
+                }
                 ItemKind::Span => {
                     g.spans.push(&item.json);
                     if let Some(a) = &item.facts.agent {
@@ -299,7 +302,6 @@ impl TraceStore {
                 }
             }
         }
-        let now = crate::trace::time_iso();
         let mut sum = IngestSummary::default();
         let mut conn = self.lock();
         let tx = conn.transaction()?;
@@ -313,6 +315,8 @@ impl TraceStore {
                    workflow_name = CASE WHEN ?11 THEN excluded.workflow_name ELSE traces.workflow_name END,
                    group_id = CASE WHEN ?11 THEN excluded.group_id ELSE traces.group_id END,
                    export = CASE WHEN ?11 THEN excluded.export ELSE traces.export END,
+                   created_at = CASE WHEN ?11 THEN min(traces.created_at, excluded.created_at)
+                                     ELSE traces.created_at END,
                    ended_at = CASE WHEN ?12 THEN traces.ended_at
                                    WHEN excluded.ended_at IS NOT NULL THEN excluded.ended_at
                                    WHEN ?11 THEN NULL ELSE traces.ended_at END,
@@ -327,7 +331,7 @@ impl TraceStore {
             )?;
             for id in order {
                 let Some(g) = groups.get(id) else { continue };
-                if g.trace.is_none() && g.spans.is_empty() && !g.ended {
+                if g.trace.is_none() && g.spans.is_empty() && g.ended.is_none() {
                     continue;
                 }
                 let stub;
@@ -343,13 +347,18 @@ impl TraceStore {
                         (None, None, stub.as_str())
                     }
                 };
-                let ended = (g.ended || ingested).then_some(now.as_str());
+                let ended = g.ended.or(ingested.then_some(now.as_str()));
+                // A run's trace starts when it started, not when the store first hears of it.
+                let created = g
+                    .trace
+                    .and_then(|t| t.facts.at.as_deref())
+                    .unwrap_or(now.as_str());
                 let changed = put_trace.execute(params![
                     id,
                     workflow,
                     group,
                     g.tenant,
-                    now,
+                    created,
                     ended,
                     export,
                     g.agents,
