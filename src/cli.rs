@@ -130,20 +130,12 @@ pub fn main() -> i32 {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CALLBOARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
-
 async fn serve(config: Option<PathBuf>) -> i32 {
-    init_logging();
     let cfg = match load_config(config.as_ref()) {
-        Ok(c) => c,
+        Ok(c) => {
+            c.logging.init();
+            c
+        }
         Err(e) => {
             eprint!("{e}");
             eprintln!("callboard: refusing to start with an invalid config");

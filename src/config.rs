@@ -267,6 +267,8 @@ pub struct Config {
     pub sessions: SessionsConfig,
     /// `[limits]`.
     pub limits: LimitsConfig,
+    /// `[logging]`.
+    pub logging: crate::logging::LoggingConfig,
     /// Whether this is the embedded default config.
     pub embedded: bool,
 }
@@ -275,7 +277,7 @@ pub struct Config {
 pub type KeyTable = BTreeMap<String, String>;
 
 const TOP_KEYS: &[&str] = &[
-    "server", "auth", "models", "agents", "tools", "tracing", "sessions", "limits",
+    "server", "auth", "models", "agents", "tools", "tracing", "sessions", "limits", "logging",
 ];
 
 struct Collector {
@@ -372,6 +374,7 @@ impl Config {
         let tracing: TracingConfig = c.section("tracing", root.get("tracing"));
         let sessions: SessionsConfig = c.section("sessions", root.get("sessions"));
         let limits: LimitsConfig = c.section("limits", root.get("limits"));
+        let logging: crate::logging::LoggingConfig = c.section("logging", root.get("logging"));
         let mut models = BTreeMap::new();
         match root.get("models") {
             None => {}
@@ -396,6 +399,7 @@ impl Config {
             tracing,
             sessions,
             limits,
+            logging,
             embedded: false,
         };
         cfg.validate(&mut c);
@@ -561,6 +565,9 @@ impl Config {
         }
         for p in self.tracing.problems() {
             c.push("tracing", p.to_string());
+        }
+        for p in self.logging.problems() {
+            c.push("logging", p);
         }
         let l = &self.limits;
         for (k, v) in [

@@ -55,6 +55,8 @@ pub(crate) struct RunShared {
     pub done: watch::Sender<bool>,
     pub trace_id: Option<String>,
     pub finished: AtomicBool,
+    /// The `run` log span ([`crate::logging::run_span`]) the run's work happens in.
+    pub log_span: tracing::Span,
 }
 
 impl RunShared {

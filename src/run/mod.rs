@@ -233,6 +233,7 @@ impl<C: Send + Sync + 'static> RunRequest<'_, C> {
         runner.stage.register(&self.agent);
         let slot = runner.stage.admit(&self.agent)?;
         let run_id: Arc<str> = self.run_id.unwrap_or_else(gen_run_id).into();
+        let topic_session = self.topic.as_ref().map(|t| t.session_id().clone());
         let topic = self.topic.unwrap_or_else(|| {
             Topic::new(
                 run_id.clone(),
@@ -275,6 +276,19 @@ impl<C: Send + Sync + 'static> RunRequest<'_, C> {
             parent.as_ref(),
         );
         let trace_id = trace.is_enabled().then(|| trace.trace_id().to_owned());
+        let meta = |k: &str| {
+            cfg.trace_metadata
+                .as_ref()
+                .and_then(|m| m.get(k))
+                .and_then(serde_json::Value::as_str)
+        };
+        let log_span = crate::logging::run_span(
+            &run_id,
+            trace_id.as_deref(),
+            self.agent.name(),
+            meta("tenant"),
+            meta("session_id").or(topic_session.as_deref()),
+        );
         let input_items = self.input.to_items();
         let (done, _) = watch::channel(false);
         let shared = Arc::new(RunShared {
@@ -293,6 +307,7 @@ impl<C: Send + Sync + 'static> RunRequest<'_, C> {
             done,
             trace_id,
             finished: AtomicBool::new(false),
+            log_span,
         });
         let ctx = RunContext::new(self.context, run_id);
         let max_turns = cfg.max_turns;

@@ -742,42 +742,47 @@ impl PreparedRun {
             .get(&run_id)
             .map(|e| e.tenant.to_string())
             .unwrap_or_default();
-        tokio::spawn(async move {
-            let _release = release;
-            let _claim = claim;
-            let durable = core.store.durable();
-            if let Some(d) = durable {
-                let start = crate::session::RunStart {
-                    run_id: rid.clone(),
-                    tenant: tenant_name.clone(),
-                    session_id: Some(session_id),
-                    starting_agent,
-                    trace_id: run.trace_id().map(str::to_owned),
-                };
-                if let Err(e) = d.record_run_start(start).await {
-                    tracing::error!(run_id = %rid, error = %e, "could not record the run's start");
-                }
-            }
-            run.done().await;
-            if let Some(outcome) = run.outcome() {
-                if let crate::run::RunOutcome::Failed(e) = &outcome {
-                    tracing::info!(run_id = %rid, error = %e, "run failed");
-                }
+        // The run's bookkeeping logs with its ids too.
+        let log_span = run.log_span().clone();
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let _release = release;
+                let _claim = claim;
+                let durable = core.store.durable();
                 if let Some(d) = durable {
-                    let end = crate::session::RunEnd::from_outcome(
-                        &outcome,
-                        &run.last_agent(),
-                        run.usage(),
-                    );
-                    if let Err(e) = d.record_run_end(&tenant_name, &rid, end).await {
-                        tracing::error!(run_id = %rid, error = %e, "could not record the run's end");
+                    let start = crate::session::RunStart {
+                        run_id: rid.clone(),
+                        tenant: tenant_name.clone(),
+                        session_id: Some(session_id),
+                        starting_agent,
+                        trace_id: run.trace_id().map(str::to_owned),
+                    };
+                    if let Err(e) = d.record_run_start(start).await {
+                        tracing::error!(run_id = %rid, error = %e, "could not record the run's start");
                     }
                 }
-            }
-            core.runs.remove(&rid);
-            core.calls.finish_run(&rid);
-            core.metrics.runs_finished.fetch_add(1, Ordering::Relaxed);
-        });
+                run.done().await;
+                if let Some(outcome) = run.outcome() {
+                    if let crate::run::RunOutcome::Failed(e) = &outcome {
+                        tracing::info!(run_id = %rid, error = %e, "run failed");
+                    }
+                    if let Some(d) = durable {
+                        let end = crate::session::RunEnd::from_outcome(
+                            &outcome,
+                            &run.last_agent(),
+                            run.usage(),
+                        );
+                        if let Err(e) = d.record_run_end(&tenant_name, &rid, end).await {
+                            tracing::error!(run_id = %rid, error = %e, "could not record the run's end");
+                        }
+                    }
+                }
+                core.runs.remove(&rid);
+                core.calls.finish_run(&rid);
+                core.metrics.runs_finished.fetch_add(1, Ordering::Relaxed);
+            },
+            log_span,
+        ));
         Ok(Started {
             run_id,
             trace_id,

@@ -47,10 +47,17 @@ pub(crate) enum Step<C: Send + Sync + 'static> {
 /// Drives one turn of a baton and routes what follows: the next turn to the right agent's
 /// mailbox, or the end of the run.
 pub(crate) async fn drive<C: Send + Sync + 'static>(baton: Baton<C>, stage: Stage<C>) {
-    match run_turn(baton).await {
-        Step::Next(b) => stage.dispatch(b),
-        Step::Done(b, outcome) => finish(b, outcome),
+    use tracing::Instrument;
+    // Everything logged while the turn runs carries the run's ids.
+    let span = baton.shared.log_span.clone();
+    async move {
+        match run_turn(baton).await {
+            Step::Next(b) => stage.dispatch(b),
+            Step::Done(b, outcome) => finish(b, outcome),
+        }
     }
+    .instrument(span)
+    .await
 }
 
 fn fail<C: Send + Sync + 'static>(b: Baton<C>, e: AgentsError) -> Step<C> {
@@ -63,6 +70,7 @@ async fn start_agent<C: Send + Sync + 'static>(b: &mut Baton<C>) {
         .current_agent
         .lock()
         .unwrap_or_else(|e| e.into_inner()) = agent.name().to_owned();
+    b.shared.log_span.record("agent", agent.name());
     b.agent_span = b.task_span.child(SpanData::Agent {
         name: agent.name().to_owned(),
         handoffs: vec![],
