@@ -7,6 +7,7 @@
 //! does.
 
 pub mod batch;
+pub mod browse;
 pub mod config;
 pub mod context;
 pub mod ids;
