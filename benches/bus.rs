@@ -49,6 +49,7 @@ fn limits() -> BusLimits {
     BusLimits {
         history: 4096,
         subscriber_queue: 1024,
+        budget: None,
     }
 }
 

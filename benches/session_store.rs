@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use callboard::items::{Item, MessageItem};
 use callboard::model::scripted::{ScriptedModel, ScriptedTurn};
-use callboard::session::{Durability, MemorySession, Session, SessionStore, StoreOptions};
+use callboard::session::{Durability, MemorySession, Session, SqliteStore, StoreOptions};
 use callboard::{Agent, Runner};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use serde_json::json;
@@ -45,9 +45,9 @@ fn turn(i: usize) -> Vec<Item> {
     ]
 }
 
-fn open(dir: &tempfile::TempDir, name: &str, durability: Durability) -> SessionStore {
+fn open(dir: &tempfile::TempDir, name: &str, durability: Durability) -> SqliteStore {
     let path = dir.path().join(name);
-    SessionStore::open_with(
+    SqliteStore::open_with(
         path.to_str().expect("a UTF-8 temp path"),
         StoreOptions {
             durability,

@@ -10,12 +10,13 @@
 //! from history with `after_seq`.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use dashmap::DashMap;
 use serde_json::Value;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 use crate::events::StreamEvent;
 
@@ -73,6 +74,12 @@ pub enum FrameBody {
         /// How.
         mode: CancelMode,
     },
+    /// The session was deleted and its numbering restarted under a new epoch: subscribers
+    /// of the old numbering are told (never stored, never numbered).
+    SessionReset {
+        /// The new epoch.
+        epoch: String,
+    },
     /// A client-side tool call waiting for `tool.result`.
     ToolCall {
         /// The call id.
@@ -93,6 +100,7 @@ impl FrameBody {
             FrameBody::RunFailed { .. } => "run.failed",
             FrameBody::RunCancelled { .. } => "run.cancelled",
             FrameBody::ToolCall { .. } => "tool.call",
+            FrameBody::SessionReset { .. } => "session.reset",
         }
     }
 
@@ -157,15 +165,111 @@ impl Frame {
             _ => None,
         }
     }
+
+    /// About how many bytes the frame holds while retained (its encodings included): what
+    /// the history budget counts.
+    pub fn approx_bytes(&self) -> usize {
+        // The frame, its Arc, the head fields and an encoding's overhead.
+        const BASE: usize = 320;
+        let payload = match &self.body {
+            FrameBody::Event { event, .. } => event_bytes(event),
+            FrameBody::RunCompleted { final_output, .. } => match final_output {
+                Value::String(s) => s.len(),
+                _ => 256,
+            },
+            FrameBody::RunFailed { message, .. } => message.len(),
+            FrameBody::ToolCall { arguments, .. } => arguments.len(),
+            FrameBody::RunCancelled { .. } | FrameBody::SessionReset { .. } => 0,
+        };
+        // Encoded once in JSON (roughly the payload again) besides the typed value.
+        BASE + 2 * payload
+    }
+}
+
+fn event_bytes(event: &StreamEvent) -> usize {
+    use crate::items::RunItem;
+    use crate::model::{RawEvent, ResponseEvent};
+    match event {
+        StreamEvent::RawResponse(r) => match r.as_ref() {
+            RawEvent::Typed(ResponseEvent::OutputTextDelta { delta, .. })
+            | RawEvent::Typed(ResponseEvent::FunctionCallArgumentsDelta { delta, .. }) => {
+                delta.len() + 96
+            }
+            _ => 640,
+        },
+        StreamEvent::RunItem(item) => {
+            256 + match item.as_ref() {
+                RunItem::MessageOutput { raw_item, .. } => raw_item.text().len(),
+                RunItem::ToolCall { raw_item, .. } | RunItem::HandoffCall { raw_item, .. } => {
+                    raw_item.arguments.len()
+                }
+                RunItem::ToolCallOutput { output, .. } => 2 * output.len(),
+                _ => 256,
+            }
+        }
+        StreamEvent::AgentUpdated { .. } => 64,
+    }
+}
+
+/// A budget on the bytes of retained frames over many topics (`limits.history_bytes`).
+/// Topics count what they retain; when the total goes over, [`over`](Self::over) wakes the
+/// owner of the topics, which drops the least recently used sessions' history.
+#[derive(Debug)]
+pub struct HistoryBudget {
+    used: AtomicUsize,
+    limit: usize,
+    over: tokio::sync::Notify,
+}
+
+impl HistoryBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Arc<HistoryBudget> {
+        Arc::new(HistoryBudget {
+            used: AtomicUsize::new(0),
+            limit,
+            over: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Bytes retained now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// The limit.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Waits until the budget is (or goes) over its limit.
+    pub async fn over(&self) {
+        if self.used() > self.limit {
+            return;
+        }
+        self.over.notified().await
+    }
+
+    fn add(&self, n: usize) {
+        let now = self.used.fetch_add(n, Ordering::Relaxed) + n;
+        if now > self.limit && now - n <= self.limit {
+            self.over.notify_one();
+        }
+    }
+
+    fn sub(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::Relaxed);
+    }
 }
 
 /// Sizes of a topic's queues.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct BusLimits {
     /// Frames kept per session for resume.
     pub history: usize,
     /// Frames a live subscriber may fall behind before it is told `lagged`.
     pub subscriber_queue: usize,
+    /// The budget retained frames count against (none: only `history` bounds them).
+    pub budget: Option<Arc<HistoryBudget>>,
 }
 
 impl Default for BusLimits {
@@ -173,14 +277,17 @@ impl Default for BusLimits {
         BusLimits {
             history: 4096,
             subscriber_queue: 1024,
+            budget: None,
         }
     }
 }
 
 struct TopicState {
     next_seq: u64,
-    history: VecDeque<Arc<Frame>>,
-    run_listeners: Vec<(Arc<str>, mpsc::UnboundedSender<Arc<Frame>>)>,
+    /// Retained frames with the bytes each was counted for.
+    history: VecDeque<(Arc<Frame>, usize)>,
+    /// Bytes retained.
+    bytes: usize,
 }
 
 /// One session's topic.
@@ -205,12 +312,12 @@ impl Topic {
         let (live, _) = broadcast::channel(limits.subscriber_queue.max(1));
         Arc::new(Topic {
             session_id: session_id.into(),
-            limits,
             state: Mutex::new(TopicState {
                 next_seq: 1,
-                history: VecDeque::with_capacity(limits.history.min(256)),
-                run_listeners: Vec::new(),
+                history: VecDeque::with_capacity(limits.history.min(16)),
+                bytes: 0,
             }),
+            limits,
             live,
         })
     }
@@ -242,7 +349,6 @@ impl Topic {
         let mut st = self.lock();
         let seq = st.next_seq;
         st.next_seq += 1;
-        let terminal = body.is_terminal();
         let frame = Arc::new(Frame::new(
             self.session_id.clone(),
             seq,
@@ -251,28 +357,54 @@ impl Topic {
         ));
         if self.limits.history > 0 {
             if st.history.len() >= self.limits.history {
-                st.history.pop_front();
+                if let Some((_, n)) = st.history.pop_front() {
+                    st.bytes -= n;
+                    if let Some(b) = &self.limits.budget {
+                        b.sub(n);
+                    }
+                }
             }
-            st.history.push_back(frame.clone());
+            let n = frame.approx_bytes();
+            st.history.push_back((frame.clone(), n));
+            st.bytes += n;
+            if let Some(b) = &self.limits.budget {
+                b.add(n);
+            }
         }
         let _ = self.live.send(frame.clone());
-        if !st.run_listeners.is_empty() {
-            st.run_listeners.retain(|(rid, tx)| {
-                if rid == run_id {
-                    tx.send(frame.clone()).is_ok() && !terminal
-                } else {
-                    !tx.is_closed()
-                }
-            });
-        }
         frame
     }
 
-    /// A lossless listener for one run's frames (the library's `stream_events` uses it).
-    pub fn listen_run(&self, run_id: Arc<str>) -> mpsc::UnboundedReceiver<Arc<Frame>> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.lock().run_listeners.push((run_id, tx));
-        rx
+    /// Drops the retained frames (resuming from before them then gets `history_truncated`);
+    /// answers the bytes freed.
+    pub fn drop_history(&self) -> usize {
+        let mut st = self.lock();
+        st.history.clear();
+        let n = std::mem::take(&mut st.bytes);
+        if let Some(b) = &self.limits.budget {
+            b.sub(n);
+        }
+        n
+    }
+
+    /// Bytes of retained frames.
+    pub fn retained_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// Tells the subscribers that the session's numbering restarted under `epoch` (they get
+    /// [`Delivery::Reset`]); the topic is not used afterwards.
+    pub fn reset(&self, epoch: &str) {
+        self.drop_history();
+        let frame = Frame::new(
+            self.session_id.clone(),
+            0,
+            Arc::from(""),
+            FrameBody::SessionReset {
+                epoch: epoch.to_owned(),
+            },
+        );
+        let _ = self.live.send(Arc::new(frame));
     }
 
     /// The last seq published (0 when none).
@@ -289,11 +421,20 @@ impl Topic {
         let mut backlog = VecDeque::new();
         let mut last_seq = last_published;
         if let Some(after) = after_seq {
-            let oldest = st.history.front().map_or(st.next_seq, |f| f.seq);
+            let oldest = st.history.front().map_or(st.next_seq, |(f, _)| f.seq);
             if after + 1 < oldest && after < last_published {
                 return Err(HistoryTruncated { oldest_seq: oldest });
             }
-            backlog.extend(st.history.iter().filter(|f| f.seq > after).cloned());
+            if after > last_published {
+                // A seq this numbering never reached: the client saw another numbering.
+                return Err(HistoryTruncated { oldest_seq: oldest });
+            }
+            backlog.extend(
+                st.history
+                    .iter()
+                    .filter(|(f, _)| f.seq > after)
+                    .map(|(f, _)| f.clone()),
+            );
             last_seq = after.min(last_published);
         }
         Ok(Subscription {
@@ -309,6 +450,14 @@ impl Topic {
     }
 }
 
+impl Drop for Topic {
+    fn drop(&mut self) {
+        if let Some(b) = &self.limits.budget {
+            b.sub(self.lock().bytes);
+        }
+    }
+}
+
 /// What a subscription yields.
 #[derive(Debug)]
 pub enum Delivery {
@@ -319,6 +468,21 @@ pub enum Delivery {
         /// The last seq delivered.
         resume_after_seq: u64,
     },
+    /// The session's numbering restarted (it was deleted): resubscribe under `epoch`.
+    Reset {
+        /// The new epoch.
+        epoch: String,
+    },
+}
+
+/// The reset notice a frame carries, if it is one.
+fn reset_notice(f: &Frame) -> Option<Delivery> {
+    match &f.body {
+        FrameBody::SessionReset { epoch } => Some(Delivery::Reset {
+            epoch: epoch.clone(),
+        }),
+        _ => None,
+    }
 }
 
 /// A subscriber of one topic.
@@ -337,6 +501,7 @@ impl Subscription {
         }
         loop {
             match self.rx.recv().await {
+                Ok(f) if reset_notice(&f).is_some() => return reset_notice(&f),
                 Ok(f) if f.seq <= self.last_seq => continue,
                 Ok(f) => {
                     self.last_seq = f.seq;
@@ -360,6 +525,7 @@ impl Subscription {
         }
         loop {
             match self.rx.try_recv() {
+                Ok(f) if reset_notice(&f).is_some() => return reset_notice(&f),
                 Ok(f) if f.seq <= self.last_seq => continue,
                 Ok(f) => {
                     self.last_seq = f.seq;
@@ -404,7 +570,7 @@ impl Bus {
         }
         self.topics
             .entry(key.to_owned())
-            .or_insert_with(|| Topic::new(key, self.limits))
+            .or_insert_with(|| Topic::new(key, self.limits.clone()))
             .clone()
     }
 
@@ -416,7 +582,7 @@ impl Bus {
         }
         self.topics
             .entry(key.to_owned())
-            .or_insert_with(|| Topic::new(session_id, self.limits))
+            .or_insert_with(|| Topic::new(session_id, self.limits.clone()))
             .clone()
     }
 
@@ -428,7 +594,7 @@ impl Bus {
         }
         self.topics
             .entry(key.to_owned())
-            .or_insert_with(|| Topic::resuming(session_id, self.limits, after_seq))
+            .or_insert_with(|| Topic::resuming(session_id, self.limits.clone(), after_seq))
             .clone()
     }
 
@@ -454,7 +620,7 @@ impl Bus {
 
     /// The limits new topics get.
     pub fn limits(&self) -> BusLimits {
-        self.limits
+        self.limits.clone()
     }
 }
 
@@ -484,7 +650,7 @@ mod tests {
         for _ in 0..4 {
             match sub.recv().await.unwrap() {
                 Delivery::Frame(f) => seen.push(f.seq),
-                Delivery::Lagged { .. } => panic!("lagged"),
+                other => panic!("unexpected {other:?}"),
             }
         }
         assert_eq!(seen, vec![3, 4, 5, 6]);
@@ -498,6 +664,7 @@ mod tests {
             BusLimits {
                 history: 100,
                 subscriber_queue: 4,
+                budget: None,
             },
         );
         let run: Arc<str> = "r".into();
@@ -507,7 +674,7 @@ mod tests {
         }
         match slow.recv().await.unwrap() {
             Delivery::Lagged { resume_after_seq } => assert_eq!(resume_after_seq, 0),
-            Delivery::Frame(_) => panic!("expected lagged"),
+            other => panic!("expected lagged, got {other:?}"),
         }
         let mut again = t.subscribe(Some(0)).unwrap();
         let mut n = 0;
@@ -524,6 +691,7 @@ mod tests {
             BusLimits {
                 history: 3,
                 subscriber_queue: 4,
+                budget: None,
             },
         );
         let run: Arc<str> = "r".into();

@@ -112,6 +112,9 @@ pub struct KeyConfig {
     pub key_env: Option<String>,
     /// The tenant the key belongs to.
     pub tenant: String,
+    /// Whether the key may read operator endpoints (`/metrics`, every tenant's counts).
+    #[serde(default)]
+    pub admin: bool,
 }
 
 /// `[auth]`.
@@ -190,12 +193,37 @@ fn default_tool_timeout() -> u64 {
 pub use crate::trace::config::TracingConfig;
 
 /// `[sessions]`.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SessionsConfig {
     /// Where conversations are kept (`sqlite://callboard.db`, `memory`).
     #[serde(default)]
     pub store: Option<String>,
+    /// With `store = "memory"`: the most conversations kept (the least recently used one is
+    /// dropped to make room). Default 10000.
+    #[serde(default = "default_memory_sessions")]
+    pub memory_max_sessions: usize,
+    /// With `store = "memory"`: the most run records kept (the oldest finished go first).
+    /// Default 10000.
+    #[serde(default = "default_memory_runs")]
+    pub memory_max_runs: usize,
+}
+
+fn default_memory_sessions() -> usize {
+    crate::session::memory::DEFAULT_MAX_SESSIONS
+}
+fn default_memory_runs() -> usize {
+    crate::session::memory::DEFAULT_MAX_RUNS
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        SessionsConfig {
+            store: None,
+            memory_max_sessions: default_memory_sessions(),
+            memory_max_runs: default_memory_runs(),
+        }
+    }
 }
 
 /// `[limits]`: sizes and counts the server enforces.
@@ -208,8 +236,10 @@ pub struct LimitsConfig {
     pub max_input_bytes: usize,
     /// Concurrent runs per tenant; more get `overloaded`.
     pub max_runs_per_tenant: usize,
-    /// Concurrent runs per agent; more get `overloaded`.
+    /// Runs an agent runs at once; more new runs wait in its queue.
     pub max_runs_per_agent: usize,
+    /// New runs that may wait for a place at a busy agent; past that, `overloaded`.
+    pub agent_queue: usize,
     /// Open WebSocket connections; more are refused with 503.
     pub max_connections: usize,
     /// Sessions one connection may follow at once.
@@ -218,6 +248,10 @@ pub struct LimitsConfig {
     pub outbound_queue: usize,
     /// Frames kept per session for resume.
     pub history: usize,
+    /// Bytes of retained frames over all sessions (approximate); past it the least recently
+    /// used sessions lose their retained frames first (resuming from them then gets
+    /// `history_truncated`). Default 256 MiB.
+    pub history_bytes: usize,
     /// Frames a live subscriber may fall behind the bus before it is told `lagged`.
     pub subscriber_queue: usize,
     /// A connection whose socket takes longer than this to accept a write is closed (ms).
@@ -235,10 +269,12 @@ impl Default for LimitsConfig {
             max_input_bytes: 256 * 1024,
             max_runs_per_tenant: 256,
             max_runs_per_agent: 100_000,
+            agent_queue: 1024,
             max_connections: 20_000,
             max_subscriptions_per_connection: 64,
             outbound_queue: 512,
             history: 4096,
+            history_bytes: 256 * 1024 * 1024,
             subscriber_queue: 1024,
             write_timeout_ms: 30_000,
             session_idle_ms: 15 * 60 * 1000,
@@ -273,8 +309,17 @@ pub struct Config {
     pub embedded: bool,
 }
 
-/// What a resolved API key table looks like: key to tenant.
-pub type KeyTable = BTreeMap<String, String>;
+/// A resolved API key: its tenant and whether it may read operator endpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyGrant {
+    /// The tenant.
+    pub tenant: String,
+    /// Operator access (`/metrics`).
+    pub admin: bool,
+}
+
+/// What a resolved API key table looks like: key to its grant.
+pub type KeyTable = BTreeMap<String, KeyGrant>;
 
 const TOP_KEYS: &[&str] = &[
     "server", "auth", "models", "agents", "tools", "tracing", "sessions", "limits", "logging",
@@ -614,7 +659,13 @@ impl Config {
                 _ => None,
             };
             if let Some(key) = key.filter(|k| !k.trim().is_empty()) {
-                t.insert(key, k.tenant.clone());
+                t.insert(
+                    key,
+                    KeyGrant {
+                        tenant: k.tenant.clone(),
+                        admin: k.admin,
+                    },
+                );
             }
         }
         t
@@ -703,7 +754,10 @@ store = "sqlite://callboard.db"
         let c = Config::parse("x.toml", EXAMPLE).unwrap();
         assert_eq!(c.agents.len(), 2);
         assert_eq!(c.tools[0].kind, ToolKind::Http);
-        assert_eq!(c.key_table().get("k1").map(String::as_str), Some("acme"));
+        assert_eq!(
+            c.key_table().get("k1").map(|g| g.tenant.as_str()),
+            Some("acme")
+        );
     }
 
     #[test]

@@ -914,7 +914,11 @@ async fn many_concurrent_runs_and_overload() {
     .unwrap();
     assert!(results.iter().all(|r| r.is_ok()));
 
-    let stage = callboard::actor::Stage::with_limits(16, 1);
+    let stage = callboard::actor::Stage::with_limits(callboard::actor::StageLimits {
+        mailbox: 16,
+        max_runs_per_agent: 1,
+        queue_per_agent: 0,
+    });
     let limited: Runner = Runner::new().with_stage(stage);
     let slow = Agent::new("Slow").model_instance(Arc::new(
         ScriptedModel::new(vec![ScriptedTurn::message("x y", 2)])
@@ -959,7 +963,7 @@ async fn bus_subscribers_see_the_run_with_gapless_seq() {
                     break;
                 }
             }
-            callboard::bus::Delivery::Lagged { .. } => panic!("lagged"),
+            other => panic!("unexpected {other:?}"),
         }
     }
     assert_eq!(seqs, (1..=37).collect::<Vec<u64>>());

@@ -40,7 +40,13 @@ async fn frame_latency_publish_to_client() {
         .unwrap_or(100);
     let frames: usize = 2000;
     let srv = start("[limits]\nsubscriber_queue = 4096\nhistory = 4096\n").await;
-    let topic = srv.core.bus().topic_with("default/lat", "lat");
+    let owner = srv
+        .core
+        .sessions
+        .owner(&std::sync::Arc::from("default"), "lat")
+        .await
+        .unwrap();
+    let topic = owner.topic().unwrap();
     let run: Arc<str> = "run_latency".into();
     let mut clients = Vec::new();
     for _ in 0..subscribers {

@@ -9,7 +9,7 @@ use callboard::items::{Item, MessageItem};
 use callboard::model::scripted::{ScriptedModel, ScriptedTurn};
 use callboard::session::sqlite::__migrate_file_to;
 use callboard::session::{
-    MemorySession, RunEnd, RunStart, RunStatus, Session, SessionError, SessionStore, StoreOptions,
+    MemorySession, RunEnd, RunStart, RunStatus, Session, SessionError, SqliteStore, StoreOptions,
     DEFAULT_TENANT,
 };
 use callboard::{Agent, Runner, Usage};
@@ -32,15 +32,15 @@ async fn within<F: std::future::Future>(f: F) -> F::Output {
 /// The implementations under test: each call gives a fresh session with that id.
 struct Backends {
     _dir: tempfile::TempDir,
-    file: SessionStore,
-    mem: SessionStore,
+    file: SqliteStore,
+    mem: SqliteStore,
 }
 
 impl Backends {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let file = SessionStore::open(dir.path().join("s.db").to_str().unwrap()).unwrap();
-        let mem = SessionStore::open(":memory:").unwrap();
+        let file = SqliteStore::open(dir.path().join("s.db").to_str().unwrap()).unwrap();
+        let mem = SqliteStore::open(":memory:").unwrap();
         Backends {
             _dir: dir,
             file,
@@ -356,7 +356,7 @@ async fn tool_and_handoff_turns_are_stored_and_survive_reopen() {
     let url = format!("sqlite://{}", path.display());
     let expected;
     {
-        let store = SessionStore::open(&url).unwrap();
+        let store = SqliteStore::open(&url).unwrap();
         let session = store.session("acme", "weather");
         let agent = callboard::demo::cast(Arc::new(callboard::demo::demo_model()));
         let runner = Runner::new();
@@ -376,7 +376,7 @@ async fn tool_and_handoff_turns_are_stored_and_survive_reopen() {
         assert!(types.contains(&"function_call_output"), "{types:?}");
         store.close().await.unwrap();
     }
-    let store = SessionStore::open(&url).unwrap();
+    let store = SqliteStore::open(&url).unwrap();
     let session = store.session("acme", "weather");
     assert_eq!(session.get_items(None).await.unwrap(), expected);
     let list = store.list_sessions("acme", None).await.unwrap();
@@ -390,7 +390,7 @@ async fn reopen_after_drop_keeps_every_item() {
     let path = path.to_str().unwrap();
     let mut expected = Vec::new();
     {
-        let store = SessionStore::open(path).unwrap();
+        let store = SqliteStore::open(path).unwrap();
         let s = store.session("t", "s");
         for i in 0..50 {
             let turn = vec![user(&format!("q{i}")), assistant(&format!("m{i}"), "a")];
@@ -399,7 +399,7 @@ async fn reopen_after_drop_keeps_every_item() {
         }
         // Dropped without close: every acknowledged write is already committed.
     }
-    let store = SessionStore::open(path).unwrap();
+    let store = SqliteStore::open(path).unwrap();
     assert_eq!(
         store.session("t", "s").get_items(None).await.unwrap(),
         expected
@@ -413,6 +413,7 @@ fn start(run_id: &str, tenant: &str) -> RunStart {
         session_id: Some("s".into()),
         starting_agent: "Triage".into(),
         trace_id: Some("trace_0123".into()),
+        seq_reserved: None,
     }
 }
 
@@ -422,7 +423,7 @@ async fn run_records_and_crash_recovery() {
     let path = dir.path().join("runs.db");
     let path = path.to_str().unwrap();
     {
-        let store = SessionStore::open(path).unwrap();
+        let store = SqliteStore::open(path).unwrap();
         assert_eq!(store.recovered_runs(), 0);
         store
             .record_run_start(start("run_done", "acme"))
@@ -487,7 +488,7 @@ async fn run_records_and_crash_recovery() {
         assert_eq!(store.get_run("zeta", "run_done").await.unwrap(), None);
         // The process "crashes" here: run_inflight never gets an end.
     }
-    let store = SessionStore::open(path).unwrap();
+    let store = SqliteStore::open(path).unwrap();
     assert_eq!(store.recovered_runs(), 1);
     let r = store
         .get_run("acme", "run_inflight")
@@ -514,7 +515,7 @@ async fn run_records_and_crash_recovery() {
         .await
         .unwrap();
     drop(store);
-    assert_eq!(SessionStore::open(path).unwrap().recovered_runs(), 1);
+    assert_eq!(SqliteStore::open(path).unwrap().recovered_runs(), 1);
 }
 
 #[tokio::test]
@@ -570,7 +571,7 @@ async fn older_schema_is_migrated_and_newer_is_refused() {
             .unwrap();
         assert_eq!(has_runs, 0);
     }
-    let store = SessionStore::open(path.to_str().unwrap()).unwrap();
+    let store = SqliteStore::open(path.to_str().unwrap()).unwrap();
     assert_eq!(
         store.session("t", "s").get_items(None).await.unwrap(),
         vec![user("from v1")]
@@ -588,7 +589,7 @@ async fn older_schema_is_migrated_and_newer_is_refused() {
         )
         .unwrap();
     }
-    match SessionStore::open(path.to_str().unwrap()) {
+    match SqliteStore::open(path.to_str().unwrap()) {
         Err(e @ SessionError::Schema { found: 99, .. }) => {
             assert!(e.to_string().contains("upgrade callboard"), "{e}")
         }
@@ -601,7 +602,7 @@ async fn corrupt_and_unwritable_files_give_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("garbage.db");
     std::fs::write(&garbage, vec![0xA5u8; 64 * 1024]).unwrap();
-    match SessionStore::open(garbage.to_str().unwrap()) {
+    match SqliteStore::open(garbage.to_str().unwrap()) {
         Err(e @ SessionError::Corrupt { .. }) => {
             let m = e.to_string();
             assert!(m.contains("garbage.db") && m.contains("corrupt"), "{m}");
@@ -616,23 +617,23 @@ async fn corrupt_and_unwritable_files_give_clear_errors() {
     )
     .unwrap();
     assert!(matches!(
-        SessionStore::open(text.to_str().unwrap()),
+        SqliteStore::open(text.to_str().unwrap()),
         Err(SessionError::Corrupt { .. })
     ));
     // The directory does not exist (its "parent" is a regular file).
     let under_file = text.join("sub").join("s.db");
-    match SessionStore::open(under_file.to_str().unwrap()) {
+    match SqliteStore::open(under_file.to_str().unwrap()) {
         Err(e @ SessionError::Open { .. }) => {
             assert!(e.to_string().contains("writable"), "{e}")
         }
         other => panic!("expected Open, got {other:?}"),
     }
     assert!(matches!(
-        SessionStore::open(dir.path().to_str().unwrap()),
+        SqliteStore::open(dir.path().to_str().unwrap()),
         Err(SessionError::Open { .. })
     ));
     assert!(matches!(
-        SessionStore::open("sqlite://"),
+        SqliteStore::open("sqlite://"),
         Err(SessionError::Open { .. })
     ));
 }
@@ -647,14 +648,14 @@ async fn url_forms() {
         format!("sqlite://{}?mode=rwc", p.display()),
         p.display().to_string(),
     ] {
-        let store = SessionStore::open(&url).unwrap();
+        let store = SqliteStore::open(&url).unwrap();
         assert_eq!(store.location(), p.display().to_string());
         store.close().await.unwrap();
     }
     for url in [":memory:", "sqlite://:memory:", "sqlite::memory:"] {
-        assert_eq!(SessionStore::open(url).unwrap().location(), ":memory:");
+        assert_eq!(SqliteStore::open(url).unwrap().location(), ":memory:");
     }
-    let store = SessionStore::open_async(p.to_str().unwrap(), StoreOptions::default())
+    let store = SqliteStore::open_async(p.to_str().unwrap(), StoreOptions::default())
         .await
         .unwrap();
     assert_eq!(store.location(), p.display().to_string());
@@ -663,7 +664,7 @@ async fn url_forms() {
 #[tokio::test]
 async fn closed_store_refuses_writes_and_reads() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SessionStore::open(dir.path().join("c.db").to_str().unwrap()).unwrap();
+    let store = SqliteStore::open(dir.path().join("c.db").to_str().unwrap()).unwrap();
     let s = store.session("t", "s");
     s.add_items(vec![user("kept")]).await.unwrap();
     store.close().await.unwrap();
@@ -679,7 +680,7 @@ async fn closed_store_refuses_writes_and_reads() {
     ));
     // Closing twice is fine.
     store.close().await.unwrap();
-    let mem = SessionStore::open(":memory:").unwrap();
+    let mem = SqliteStore::open(":memory:").unwrap();
     mem.close().await.unwrap();
     assert!(matches!(
         mem.session("t", "s").get_items(None).await,
@@ -696,14 +697,14 @@ async fn full_durability_works_too() {
         ..StoreOptions::default()
     };
     {
-        let store = SessionStore::open_with(path.to_str().unwrap(), opts.clone()).unwrap();
+        let store = SqliteStore::open_with(path.to_str().unwrap(), opts.clone()).unwrap();
         store
             .session("t", "s")
             .add_items(vec![user("x")])
             .await
             .unwrap();
     }
-    let store = SessionStore::open_with(path.to_str().unwrap(), opts).unwrap();
+    let store = SqliteStore::open_with(path.to_str().unwrap(), opts).unwrap();
     assert_eq!(
         store.session("t", "s").get_items(None).await.unwrap().len(),
         1
@@ -718,7 +719,7 @@ async fn background_checkpoint_moves_items_into_the_main_file() {
         checkpoint_interval: Duration::from_millis(20),
         ..StoreOptions::default()
     };
-    let store = SessionStore::open_with(path.to_str().unwrap(), opts).unwrap();
+    let store = SqliteStore::open_with(path.to_str().unwrap(), opts).unwrap();
     let s = store.session("t", "s");
     s.add_items(vec![user("checkpointed")]).await.unwrap();
     // The main file alone (without its WAL) holds the item once a checkpoint has run.
@@ -742,7 +743,7 @@ async fn background_checkpoint_moves_items_into_the_main_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_run_on_a_busy_session_is_refused() {
-    let store = SessionStore::open(":memory:").unwrap();
+    let store = SqliteStore::open(":memory:").unwrap();
     let model = Arc::new(
         ScriptedModel::new(vec![ScriptedTurn::message("slow answer", 10)])
             .with_delay(Duration::from_millis(5)),
@@ -768,7 +769,7 @@ async fn second_run_on_a_busy_session_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_runs_on_one_session_never_interleave() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SessionStore::open(dir.path().join("q.db").to_str().unwrap()).unwrap();
+    let store = SqliteStore::open(dir.path().join("q.db").to_str().unwrap()).unwrap();
     let model = Arc::new(
         ScriptedModel::from_fn(|req, _| {
             let n = req.input.len();
@@ -830,7 +831,7 @@ fn sigkill_child_writer() {
         .unwrap();
     rt.block_on(async move {
         use std::io::Write;
-        let store = SessionStore::open(&path).unwrap();
+        let store = SqliteStore::open(&path).unwrap();
         store.record_run_start(start("run_killed", "t")).await.unwrap();
         let s = store.session("t", "s");
         for i in 0u64.. {
@@ -906,7 +907,7 @@ fn sigkill_mid_write_loses_no_committed_turn() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let store = SessionStore::open(path.to_str().unwrap()).unwrap();
+        let store = SqliteStore::open(path.to_str().unwrap()).unwrap();
         assert_eq!(store.recovered_runs(), 1);
         let run = store.get_run("t", "run_killed").await.unwrap().unwrap();
         assert_eq!(run.status, RunStatus::Interrupted);
@@ -957,7 +958,7 @@ async fn many_short_runs_all_finish() {
 async fn failed_write_is_atomic_and_spares_its_batch() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("f.db");
-    let store = SessionStore::open(path.to_str().unwrap()).unwrap();
+    let store = SqliteStore::open(path.to_str().unwrap()).unwrap();
     let s = store.session("t", "s");
     s.add_items(vec![user("before")]).await.unwrap();
     {

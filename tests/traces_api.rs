@@ -41,6 +41,11 @@ tenant = "acme"
 key_env = "CALLBOARD_KEY_GLOBEX"
 tenant = "globex"
 
+[[auth.keys]]
+key = "ops-key"
+tenant = "ops"
+admin = true
+
 [models.default]
 provider = "scripted"
 delay_ms = 40
@@ -198,7 +203,7 @@ async fn sigterm_mid_run_loses_no_span_and_traces_are_queryable_per_tenant() {
     let (_, metrics) = {
         let r = client
             .get(format!("{base}/metrics"))
-            .bearer_auth("acme-key")
+            .bearer_auth("ops-key")
             .send()
             .await
             .expect("metrics");

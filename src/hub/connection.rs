@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 use crate::bus::{Delivery, Subscription};
 use crate::hub::frames::{self, Accepted, ClientFrame};
 use crate::service::error::ApiError;
-use crate::service::{Core, Format};
+use crate::service::{ConnectionSlot, Core, Format};
 
 /// Close code sent when the server shuts down ("going away").
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -37,7 +37,12 @@ pub enum Out {
     Own(String),
     /// A WebSocket ping (heartbeat).
     Ping,
+    /// Close the socket with this code and reason (after what is queued before it).
+    Close(u16, &'static str),
 }
+
+/// Close code for a message over the size the server reads ("message too big").
+pub const CLOSE_TOO_BIG: u16 = 1009;
 
 /// How often an idle connection is pinged (keeps proxies from timing it out; a dead peer
 /// then fails the write and is closed).
@@ -51,22 +56,18 @@ struct Conn {
 }
 
 /// Serves one connection until the client leaves, the socket fails, or the server shuts
-/// down (then the socket is closed with code 1001).
-pub async fn run<S, R, E>(core: Arc<Core>, tenant: Arc<str>, sink: S, stream: R)
-where
+/// down (then the socket is closed with code 1001). `slot` is the connection's place under
+/// the connection limit, released at the end.
+pub async fn run<S, R, E>(
+    core: Arc<Core>,
+    tenant: Arc<str>,
+    slot: ConnectionSlot,
+    sink: S,
+    mut stream: R,
+) where
     S: Sink<Message> + Send + Unpin + 'static,
     R: Stream<Item = Result<Message, E>> + Send + Unpin + 'static,
-{
-    core.metrics.connections.fetch_add(1, Ordering::AcqRel);
-    run_counted(core, tenant, sink, stream).await
-}
-
-/// [`run`] for a connection already counted in `metrics.connections` (the upgrade handler
-/// reserves its place against the connection limit); the count is released at the end.
-pub async fn run_counted<S, R, E>(core: Arc<Core>, tenant: Arc<str>, sink: S, mut stream: R)
-where
-    S: Sink<Message> + Send + Unpin + 'static,
-    R: Stream<Item = Result<Message, E>> + Send + Unpin + 'static,
+    E: std::fmt::Display,
 {
     core.metrics
         .connections_total
@@ -92,6 +93,11 @@ where
                         conn.error(None, ApiError::BadRequest("binary frames are not accepted; send JSON text frames".into())).await;
                     }
                 }
+                Some(Err(e)) if is_too_big(&e) => {
+                    // Read no further: the message is far over the limit (code 1009).
+                    let _ = conn.tx.send(Out::Close(CLOSE_TOO_BIG, "message too big")).await;
+                    break;
+                }
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                 Some(Ok(_)) => {} // ping/pong are answered by the socket layer
             },
@@ -112,7 +118,13 @@ where
             writer.abort();
         }
     }
-    core.metrics.connections.fetch_sub(1, Ordering::AcqRel);
+    drop(slot);
+}
+
+/// Whether a read error is a message over the socket's size limit.
+fn is_too_big(e: &impl std::fmt::Display) -> bool {
+    let t = e.to_string();
+    t.contains("Message too long") || t.contains("Space limit exceeded") || t.contains("too big")
 }
 
 fn to_message(o: Out) -> Option<Message> {
@@ -120,6 +132,7 @@ fn to_message(o: Out) -> Option<Message> {
         Out::Shared(b) => Utf8Bytes::try_from(b).ok().map(Message::Text),
         Out::Own(s) => Some(Message::Text(s.into())),
         Out::Ping => Some(Message::Ping(Bytes::new())),
+        Out::Close(..) => None,
     }
 }
 
@@ -131,6 +144,7 @@ where
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     heartbeat.reset();
+    let mut closing: Option<(u16, &'static str)> = None;
     loop {
         let first = tokio::select! {
             biased;
@@ -141,13 +155,17 @@ where
         let Some(first) = first else { break };
         let mut n = 0u64;
         let batch = async {
-            if let Some(m) = to_message(first) {
+            if let Out::Close(code, reason) = first {
+                closing = Some((code, reason));
+            } else if let Some(m) = to_message(first) {
                 sink.feed(m).await?;
                 n += 1;
             }
-            while n < 256 {
+            while n < 256 && closing.is_none() {
                 let Ok(o) = rx.try_recv() else { break };
-                if let Some(m) = to_message(o) {
+                if let Out::Close(code, reason) = o {
+                    closing = Some((code, reason));
+                } else if let Some(m) = to_message(o) {
                     sink.feed(m).await?;
                     n += 1;
                 }
@@ -164,11 +182,14 @@ where
                 return;
             }
         }
+        if closing.is_some() {
+            break;
+        }
     }
-    let (code, reason) = if core.close_sockets.is_cancelled() {
-        (CLOSE_GOING_AWAY, "server shutting down")
-    } else {
-        (1000, "")
+    let (code, reason) = match closing {
+        Some(c) => c,
+        None if core.close_sockets.is_cancelled() => (CLOSE_GOING_AWAY, "server shutting down"),
+        None => (1000, ""),
     };
     let _ = tokio::time::timeout(
         Duration::from_secs(2),
@@ -227,7 +248,7 @@ impl Conn {
                         .await;
                 };
                 let format = req.format.unwrap_or_default();
-                let prepared = match self.core.prepare_run(&self.tenant, &session_id, req) {
+                let prepared = match self.core.prepare_run(&self.tenant, &session_id, req).await {
                     Ok(p) => p,
                     Err(e) => return self.error(id.as_ref(), e).await,
                 };
@@ -239,6 +260,7 @@ impl Conn {
                     run_id: prepared.run_id(),
                     session_id: &session_id,
                     trace_id: prepared.trace_id(),
+                    epoch: prepared.epoch(),
                 };
                 let text = serde_json::to_string(&accepted).unwrap_or_default();
                 self.send_own(text).await;
@@ -246,11 +268,15 @@ impl Conn {
                 // so none of the run's frames is missed.
                 let following = self.subs.get(&session_id).is_some_and(|h| !h.is_finished());
                 if !following {
-                    let before = prepared.topic().last_seq();
-                    self.follow(&session_id, Some(before), format, id.as_ref())
-                        .await;
+                    let topic = prepared.topic().clone();
+                    match topic.subscribe(Some(topic.last_seq())) {
+                        Ok(sub) => self.forward_to(&session_id, sub, format),
+                        Err(_) => {
+                            return self.error(id.as_ref(), ApiError::Internal).await;
+                        }
+                    }
                 }
-                if let Err(e) = prepared.launch(false) {
+                if let Err(e) = prepared.launch().await {
                     self.error(id.as_ref(), e).await;
                 }
             }
@@ -259,18 +285,7 @@ impl Conn {
                     self.error(c.id.as_ref(), e).await;
                 }
             }
-            ClientFrame::Subscribe(s) => match self.core.session(&self.tenant, &s.session_id) {
-                Ok(_) => {
-                    self.follow(
-                        &s.session_id,
-                        s.after_seq,
-                        s.format.unwrap_or_default(),
-                        s.id.as_ref(),
-                    )
-                    .await
-                }
-                Err(e) => self.error(s.id.as_ref(), e).await,
-            },
+            ClientFrame::Subscribe(s) => self.follow(s).await,
             ClientFrame::Unsubscribe(u) => match self.subs.remove(&u.session_id) {
                 Some(h) => h.abort(),
                 None => {
@@ -299,20 +314,12 @@ impl Conn {
         }
     }
 
-    /// Follows a session (replacing an earlier subscription to it): replays retained frames
-    /// after `after_seq`, then live ones, through a forwarder task.
-    async fn follow(
-        &mut self,
-        session_id: &str,
-        after_seq: Option<u64>,
-        format: Format,
-        id: Option<&serde_json::Value>,
-    ) {
-        let topic = match self.core.session(&self.tenant, session_id) {
-            Ok(t) => t,
-            Err(e) => return self.error(id, e).await,
-        };
-        if let Some(old) = self.subs.remove(session_id) {
+    /// Follows a session (replacing an earlier subscription to it): answers
+    /// `session.subscribed` with the session's epoch, then replays retained frames after
+    /// `after_seq` and live ones through a forwarder task.
+    async fn follow(&mut self, s: frames::Subscribe) {
+        let id = s.id.as_ref();
+        if let Some(old) = self.subs.remove(&s.session_id) {
             old.abort();
         }
         self.subs.retain(|_, h| !h.is_finished());
@@ -327,26 +334,34 @@ impl Conn {
                 )
                 .await;
         }
-        let sub = match topic.subscribe(after_seq) {
-            Ok(s) => s,
-            Err(t) => {
-                return self
-                    .error(
-                        id,
-                        ApiError::HistoryTruncated {
-                            after_seq: after_seq.unwrap_or(0),
-                            oldest_seq: t.oldest_seq,
-                        },
-                    )
-                    .await
-            }
+        let subscribed = match self
+            .core
+            .subscribe(&self.tenant, &s.session_id, s.after_seq, s.epoch.as_deref())
+            .await
+        {
+            Ok(sub) => sub,
+            Err(e) => return self.error(id, e).await,
         };
+        let ack = frames::Subscribed {
+            ty: "session.subscribed",
+            id,
+            session_id: &s.session_id,
+            epoch: &subscribed.epoch,
+            last_seq: subscribed.last_seq,
+        };
+        self.send_own(serde_json::to_string(&ack).unwrap_or_default())
+            .await;
+        self.forward_to(&s.session_id, subscribed.sub, s.format.unwrap_or_default());
+    }
+
+    /// Forwards a subscription's frames to this connection (one forwarder per session).
+    fn forward_to(&mut self, session_id: &str, sub: Subscription, format: Format) {
         let h = tokio::spawn(forward(
             self.core.clone(),
             sub,
             self.tx.clone(),
             format,
-            topic.session_id().clone(),
+            Arc::from(session_id),
         ));
         self.subs.insert(session_id.to_owned(), h);
     }
@@ -359,15 +374,8 @@ async fn forward(
     format: Format,
     session_id: Arc<str>,
 ) {
-    /// Counts the subscription while the forwarder lives (also when it is aborted).
-    struct Live(Arc<Core>);
-    impl Drop for Live {
-        fn drop(&mut self) {
-            self.0.metrics.subscriptions.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-    core.metrics.subscriptions.fetch_add(1, Ordering::AcqRel);
-    let _live = Live(core.clone());
+    // Counted while the forwarder lives (also when it is aborted).
+    let _live = core.count_subscription();
     loop {
         match sub.recv().await {
             Some(Delivery::Frame(f)) => {
@@ -376,6 +384,16 @@ async fn forward(
                         break;
                     }
                 }
+            }
+            Some(Delivery::Reset { epoch }) => {
+                // The session was deleted: its numbering restarted under a new epoch.
+                let e = ApiError::HistoryTruncated {
+                    after_seq: sub.last_seq(),
+                    oldest_seq: 1,
+                    epoch: Some(epoch),
+                };
+                let _ = tx.send(Out::Own(e.frame(None))).await;
+                break;
             }
             Some(Delivery::Lagged { resume_after_seq }) => {
                 drop(sub);
@@ -421,7 +439,8 @@ mod tests {
         let (to_client, mut from_server) = fmpsc::channel::<Message>(64);
         let (mut to_server, from_client) =
             fmpsc::channel::<Result<Message, std::convert::Infallible>>(64);
-        let task = tokio::spawn(run(core.clone(), "t".into(), to_client, from_client));
+        let slot = core.connection_slot().unwrap();
+        let task = tokio::spawn(run(core.clone(), "t".into(), slot, to_client, from_client));
         let text = |s: &str| Ok(Message::Text(s.to_owned().into()));
         to_server
             .send(text(r#"{"type":"ping","id":"p"}"#))

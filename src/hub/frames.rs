@@ -33,6 +33,10 @@ pub struct Subscribe {
     /// `sdk` (default) or `chat`.
     #[serde(default)]
     pub format: Option<Format>,
+    /// The epoch the client's `after_seq` belongs to (from `run.accepted` or
+    /// `session.subscribed`); another epoch gets `history_truncated`.
+    #[serde(default)]
+    pub epoch: Option<String>,
 }
 
 /// `session.unsubscribe`.
@@ -161,6 +165,25 @@ pub struct Accepted<'a> {
     pub session_id: &'a str,
     /// Its trace.
     pub trace_id: Option<&'a str>,
+    /// The session's epoch.
+    pub epoch: &'a str,
+}
+
+/// `session.subscribed`: a subscription's answer, with the session's epoch and last seq.
+#[derive(Serialize)]
+pub struct Subscribed<'a> {
+    /// `session.subscribed`.
+    #[serde(rename = "type")]
+    pub ty: &'static str,
+    /// The request id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<&'a Value>,
+    /// The session.
+    pub session_id: &'a str,
+    /// Its epoch.
+    pub epoch: &'a str,
+    /// The last seq published in it.
+    pub last_seq: u64,
 }
 
 /// `pong` (echoing the ping's id when it had one).

@@ -5,12 +5,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::actor::{AgentSlot, Stage};
 use crate::agent::Agent;
-use crate::bus::{CancelMode, FrameBody, Topic};
+use crate::bus::{CancelMode, Frame, FrameBody, Topic};
 use crate::context::RunContext;
 use crate::error::AgentsError;
 use crate::events::StreamEvent;
@@ -19,6 +19,7 @@ use crate::hooks::RunHooks;
 use crate::items::{Item, RunItem};
 use crate::model::{ModelProvider, ResponseObject};
 use crate::run::config::RunConfig;
+use crate::run::settle::{RunEnded, RunSettle};
 use crate::session::Session;
 use crate::trace::{Span, Trace};
 
@@ -57,12 +58,26 @@ pub(crate) struct RunShared {
     pub finished: AtomicBool,
     /// The `run` log span ([`crate::logging::run_span`]) the run's work happens in.
     pub log_span: tracing::Span,
+    /// The run's own event stream (the library's `stream_events`), bounded: when its reader
+    /// falls behind by the whole buffer, the run waits for it (as the SDK's stream does when
+    /// its consumer is slow), unless cancelled.
+    pub listener: Option<mpsc::Sender<Arc<Frame>>>,
 }
 
 impl RunShared {
-    pub fn publish_event(&self, event: StreamEvent, tool: Option<Arc<str>>) {
-        self.topic
+    /// Publishes an event on the run's topic and to its own event stream.
+    pub async fn publish_event(&self, event: StreamEvent, tool: Option<Arc<str>>) {
+        let frame = self
+            .topic
             .publish(&self.run_id, FrameBody::Event { event, tool });
+        if let Some(tx) = &self.listener {
+            if let Err(mpsc::error::TrySendError::Full(f)) = tx.try_send(frame) {
+                tokio::select! {
+                    _ = tx.send(f) => {}
+                    _ = self.cancel.cancelled() => {}
+                }
+            }
+        }
     }
 
     pub fn is_complete(&self) -> bool {
@@ -98,6 +113,7 @@ pub(crate) struct RunEnv<C: Send + Sync + 'static> {
     pub input_guardrails: Vec<InputGuardrail<C>>,
     pub output_guardrails: Vec<OutputGuardrail<C>>,
     pub include_sensitive: bool,
+    pub settle: Option<Arc<dyn RunSettle>>,
 }
 
 /// The baton: the run's state, handed from turn to turn and agent to agent.
@@ -119,34 +135,57 @@ pub(crate) struct Baton<C: Send + Sync + 'static> {
     pub slot: Option<AgentSlot>,
 }
 
+impl<C: Send + Sync + 'static> Baton<C> {
+    /// The end of the run, to settle and announce.
+    pub(crate) fn ended(&self, outcome: RunOutcome, frame: FrameBody) -> RunEnded {
+        RunEnded::new(
+            self.shared.run_id.clone(),
+            outcome,
+            self.agent.name().to_owned(),
+            self.ctx.usage(),
+            self.turn,
+            frame,
+            self.shared.topic.clone(),
+            self.shared.listener.clone(),
+        )
+    }
+}
+
 impl<C: Send + Sync + 'static> Drop for Baton<C> {
     /// A baton dropped before its run finished (a panic in a turn, a runtime shutting down)
     /// still ends the run, so no consumer is left waiting.
     fn drop(&mut self) {
         if !self.shared.finished.swap(true, Ordering::AcqRel) {
-            let err = AgentsError::UserError(
-                "the run was stopped unexpectedly (its turn task panicked or its runtime shut down)"
-                    .into(),
-            );
+            const MESSAGE: &str = "the run was stopped unexpectedly (its turn task panicked or its runtime shut down)";
+            let err = AgentsError::UserError(MESSAGE.into());
             self.agent_span.set_error("Error in agent run", None);
             self.agent_span.finish();
             self.task_span.finish();
             if self.owns_trace {
                 self.trace.finish();
             }
+            let outcome = RunOutcome::Failed(err);
             *self
                 .shared
                 .outcome
                 .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some(RunOutcome::Failed(err));
+                .unwrap_or_else(|e| e.into_inner()) = Some(outcome.clone());
             let _ = self.shared.done.send_replace(true);
-            self.shared.topic.publish(
-                &self.shared.run_id,
+            let ended = self.ended(
+                outcome,
                 FrameBody::RunFailed {
                     error_type: "UserError".into(),
-                    message: "the run was stopped unexpectedly (its turn task panicked or its runtime shut down)".into(),
+                    message: MESSAGE.into(),
                 },
             );
+            match (&self.env.settle, tokio::runtime::Handle::try_current()) {
+                (Some(settle), Ok(rt)) => {
+                    let settle = settle.clone();
+                    rt.spawn(async move { settle.settle(ended).await });
+                }
+                // No settler, or no runtime to settle on: announce it now.
+                _ => drop(ended),
+            }
         }
     }
 }

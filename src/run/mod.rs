@@ -5,6 +5,7 @@ pub(crate) mod baton;
 pub mod config;
 pub(crate) mod engine;
 pub mod result;
+pub mod settle;
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,7 @@ pub use baton::RunOutcome;
 pub use config::{RunConfig, DEFAULT_MAX_TURNS};
 pub use engine::MULTIPLE_HANDOFFS_MESSAGE;
 pub use result::{RunCanceller, RunResult, RunResultStreaming};
+pub use settle::{RunEnded, RunSettle};
 
 use crate::actor::Stage;
 use crate::agent::Agent;
@@ -127,6 +129,8 @@ impl<C: Send + Sync + 'static> Runner<C> {
             run_id: None,
             input_guardrails: Vec::new(),
             output_guardrails: Vec::new(),
+            settle: None,
+            listen: true,
         }
     }
 }
@@ -169,7 +173,13 @@ pub struct RunRequest<'r, C: Send + Sync + 'static> {
     run_id: Option<String>,
     input_guardrails: Vec<InputGuardrail<C>>,
     output_guardrails: Vec<OutputGuardrail<C>>,
+    settle: Option<Arc<dyn RunSettle>>,
+    listen: bool,
 }
+
+/// How many events a run's own event stream holds for a reader that falls behind; past that
+/// the run waits for the reader (see [`RunResultStreaming::stream_events`]).
+pub const EVENT_BUFFER: usize = 1024;
 
 impl<C: Send + Sync + 'static> RunRequest<'_, C> {
     /// Per-run settings.
@@ -227,11 +237,23 @@ impl<C: Send + Sync + 'static> RunRequest<'_, C> {
         self
     }
 
+    /// Settles the run's end (records, releases) before its end frame is published.
+    pub fn settle(mut self, settle: Arc<dyn RunSettle>) -> Self {
+        self.settle = Some(settle);
+        self
+    }
+
+    /// Whether the handle gets the run's own event stream (default true). A server that
+    /// reads runs from the session topic turns it off, so no per-run queue exists.
+    pub fn listen(mut self, listen: bool) -> Self {
+        self.listen = listen;
+        self
+    }
+
     /// Starts the run and returns its live handle.
     pub fn start(self) -> Result<RunResultStreaming<C>, AgentsError> {
         let runner = self.runner;
         runner.stage.register(&self.agent);
-        let slot = runner.stage.admit(&self.agent)?;
         let run_id: Arc<str> = self.run_id.unwrap_or_else(gen_run_id).into();
         let topic_session = self.topic.as_ref().map(|t| t.session_id().clone());
         let topic = self.topic.unwrap_or_else(|| {
@@ -240,10 +262,16 @@ impl<C: Send + Sync + 'static> RunRequest<'_, C> {
                 BusLimits {
                     history: 0,
                     subscriber_queue: 16,
+                    budget: None,
                 },
             )
         });
-        let rx = topic.listen_run(run_id.clone());
+        let (listener, rx) = if self.listen {
+            let (tx, rx) = tokio::sync::mpsc::channel(EVENT_BUFFER);
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         let cfg = self.config;
         let tracer = cfg
             .tracer
@@ -308,6 +336,7 @@ impl<C: Send + Sync + 'static> RunRequest<'_, C> {
             trace_id,
             finished: AtomicBool::new(false),
             log_span,
+            listener,
         });
         let ctx = RunContext::new(self.context, run_id);
         let max_turns = cfg.max_turns;
@@ -320,6 +349,7 @@ impl<C: Send + Sync + 'static> RunRequest<'_, C> {
             input_guardrails: self.input_guardrails,
             output_guardrails: self.output_guardrails,
             include_sensitive,
+            settle: self.settle,
         });
         let baton = Baton {
             shared: shared.clone(),
@@ -336,13 +366,24 @@ impl<C: Send + Sync + 'static> RunRequest<'_, C> {
             agent_span: Span::disabled(),
             agents_used_tools: Default::default(),
             handoff_from: None,
-            slot: Some(slot),
+            slot: None,
         };
-        runner.stage.dispatch(baton);
+        if let Err((refused, e)) = runner.stage.start(baton) {
+            // Not a run: nothing to announce or settle.
+            refused
+                .shared
+                .finished
+                .store(true, std::sync::atomic::Ordering::Release);
+            refused.task_span.finish();
+            if refused.owns_trace {
+                refused.trace.finish();
+            }
+            return Err(e);
+        }
         Ok(RunResultStreaming {
             shared,
             ctx,
-            rx: Some(rx),
+            rx: Mutex::new(rx),
             max_turns,
         })
     }

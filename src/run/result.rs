@@ -2,7 +2,7 @@
 //! of a streamed run (events, usage so far, cancel).
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::Stream;
 use serde::de::DeserializeOwned;
@@ -67,17 +67,27 @@ impl RunResult {
 ///
 /// Read its events with [`stream_events`](Self::stream_events); the stream always ends,
 /// also on errors and cancellation, and [`error`](Self::error) then tells what went wrong.
+///
+/// The events wait in a bounded buffer ([`EVENT_BUFFER`](crate::run::EVENT_BUFFER)) until
+/// they are read: a reader that falls a whole buffer behind pauses the run until it catches
+/// up (cancelling still works), so memory stays bounded however fast the model streams.
+/// [`wait`](Self::wait) and [`done`](Self::done) give up the stream, so the run never waits
+/// for a reader that will not come.
 pub struct RunResultStreaming<C> {
     pub(crate) shared: Arc<RunShared>,
     pub(crate) ctx: RunContext<C>,
-    pub(crate) rx: Option<mpsc::UnboundedReceiver<Arc<Frame>>>,
+    pub(crate) rx: Mutex<Option<mpsc::Receiver<Arc<Frame>>>>,
     pub(crate) max_turns: u64,
 }
 
 impl<C: Send + Sync + 'static> RunResultStreaming<C> {
+    fn take_rx(&self) -> Option<mpsc::Receiver<Arc<Frame>>> {
+        self.rx.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
     /// The run's events as they happen. Ends when the run ends; call once.
     pub fn stream_events(&mut self) -> impl Stream<Item = StreamEvent> + Send + Unpin + 'static {
-        let rx = self.rx.take();
+        let rx = self.take_rx();
         Box::pin(futures::stream::unfold(rx, |rx| async move {
             let mut rx = rx?;
             loop {
@@ -92,9 +102,10 @@ impl<C: Send + Sync + 'static> RunResultStreaming<C> {
         }))
     }
 
-    /// The run's frames as published on its session topic (with `seq`), for relays.
-    pub fn frames(&mut self) -> Option<mpsc::UnboundedReceiver<Arc<Frame>>> {
-        self.rx.take()
+    /// The run's frames as published on its session topic (with `seq`), for relays; the
+    /// last one is the run's end frame. Bounded like [`stream_events`](Self::stream_events).
+    pub fn frames(&mut self) -> Option<mpsc::Receiver<Arc<Frame>>> {
+        self.take_rx()
     }
 
     /// Cancels the run: now, or after the current turn.
@@ -224,15 +235,17 @@ impl<C: Send + Sync + 'static> RunResultStreaming<C> {
             .clone()
     }
 
-    /// Waits for the end of the run without consuming the handle.
+    /// Waits for the end of the run without consuming the handle (giving up the event
+    /// stream if it was not taken).
     pub async fn done(&self) {
+        drop(self.take_rx());
         self.shared.wait_done().await;
     }
 
     /// Waits for the end of the run and returns its result, or its error. A cancelled run
     /// returns the items it finished with an empty final output.
-    pub async fn wait(mut self) -> Result<RunResult, AgentsError> {
-        drop(self.rx.take());
+    pub async fn wait(self) -> Result<RunResult, AgentsError> {
+        drop(self.take_rx());
         self.shared.wait_done().await;
         let (final_output, last_agent) = match self.outcome() {
             Some(RunOutcome::Completed {

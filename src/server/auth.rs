@@ -58,6 +58,13 @@ pub fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+fn request_key(parts: &Parts) -> Option<String> {
+    match bearer(parts) {
+        Some(k) => Some(k.to_owned()),
+        None => query_token(parts),
+    }
+}
+
 impl FromRequestParts<AppState> for Tenant {
     type Rejection = ApiError;
 
@@ -66,12 +73,35 @@ impl FromRequestParts<AppState> for Tenant {
         if !core.auth_enabled() {
             return Ok(Tenant(Arc::from(OPEN_TENANT)));
         }
-        let key = match bearer(parts) {
-            Some(k) => Some(k.to_owned()),
-            None => query_token(parts),
-        };
-        match key.as_deref().and_then(|k| core.tenant_of(k)) {
+        match request_key(parts)
+            .as_deref()
+            .and_then(|k| core.tenant_of(k))
+        {
             Some(t) => Ok(Tenant(Arc::from(t))),
+            None => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+/// An operator: a request with an admin key (`admin = true` in `[[auth.keys]]`), or any
+/// request when auth is off (loopback only). Operator endpoints (`/metrics`) show every
+/// tenant's counts, so a tenant's key is refused with 403.
+#[derive(Clone, Copy, Debug)]
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let core = &state.core;
+        if !core.auth_enabled() {
+            return Ok(Admin);
+        }
+        match request_key(parts).as_deref().and_then(|k| core.grant_of(k)) {
+            Some(g) if g.admin => Ok(Admin),
+            Some(_) => Err(ApiError::Forbidden(
+                "this endpoint shows every tenant's counts: it needs a key with admin = true in [[auth.keys]]".into(),
+            )),
             None => Err(ApiError::Unauthorized),
         }
     }

@@ -12,6 +12,7 @@ pub fn status(e: &ApiError) -> StatusCode {
     match e {
         ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
         ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+        ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
         ApiError::UnknownAgent(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
         ApiError::FrameTooLarge { .. }
         | ApiError::InputTooLarge { .. }

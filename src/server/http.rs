@@ -40,7 +40,7 @@ pub async fn readyz(State(st): State<AppState>) -> Response {
 }
 
 /// `GET /metrics`: Prometheus text.
-pub async fn metrics(State(st): State<AppState>, _t: Tenant) -> Response {
+pub async fn metrics(State(st): State<AppState>, _a: crate::server::auth::Admin) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         st.core.metrics_text(),
@@ -133,36 +133,30 @@ pub async fn create_run(
     let format = q.format.or(req.format).unwrap_or_default();
     let request_id = req.id.take();
     if !wants_sse(&headers) {
-        let started = core.start_run(&tenant, &session_id, req, true)?;
-        let Some(mut frames) = started.frames else {
-            return Err(ApiError::Internal);
-        };
+        let started = core.start_run(&tenant, &session_id, req).await?;
         let close = core.close_sockets.clone();
-        loop {
-            let f = tokio::select! {
-                f = frames.recv() => f,
-                _ = close.cancelled() => None,
-            };
-            match f {
-                Some(f) if f.body.is_terminal() => {
-                    return Ok((
-                        [(header::CONTENT_TYPE, "application/json")],
-                        crate::wire::sdk::bytes(&f).clone(),
-                    )
-                        .into_response())
-                }
-                Some(_) => continue,
-                None => return Err(ApiError::ShuttingDown),
-            }
-        }
+        // The end frame comes once the run is settled (recorded, the session free).
+        let end = tokio::select! {
+            f = started.end => f.ok(),
+            _ = close.cancelled() => None,
+        };
+        return match end {
+            Some(f) => Ok((
+                [(header::CONTENT_TYPE, "application/json")],
+                crate::wire::sdk::bytes(&f).clone(),
+            )
+                .into_response()),
+            None => Err(ApiError::ShuttingDown),
+        };
     }
-    // SSE: a bounded subscription of the session (taken before the run starts), filtered
-    // to this run. A client too slow for it gets `lagged` and resumes with Last-Event-ID
-    // on GET .../events.
-    let prepared = core.prepare_run(&tenant, &session_id, req)?;
-    let sub = prepared
-        .topic()
-        .subscribe(None)
+    // SSE: a connection (counted against the connection limit) with a bounded subscription
+    // of the session, taken before the run starts, filtered to this run. A client too slow
+    // for it gets `lagged` and resumes with Last-Event-ID on GET .../events.
+    let slot = core.connection_slot()?;
+    let prepared = core.prepare_run(&tenant, &session_id, req).await?;
+    let topic = prepared.topic().clone();
+    let sub = topic
+        .subscribe(Some(topic.last_seq()))
         .map_err(|_| ApiError::Internal)?;
     let accepted = json!({
         "type": "run.accepted",
@@ -170,102 +164,169 @@ pub async fn create_run(
         "run_id": prepared.run_id(),
         "session_id": session_id,
         "trace_id": prepared.trace_id(),
+        "epoch": prepared.epoch(),
     })
     .to_string();
-    let started = prepared.launch(false)?;
+    let started = prepared.launch().await?;
     let run_id: Arc<str> = started.run_id.as_str().into();
-    let close = core.close_sockets.clone();
     let first = futures::stream::once(async move {
         Ok::<_, Infallible>(Event::default().event("run.accepted").data(accepted))
     });
-    let sid: Arc<str> = session_id.as_str().into();
-    let rest = sse_frames(sub, close, core, sid, format, Some(run_id));
+    let stream = SseFrames {
+        core: core.clone(),
+        sid: session_id.as_str().into(),
+        format,
+        run: Some(run_id),
+        _slot: slot,
+    };
     use futures::StreamExt;
-    Ok(Sse::new(first.chain(rest))
+    Ok(Sse::new(first.chain(stream.into_stream(sub)))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
 }
 
-/// `GET /v1/sessions/{session_id}/events?after_seq=N`: SSE of the session's frames after N
-/// (or after `Last-Event-ID`), then live ones. Ends with a `lagged` event if the client
-/// falls behind; reconnecting with `Last-Event-ID` resumes.
+/// Query of `GET /v1/sessions/{session_id}/events`.
+#[derive(Debug, Default, Deserialize)]
+pub struct EventsQuery {
+    /// Resume after this seq.
+    #[serde(default)]
+    pub after_seq: Option<u64>,
+    /// The epoch `after_seq` belongs to.
+    #[serde(default)]
+    pub epoch: Option<String>,
+    /// `sdk` (default) or `chat`.
+    #[serde(default)]
+    pub format: Option<Format>,
+    /// Browsers' way to send the key (read by the auth extractor).
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub access_token: Option<String>,
+}
+
+/// `GET /v1/sessions/{session_id}/events?after_seq=N&epoch=E`: SSE of the session's frames
+/// after N (or after `Last-Event-ID`), then live ones; first a `session.subscribed` event with
+/// the session's epoch. A session with no run yet is subscribable. Ends with a `lagged` event
+/// if the client falls behind; reconnecting with `Last-Event-ID` resumes.
 pub async fn session_events(
     State(st): State<AppState>,
     Tenant(tenant): Tenant,
     Path(session_id): Path<String>,
-    Query(q): Query<StreamQuery>,
+    Query(q): Query<EventsQuery>,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     let core = st.core.clone();
-    let topic = core.session(&tenant, &session_id)?;
+    let slot = core.connection_slot()?;
     let last_event_id = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let after = last_event_id.or(q.after_seq);
-    let sub =
-        topic
-            .subscribe(Some(after.unwrap_or(0)))
-            .map_err(|e| ApiError::HistoryTruncated {
-                after_seq: after.unwrap_or(0),
-                oldest_seq: e.oldest_seq,
-            })?;
-    let format = q.format.unwrap_or_default();
-    let close = core.close_sockets.clone();
-    let session_id: Arc<str> = session_id.into();
-    let stream = sse_frames(sub, close, core, session_id, format, None);
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    let subscribed = core
+        .subscribe(&tenant, &session_id, after, q.epoch.as_deref())
+        .await?;
+    let ack = json!({
+        "type": "session.subscribed",
+        "session_id": session_id,
+        "epoch": subscribed.epoch,
+        "last_seq": subscribed.last_seq,
+    })
+    .to_string();
+    let epoch = subscribed.epoch.clone();
+    let first = futures::stream::once(async move {
+        Ok::<_, Infallible>(Event::default().event("session.subscribed").data(ack))
+    });
+    let stream = SseFrames {
+        core: core.clone(),
+        sid: session_id.into(),
+        format: q.format.unwrap_or_default(),
+        run: None,
+        _slot: slot,
+    };
+    use futures::StreamExt;
+    let mut res = Sse::new(first.chain(stream.into_stream(subscribed.sub)))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response();
+    if let Ok(v) = epoch.parse() {
+        res.headers_mut().insert("x-callboard-epoch", v);
+    }
+    Ok(res)
 }
 
-/// A session subscription as SSE events in `format`: with `run`, only that run's frames,
-/// ending after its end frame; a `lagged` event (and the end) when the client falls behind;
-/// the end when the server closes streams at shutdown.
-fn sse_frames(
-    sub: crate::bus::Subscription,
-    close: tokio_util::sync::CancellationToken,
+/// A session subscription as SSE events: a first-class subscriber like a WebSocket (its
+/// connection counted against the limit, its subscription in `callboard_subscriptions`, a
+/// `lagged` event and the end when it falls behind; the socket's write timeout is the
+/// server's, see `crate::server::listener`). With `run`, only that run's frames, ending after
+/// its end frame.
+struct SseFrames {
     core: Arc<crate::server::Core>,
     sid: Arc<str>,
     format: Format,
     run: Option<Arc<str>>,
-) -> impl Stream<Item = Result<Event, Infallible>> {
-    futures::stream::unfold((sub, false), move |(mut sub, done)| {
-        let (close, core, sid, run) = (close.clone(), core.clone(), sid.clone(), run.clone());
-        async move {
-            if done {
-                return None;
-            }
-            loop {
-                let d = tokio::select! {
-                    d = sub.recv() => d,
-                    _ = close.cancelled() => None,
-                }?;
-                match d {
-                    Delivery::Frame(f) => {
-                        if run.as_ref().is_some_and(|r| f.run_id != *r) {
-                            continue;
-                        }
-                        let end = run.is_some() && f.body.is_terminal();
-                        if let Some(ev) = sse_event(&f, format) {
-                            return Some((Ok(ev), (sub, end)));
-                        }
+    _slot: crate::service::ConnectionSlot,
+}
+
+impl SseFrames {
+    fn into_stream(
+        self,
+        sub: crate::bus::Subscription,
+    ) -> impl Stream<Item = Result<Event, Infallible>> {
+        let counted = self.core.count_subscription();
+        self.core
+            .metrics
+            .sse_streams_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let close = self.core.close_sockets.clone();
+        futures::stream::unfold(
+            (sub, false, self, counted),
+            move |(mut sub, done, me, counted)| {
+                let close = close.clone();
+                async move {
+                    if done {
+                        return None;
                     }
-                    Delivery::Lagged { resume_after_seq } => {
-                        crate::service::telemetry::Lagged {
-                            session_id: &sid,
-                            resume_after_seq,
-                            surface: "sse",
+                    loop {
+                        let d = tokio::select! {
+                            d = sub.recv() => d,
+                            _ = close.cancelled() => None,
+                        }?;
+                        match d {
+                            Delivery::Frame(f) => {
+                                if me.run.as_ref().is_some_and(|r| f.run_id != *r) {
+                                    continue;
+                                }
+                                let end = me.run.is_some() && f.body.is_terminal();
+                                if let Some(ev) = sse_event(&f, me.format) {
+                                    return Some((Ok(ev), (sub, end, me, counted)));
+                                }
+                            }
+                            Delivery::Lagged { resume_after_seq } => {
+                                crate::service::telemetry::Lagged {
+                                    session_id: &me.sid,
+                                    resume_after_seq,
+                                    surface: "sse",
+                                }
+                                .emit(&me.core.metrics);
+                                let data = json!({"type": "lagged", "session_id": &*me.sid, "resume_after_seq": resume_after_seq}).to_string();
+                                return Some((
+                                    Ok(Event::default().event("lagged").data(data)),
+                                    (sub, true, me, counted),
+                                ));
+                            }
+                            Delivery::Reset { epoch } => {
+                                let e = ApiError::HistoryTruncated {
+                                    after_seq: sub.last_seq(),
+                                    oldest_seq: 1,
+                                    epoch: Some(epoch),
+                                };
+                                let ev = Event::default().event("error").data(e.frame(None));
+                                return Some((Ok(ev), (sub, true, me, counted)));
+                            }
                         }
-                        .emit(&core.metrics);
-                        let data = json!({"type": "lagged", "session_id": &*sid, "resume_after_seq": resume_after_seq}).to_string();
-                        return Some((
-                            Ok(Event::default().event("lagged").data(data)),
-                            (sub, true),
-                        ));
                     }
                 }
-            }
-        }
-    })
+            },
+        )
+    }
 }
 
 /// `GET /v1/sessions/{session_id}/items`: the session's conversation items.
@@ -285,6 +346,42 @@ pub async fn list_sessions(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let sessions = st.core.list_sessions(&tenant).await?;
     Ok(Json(json!({ "sessions": sessions })))
+}
+
+/// Query of `GET /v1/runs`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RunsQuery {
+    /// Runs of this session.
+    pub session_id: Option<String>,
+    /// Runs with this status (`running`, `completed`, ...).
+    pub status: Option<String>,
+    /// At most this many (default 100, at most 1000), newest first.
+    pub limit: Option<usize>,
+}
+
+/// `GET /v1/runs?session_id=&status=`: the tenant's runs, newest first.
+pub async fn list_runs(
+    State(st): State<AppState>,
+    Tenant(tenant): Tenant,
+    Query(q): Query<RunsQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(s) => Some(crate::session::RunStatus::parse(s).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "unknown run status `{}`",
+                s.chars().take(40).collect::<String>()
+            ))
+        })?),
+    };
+    let query = crate::session::RunQuery {
+        session_id: q.session_id,
+        status,
+        limit: q.limit.unwrap_or(100).min(1000),
+    };
+    Ok(Json(
+        json!({ "runs": st.core.list_runs(&tenant, &query).await? }),
+    ))
 }
 
 /// `GET /v1/runs/{run_id}`: the record of one of the tenant's runs.

@@ -6,6 +6,7 @@
 //! - [`http`]: the HTTP handlers (runs, SSE, sessions, agents, health, metrics, chat page).
 //! - [`traces`]: the trace API (`/v1/traces...`) and the trace browser (`/traces`).
 //! - [`ws`]: the WebSocket upgrade, handing sockets to the hub ([`crate::hub`]).
+//! - [`listener`]: sockets with a write timeout, so no stuck reader holds a connection.
 //!
 //! The shared state and the rules every transport follows live in the service layer
 //! ([`crate::service`]).
@@ -13,6 +14,7 @@
 pub mod auth;
 pub mod error;
 pub mod http;
+pub mod listener;
 pub mod traces;
 pub mod ws;
 
@@ -49,6 +51,7 @@ pub fn app(state: AppState) -> Router {
             get(http::session_events),
         )
         .route("/v1/sessions", get(http::list_sessions))
+        .route("/v1/runs", get(http::list_runs))
         .route("/v1/runs/{run_id}", get(http::get_run))
         .route("/v1/sessions/{session_id}/items", get(http::session_items))
         .route(
@@ -150,20 +153,26 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let router = app(AppState { core: core.clone() });
     let stop = core.stop_accepting.clone();
+    let listener = listener::TimedListener::new(
+        listener,
+        Duration::from_millis(core.limits.write_timeout_ms.max(1)),
+    );
     let server = tokio::spawn(async move {
         axum::serve(listener, router)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await
     });
     let mut server = server;
-    let janitor = tokio::spawn(retire_idle_sessions(core.clone()));
+    let stop_janitor = tokio_util::sync::CancellationToken::new();
+    let janitor = tokio::spawn(core.clone().janitor(stop_janitor.clone()));
     tokio::select! {
         _ = shutdown => {}
         r = &mut server => {
             return r.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
         }
     }
-    janitor.abort();
+    stop_janitor.cancel();
+    let _ = janitor.await;
     tracing::info!(
         runs = core.active_runs(),
         "shutting down: no new connections or runs"
@@ -172,25 +181,15 @@ pub async fn serve(
     core.drain_runs().await;
     crate::trace::flush_traces();
     core.close_connections().await;
+    if let Err(e) = core.sessions.store().close().await {
+        tracing::warn!(error = %e, "the session store did not close cleanly");
+    }
     match tokio::time::timeout(Duration::from_secs(5), &mut server).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
         Err(_) => {
             server.abort();
             Ok(())
-        }
-    }
-}
-
-/// Sweeps idle sessions now and then (see [`Core::retire_idle_sessions`]).
-async fn retire_idle_sessions(core: Arc<Core>) {
-    let period = Duration::from_millis((core.limits.session_idle_ms / 4).clamp(10, 30_000));
-    let mut seen = std::collections::HashMap::new();
-    loop {
-        tokio::time::sleep(period).await;
-        let n = core.retire_idle_sessions(&mut seen);
-        if n > 0 {
-            tracing::debug!(sessions = n, "retired idle sessions' frames");
         }
     }
 }

@@ -1,8 +1,6 @@
 //! `GET /v1/ws`: authenticates the upgrade and applies the connection limit, then hands the
 //! socket to the WebSocket hub ([`crate::hub`]).
 
-use std::sync::atomic::Ordering;
-
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -25,20 +23,11 @@ pub async fn ws_upgrade(
         return ApiError::ShuttingDown.into_response();
     }
     // Counted from here (not only once the socket is up), so a burst of upgrades cannot
-    // overshoot the limit; the connection loop takes the count over.
-    let reserved =
-        core.metrics
-            .connections
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < core.limits.max_connections).then_some(n + 1)
-            });
-    if reserved.is_err() {
-        return ApiError::Overloaded(format!(
-            "the server holds {} WebSocket connections (its limit); retry later",
-            core.limits.max_connections
-        ))
-        .into_response();
-    }
+    // overshoot the limit; the connection loop holds the place until it ends.
+    let slot = match core.connection_slot() {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
     // Messages up to 4x the frame limit are read and answered `frame_too_large`; larger ones
     // close the socket (code 1009), since reading them would cost the server their size.
     let hard_cap = core.limits.max_frame_bytes.saturating_mul(4).max(64 * 1024);
@@ -46,14 +35,8 @@ pub async fn ws_upgrade(
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(hard_cap)
         .max_frame_size(hard_cap)
-        .on_failed_upgrade({
-            let core = core.clone();
-            move |_| {
-                core.metrics.connections.fetch_sub(1, Ordering::AcqRel);
-            }
-        })
         .on_upgrade(move |socket| async move {
             let (sink, stream) = socket.split();
-            connection::run_counted(core, tenant, sink, stream).await;
+            connection::run(core, tenant, slot, sink, stream).await;
         })
 }

@@ -16,6 +16,9 @@ pub enum ApiError {
         "a valid API key is required: send `Authorization: Bearer <key>` or `?access_token=<key>`"
     )]
     Unauthorized,
+    /// A valid key without the right to this endpoint.
+    #[error("{0}")]
+    Forbidden(String),
     /// No agent by that name.
     #[error("no agent named `{0}`; GET /v1/agents lists them")]
     UnknownAgent(String),
@@ -55,12 +58,14 @@ pub enum ApiError {
     #[error("{0}")]
     SessionBusy(String),
     /// Resume from a seq that history no longer holds.
-    #[error("seq {after_seq} is older than the session's retained history (oldest retained seq: {oldest_seq}); resubscribe with after_seq >= {}", oldest_seq.saturating_sub(1))]
+    #[error("seq {after_seq} cannot be resumed exactly: it is older than the session's retained history or of another numbering (oldest retained seq: {oldest_seq}); resubscribe with the epoch given and after_seq >= {}, and reload the conversation's items", oldest_seq.saturating_sub(1))]
     HistoryTruncated {
         /// What was asked for.
         after_seq: u64,
         /// The oldest retained seq.
         oldest_seq: u64,
+        /// The session's epoch (its current numbering).
+        epoch: Option<String>,
     },
     /// The server is shutting down.
     #[error("the server is shutting down; retry on another instance or later")]
@@ -79,6 +84,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::UnknownAgent(_) => "unknown_agent",
             ApiError::NotFound(_) => "not_found",
             ApiError::FrameTooLarge { .. } => "frame_too_large",
@@ -100,6 +106,10 @@ impl ApiError {
             message: self.to_string(),
             oldest_seq: match self {
                 ApiError::HistoryTruncated { oldest_seq, .. } => Some(*oldest_seq),
+                _ => None,
+            },
+            epoch: match self {
+                ApiError::HistoryTruncated { epoch, .. } => epoch.clone(),
                 _ => None,
             },
         }
@@ -140,4 +150,7 @@ pub struct ErrorBody {
     /// For `history_truncated`: the oldest retained seq.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oldest_seq: Option<u64>,
+    /// For `history_truncated`: the session's current epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
 }

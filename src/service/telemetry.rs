@@ -3,12 +3,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::service::Metrics;
+use crate::service::metrics::Metrics;
 
 /// Every error code the server answers with, in the order `errors_by_code` counts them.
-pub const ERROR_CODES: [&str; 11] = [
+pub const ERROR_CODES: [&str; 13] = [
     "bad_request",
     "unauthorized",
+    "forbidden",
+    "session_busy",
     "unknown_agent",
     "not_found",
     "frame_too_large",

@@ -13,13 +13,9 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::bus::{FrameBody, Topic};
-use crate::tool::{Tool, ToolContext, ToolError, DEFAULT_TOOL_ERROR_MESSAGE};
+use crate::tool::{Tool, ToolContext, ToolError};
 
 /// The message the model reads when a configured tool fails: the SDK's text plus the cause.
-fn error_text(error: &ToolError) -> String {
-    format!("{DEFAULT_TOOL_ERROR_MESSAGE} Error: {error}")
-}
-
 /// A tool that POSTs its arguments as JSON to a URL and returns the response body.
 pub struct HttpTool {
     name: String,
@@ -109,9 +105,6 @@ impl Tool<()> for HttpTool {
             }
         }
         .boxed()
-    }
-    fn error_message(&self, _ctx: &ToolContext<()>, error: &ToolError) -> String {
-        error_text(error)
     }
 }
 
@@ -236,8 +229,5 @@ impl Tool<()> for ClientTool {
             }
         }
         .boxed()
-    }
-    fn error_message(&self, _ctx: &ToolContext<()>, error: &ToolError) -> String {
-        error_text(error)
     }
 }

@@ -1,9 +1,21 @@
-//! An in-memory [`Session`]: for tests, the library's default, and short-lived programs.
+//! In-memory sessions: [`MemorySession`], one conversation (for tests, the library's default
+//! and short-lived programs), and [`MemoryStore`], the server's `[sessions] store = "memory"`:
+//! conversations, session numbering and run records kept in the process and lost at exit.
+//!
+//! The store is bounded: at most `max_sessions` conversations (the least recently used one is
+//! dropped, with its items, to make room) and `max_runs` run records (the oldest finished
+//! ones go first). Memory follows a bound, never the whole history.
 
-use std::sync::Mutex;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
+use super::records::{
+    now_ms, RunEnd, RunQuery, RunRecord, RunStart, RunStatus, SessionInfo, SessionMeta, TurnRecord,
+};
+use super::store::Store;
 use super::{Session, SessionError};
 use crate::items::Item;
 
@@ -25,6 +37,10 @@ impl MemorySession {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Item>> {
         self.items.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
     }
 }
 
@@ -55,6 +71,351 @@ impl Session for MemorySession {
     }
 }
 
+/// Default bound on conversations a [`MemoryStore`] keeps.
+pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
+/// Default bound on run records a [`MemoryStore`] keeps.
+pub const DEFAULT_MAX_RUNS: usize = 10_000;
+
+type Key = (Arc<str>, Arc<str>);
+
+struct Entry {
+    items: Arc<MemorySession>,
+    meta: Mutex<Option<SessionMeta>>,
+    created_at: i64,
+    updated_at: AtomicI64,
+}
+
+impl Entry {
+    fn touch(&self) {
+        self.updated_at.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+#[derive(Default)]
+struct Runs {
+    records: HashMap<Key, RunRecord>,
+    order: VecDeque<Key>,
+}
+
+struct Inner {
+    sessions: Mutex<HashMap<Key, Arc<Entry>>>,
+    runs: Mutex<Runs>,
+    max_sessions: usize,
+    max_runs: usize,
+}
+
+/// Conversations and run records in memory, bounded (see the module doc). Cheap to clone.
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_SESSIONS, DEFAULT_MAX_RUNS)
+    }
+}
+
+fn key(tenant: &str, session_id: &str) -> Key {
+    (tenant.into(), session_id.into())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl MemoryStore {
+    /// A store keeping at most `max_sessions` conversations and `max_runs` run records.
+    pub fn new(max_sessions: usize, max_runs: usize) -> Self {
+        MemoryStore {
+            inner: Arc::new(Inner {
+                sessions: Mutex::new(HashMap::new()),
+                runs: Mutex::new(Runs::default()),
+                max_sessions: max_sessions.max(1),
+                max_runs: max_runs.max(1),
+            }),
+        }
+    }
+
+    /// Conversations held now.
+    pub fn session_count(&self) -> usize {
+        lock(&self.inner.sessions).len()
+    }
+
+    /// Run records held now.
+    pub fn run_count(&self) -> usize {
+        lock(&self.inner.runs).records.len()
+    }
+
+    fn entry(&self, tenant: &str, session_id: &str) -> Arc<Entry> {
+        let mut map = lock(&self.inner.sessions);
+        let k = key(tenant, session_id);
+        if let Some(e) = map.get(&k) {
+            e.touch();
+            return e.clone();
+        }
+        if map.len() >= self.inner.max_sessions {
+            // Make room: drop the least recently used tenth (at least one).
+            let mut by_age: Vec<(i64, Key)> = map
+                .iter()
+                .map(|(k, e)| (e.updated_at.load(Ordering::Relaxed), k.clone()))
+                .collect();
+            by_age.sort_unstable_by_key(|(t, _)| *t);
+            let n = (self.inner.max_sessions / 10).max(1);
+            for (_, k) in by_age.into_iter().take(n) {
+                map.remove(&k);
+            }
+        }
+        let now = now_ms();
+        let e = Arc::new(Entry {
+            items: Arc::new(MemorySession::new(session_id)),
+            meta: Mutex::new(None),
+            created_at: now,
+            updated_at: AtomicI64::new(now),
+        });
+        map.insert(k, e.clone());
+        e
+    }
+
+    fn existing(&self, tenant: &str, session_id: &str) -> Option<Arc<Entry>> {
+        lock(&self.inner.sessions)
+            .get(&key(tenant, session_id))
+            .cloned()
+    }
+
+    fn update_run(
+        &self,
+        tenant: &str,
+        run_id: &str,
+        f: impl FnOnce(&mut RunRecord) -> bool,
+    ) -> bool {
+        let mut runs = lock(&self.inner.runs);
+        match runs.records.get_mut(&key(tenant, run_id)) {
+            Some(r) => f(r),
+            None => false,
+        }
+    }
+}
+
+/// A conversation of a [`MemoryStore`]: its items, and the run progress of its turns.
+struct StoreSession {
+    store: MemoryStore,
+    tenant: Arc<str>,
+    entry: Arc<Entry>,
+}
+
+#[async_trait]
+impl Session for StoreSession {
+    fn session_id(&self) -> &str {
+        self.entry.items.session_id()
+    }
+    async fn get_items(&self, limit: Option<usize>) -> Result<Vec<Item>, SessionError> {
+        self.entry.items.get_items(limit).await
+    }
+    async fn add_items(&self, items: Vec<Item>) -> Result<(), SessionError> {
+        self.entry.touch();
+        self.entry.items.add_items(items).await
+    }
+    async fn save_turn(&self, items: Vec<Item>, turn: &TurnRecord) -> Result<(), SessionError> {
+        self.add_items(items).await?;
+        self.store.update_run(&self.tenant, &turn.run_id, |r| {
+            r.turn = turn.turn;
+            r.last_agent = Some(turn.agent.clone());
+            r.usage = Some(turn.usage.clone());
+            r.updated_at = now_ms();
+            true
+        });
+        if let Some((epoch, upto)) = &turn.seq_reserved {
+            *lock(&self.entry.meta) = Some(SessionMeta {
+                epoch: epoch.clone(),
+                seq_reserved: *upto,
+            });
+        }
+        Ok(())
+    }
+    async fn pop_item(&self) -> Result<Option<Item>, SessionError> {
+        self.entry.touch();
+        self.entry.items.pop_item().await
+    }
+    async fn clear_session(&self) -> Result<(), SessionError> {
+        self.entry.touch();
+        self.entry.items.clear_session().await
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn describe(&self) -> String {
+        format!(
+            "memory (lost at exit; at most {} sessions and {} run records)",
+            self.inner.max_sessions, self.inner.max_runs
+        )
+    }
+    fn is_durable(&self) -> bool {
+        false
+    }
+    fn session(&self, tenant: &str, session_id: &str) -> Arc<dyn Session> {
+        Arc::new(StoreSession {
+            store: self.clone(),
+            tenant: tenant.into(),
+            entry: self.entry(tenant, session_id),
+        })
+    }
+    async fn session_meta(
+        &self,
+        tenant: &str,
+        session_id: &str,
+    ) -> Result<Option<SessionMeta>, SessionError> {
+        Ok(self
+            .existing(tenant, session_id)
+            .and_then(|e| lock(&e.meta).clone()))
+    }
+    async fn set_session_meta(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        meta: SessionMeta,
+    ) -> Result<(), SessionError> {
+        *lock(&self.entry(tenant, session_id).meta) = Some(meta);
+        Ok(())
+    }
+    async fn delete_session(&self, tenant: &str, session_id: &str) -> Result<bool, SessionError> {
+        Ok(lock(&self.inner.sessions)
+            .remove(&key(tenant, session_id))
+            .is_some())
+    }
+    async fn list_sessions(
+        &self,
+        tenant: &str,
+        limit: usize,
+    ) -> Result<Vec<SessionInfo>, SessionError> {
+        let map = lock(&self.inner.sessions);
+        let mut v: Vec<SessionInfo> = map
+            .iter()
+            .filter(|(k, e)| &*k.0 == tenant && (e.items.len() > 0 || lock(&e.meta).is_some()))
+            .map(|(k, e)| SessionInfo {
+                session_id: k.1.to_string(),
+                item_count: e.items.len() as u64,
+                created_at: e.created_at,
+                updated_at: e.updated_at.load(Ordering::Relaxed),
+            })
+            .collect();
+        v.sort_by(|a, b| {
+            b.updated_at
+                .cmp(&a.updated_at)
+                .then_with(|| a.session_id.cmp(&b.session_id))
+        });
+        v.truncate(limit);
+        Ok(v)
+    }
+    async fn record_run_start(&self, start: RunStart) -> Result<(), SessionError> {
+        if let (Some(session), Some((epoch, upto))) = (&start.session_id, &start.seq_reserved) {
+            *lock(&self.entry(&start.tenant, session).meta) = Some(SessionMeta {
+                epoch: epoch.clone(),
+                seq_reserved: *upto,
+            });
+        }
+        let now = now_ms();
+        let k = key(&start.tenant, &start.run_id);
+        let rec = RunRecord {
+            run_id: start.run_id,
+            tenant: start.tenant,
+            session_id: start.session_id,
+            status: RunStatus::Running,
+            last_agent: Some(start.starting_agent.clone()),
+            starting_agent: start.starting_agent,
+            final_output: None,
+            usage: None,
+            error: None,
+            trace_id: start.trace_id,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+            turn: 0,
+        };
+        let mut runs = lock(&self.inner.runs);
+        if runs.records.insert(k.clone(), rec).is_none() {
+            runs.order.push_back(k);
+        }
+        // Over the bound: drop the oldest finished records (running ones are bounded by the
+        // run limits and stay).
+        let mut scanned = 0;
+        while runs.records.len() > self.inner.max_runs && scanned < runs.order.len() {
+            let Some(old) = runs.order.pop_front() else {
+                break;
+            };
+            let running = runs
+                .records
+                .get(&old)
+                .is_some_and(|r| r.status == RunStatus::Running);
+            if running {
+                runs.order.push_back(old);
+                scanned += 1;
+            } else {
+                runs.records.remove(&old);
+            }
+        }
+        Ok(())
+    }
+    async fn record_run_end(
+        &self,
+        tenant: &str,
+        run_id: &str,
+        end: RunEnd,
+    ) -> Result<bool, SessionError> {
+        Ok(self.update_run(tenant, run_id, |r| {
+            if r.status != RunStatus::Running {
+                return false;
+            }
+            let now = now_ms();
+            r.status = end.status;
+            if end.last_agent.is_some() {
+                r.last_agent = end.last_agent;
+            }
+            r.final_output = end.final_output;
+            r.usage = end.usage;
+            r.error = end.error;
+            r.updated_at = now;
+            r.finished_at = Some(now);
+            true
+        }))
+    }
+    async fn get_run(&self, tenant: &str, run_id: &str) -> Result<Option<RunRecord>, SessionError> {
+        Ok(lock(&self.inner.runs)
+            .records
+            .get(&key(tenant, run_id))
+            .cloned())
+    }
+    async fn list_runs(
+        &self,
+        tenant: &str,
+        query: &RunQuery,
+    ) -> Result<Vec<RunRecord>, SessionError> {
+        let runs = lock(&self.inner.runs);
+        let mut v: Vec<RunRecord> = runs
+            .order
+            .iter()
+            .rev()
+            .filter_map(|k| runs.records.get(k))
+            .filter(|r| {
+                r.tenant == tenant
+                    && query
+                        .session_id
+                        .as_ref()
+                        .is_none_or(|s| r.session_id.as_deref() == Some(s))
+                    && query.status.is_none_or(|s| r.status == s)
+            })
+            .take(query.limit)
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        Ok(v)
+    }
+    async fn close(&self) -> Result<(), SessionError> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,5 +441,40 @@ mod tests {
         assert_eq!(s.get_items(None).await.unwrap(), vec![msg("a"), msg("b")]);
         s.clear_session().await.unwrap();
         assert_eq!(s.pop_item().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn the_store_is_bounded_and_keeps_run_records() {
+        let store = MemoryStore::new(10, 5);
+        for i in 0..25 {
+            store
+                .session("t", &format!("s{i}"))
+                .add_items(vec![msg("x")])
+                .await
+                .unwrap();
+        }
+        assert!(store.session_count() <= 10);
+        for i in 0..8 {
+            store
+                .record_run_start(RunStart {
+                    run_id: format!("r{i}"),
+                    tenant: "t".into(),
+                    session_id: Some("s".into()),
+                    starting_agent: "A".into(),
+                    trace_id: None,
+                    seq_reserved: None,
+                })
+                .await
+                .unwrap();
+            let end = RunEnd::cancelled(Some("A".into()), None);
+            assert!(store
+                .record_run_end("t", &format!("r{i}"), end)
+                .await
+                .unwrap());
+        }
+        assert!(store.run_count() <= 5);
+        let last = store.get_run("t", "r7").await.unwrap().unwrap();
+        assert_eq!(last.status, RunStatus::Cancelled);
+        assert!(store.get_run("other", "r7").await.unwrap().is_none());
     }
 }

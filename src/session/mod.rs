@@ -1,18 +1,30 @@
 //! Session memory: the SDK's `Session` interface (a conversation's items, kept across runs),
-//! with an in-memory implementation here and durable stores beside it.
+//! and the stores that keep conversations, session numbering and run records.
+//!
+//! - [`store`]: the [`Store`] trait every store implements.
+//! - [`records`]: run records, session numbering, turn records.
+//! - [`memory`]: [`MemorySession`] and the bounded in-memory [`MemoryStore`].
+//! - [`sqlite`]: the embedded SQLite store (the server's default).
+//! - [`claim`]: one run at a time per session, for library programs.
 
 pub mod claim;
 pub mod memory;
+pub mod records;
 pub mod sqlite;
+pub mod store;
 
 use async_trait::async_trait;
 
 pub use claim::{SessionClaim, SessionLocks};
-pub use memory::MemorySession;
-pub use sqlite::{
-    Durability, RunEnd, RunErrorInfo, RunRecord, RunStart, RunStatus, SessionInfo, SessionStore,
-    SqliteSession, StoreOptions, StoreStats, DEFAULT_TENANT,
+pub use memory::{MemorySession, MemoryStore};
+pub use records::{
+    RunEnd, RunErrorInfo, RunQuery, RunRecord, RunStart, RunStatus, SessionInfo, SessionMeta,
+    TurnRecord,
 };
+pub use sqlite::{
+    Durability, SqliteSession, SqliteStore, StoreOptions, StoreStats, DEFAULT_TENANT,
+};
+pub use store::Store;
 
 use crate::items::Item;
 
@@ -52,6 +64,14 @@ pub enum SessionError {
         /// The newest version this build knows.
         supported: i64,
     },
+    /// Another process holds the database file (one process per file).
+    #[error("the session database {path} is in use by {holder}; stop that process, or run through it with `callboard run --url http://ADDRESS` (the server's address), or use another file")]
+    Locked {
+        /// The database file.
+        path: String,
+        /// Who holds it (pid, command, since when).
+        holder: String,
+    },
     /// The store was closed (the server is shutting down).
     #[error("the session store is closed; no more reads or writes are accepted")]
     Closed,
@@ -69,6 +89,11 @@ pub trait Session: Send + Sync {
     async fn get_items(&self, limit: Option<usize>) -> Result<Vec<Item>, SessionError>;
     /// Appends items.
     async fn add_items(&self, items: Vec<Item>) -> Result<(), SessionError>;
+    /// Saves a turn's items with the run's progress; stores that keep run records save both
+    /// in one transaction. The default appends the items.
+    async fn save_turn(&self, items: Vec<Item>, _turn: &TurnRecord) -> Result<(), SessionError> {
+        self.add_items(items).await
+    }
     /// Removes and returns the newest item.
     async fn pop_item(&self) -> Result<Option<Item>, SessionError>;
     /// Removes every item.

@@ -56,6 +56,8 @@ pub fn gen_span_id() -> String {
     gen_id("span", 24)
 }
 
+pub use ids::{is_span_id as is_valid_span_id, is_trace_id as is_valid_trace_id};
+
 /// A new group id: `group_` and 24 hex digits.
 pub fn gen_group_id() -> String {
     gen_id("group", 24)

@@ -77,6 +77,7 @@ impl Serialize for SdkFrame<'_> {
                 )?;
             }
             FrameBody::RunCancelled { mode } => m.serialize_entry("mode", mode.as_str())?,
+            FrameBody::SessionReset { epoch } => m.serialize_entry("epoch", epoch)?,
             FrameBody::ToolCall {
                 call_id,
                 name,

@@ -27,6 +27,7 @@ pub struct TestServer {
     pub core: Arc<Core>,
     stop: Option<oneshot::Sender<()>>,
     pub handle: tokio::task::JoinHandle<std::io::Result<()>>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
@@ -54,14 +55,75 @@ tenant = "acme"
 key = "key-globex"
 tenant = "globex"
 
+[[auth.keys]]
+key = "key-ops"
+tenant = "ops"
+admin = true
+
 [models.default]
 provider = "scripted"
 "#;
 
-/// Starts a server on `toml` (appended with `extra`).
+/// Which session store a test server keeps its sessions in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    /// `[sessions] store = "memory"`.
+    Memory,
+    /// An SQLite file in a temporary folder.
+    Sqlite,
+}
+
+thread_local! {
+    static STORE: std::cell::Cell<StoreKind> = const { std::cell::Cell::new(StoreKind::Memory) };
+}
+
+/// Makes the servers this test thread starts keep sessions in `kind` (see `on_both_stores!`).
+pub fn set_store(kind: StoreKind) {
+    STORE.with(|s| s.set(kind));
+}
+
+/// The store kind servers of this test thread use.
+pub fn store_kind() -> StoreKind {
+    STORE.with(|s| s.get())
+}
+
+/// Each test inside runs twice: on the memory store and on an SQLite store
+/// (`NAME::memory`, `NAME::sqlite`), so every rule is checked on both.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($(async fn $name:ident() $body:block)*) => {$(
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                $crate::common::set_store($crate::common::StoreKind::Memory);
+                $body
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                $crate::common::set_store($crate::common::StoreKind::Sqlite);
+                $body
+            }
+        }
+    )*};
+}
+
+/// Starts a server on `toml`, its sessions in this thread's store kind.
 pub async fn start(toml: &str) -> TestServer {
     let cfg = Config::parse("test.toml", toml).unwrap_or_else(|e| panic!("{e}"));
-    let core = Core::new(cfg).unwrap_or_else(|e| panic!("{e}"));
+    let (core, dir) = match store_kind() {
+        StoreKind::Memory => (Core::new(cfg).unwrap_or_else(|e| panic!("{e}")), None),
+        StoreKind::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("sessions.db");
+            let store = callboard::session::SqliteStore::open(path.to_str().unwrap())
+                .unwrap_or_else(|e| panic!("{e}"));
+            let core =
+                Core::with_store(cfg, std::sync::Arc::new(store)).unwrap_or_else(|e| panic!("{e}"));
+            (core, Some(dir))
+        }
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
@@ -73,6 +135,7 @@ pub async fn start(toml: &str) -> TestServer {
         core,
         stop: Some(tx),
         handle,
+        _dir: dir,
     }
 }
 
@@ -130,11 +193,15 @@ pub async fn recv(ws: &mut Ws) -> Value {
     }
 }
 
-/// Frames until (and including) the first one whose `type` is in `types`.
+/// Frames until (and including) the first one whose `type` is in `types`; subscription
+/// answers (`session.subscribed`) are skipped unless asked for.
 pub async fn recv_until(ws: &mut Ws, types: &[&str]) -> Vec<Value> {
     let mut v = Vec::new();
     loop {
         let f = recv(ws).await;
+        if f["type"] == "session.subscribed" && !types.contains(&"session.subscribed") {
+            continue;
+        }
         let done = types.contains(&f["type"].as_str().unwrap_or(""));
         v.push(f);
         if done {
@@ -185,6 +252,7 @@ pub async fn recv_run_resuming(ws: &mut Ws, session: &str) -> Vec<Value> {
                 v.push(f);
                 return v;
             }
+            "session.subscribed" => {}
             _ => v.push(f),
         }
     }

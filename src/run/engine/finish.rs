@@ -70,6 +70,7 @@ pub(super) async fn conclude<C: Send + Sync + 'static>(
     new_items: Vec<RunItem>,
     tool_results: &[(String, String)],
 ) -> Result<Option<Value>, AgentsError> {
+    let agent_name = b.agent.name().to_owned();
     let decision = decide_final(b, &new_items, tool_results);
     let final_output = match decision {
         Ok(Decision::Final(v)) => {
@@ -79,11 +80,11 @@ pub(super) async fn conclude<C: Send + Sync + 'static>(
         Ok(Decision::RunAgain) => None,
         Err(e) => {
             // The turn's items stay in the conversation, as the SDK keeps them.
-            save_turn(b, &new_items).await?;
+            save_turn(b, &new_items, &agent_name).await?;
             return Err(e);
         }
     };
-    save_turn(b, &new_items).await?;
+    save_turn(b, &new_items, &agent_name).await?;
     b.generated.extend(new_items);
     if let Some(v) = &final_output {
         let agent = b.agent.clone();
@@ -93,7 +94,7 @@ pub(super) async fn conclude<C: Send + Sync + 'static>(
 }
 
 /// Ends a run: spans, the outcome for the result handle, and the terminal frame on the bus.
-pub(crate) fn finish<C: Send + Sync + 'static>(mut b: Baton<C>, outcome: RunOutcome) {
+pub(crate) async fn finish<C: Send + Sync + 'static>(mut b: Baton<C>, outcome: RunOutcome) {
     if let RunOutcome::Failed(e) = &outcome {
         if b.agent_span.error().is_none() && !matches!(e, AgentsError::MaxTurnsExceeded { .. }) {
             b.agent_span
@@ -130,10 +131,16 @@ pub(crate) fn finish<C: Send + Sync + 'static>(mut b: Baton<C>, outcome: RunOutc
         },
         RunOutcome::Cancelled(mode) => FrameBody::RunCancelled { mode: *mode },
     };
-    *shared.outcome.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+    *shared.outcome.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome.clone());
+    let ended = b.ended(outcome, body);
+    let settle = b.env.settle.clone();
     b.slot = None;
     drop(b);
-    // Complete before the terminal frame goes out, so whoever sees the end sees the outcome.
+    // Complete before the end frame goes out, so whoever sees the end sees the outcome; and
+    // settled (recorded, released) before it is announced.
     let _ = shared.done.send_replace(true);
-    shared.topic.publish(&shared.run_id, body);
+    match settle {
+        Some(s) => s.settle(ended).await,
+        None => drop(ended.publish()),
+    }
 }

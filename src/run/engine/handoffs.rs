@@ -53,7 +53,7 @@ pub(super) async fn perform<C: Send + Sync + 'static>(
                 output: MULTIPLE_HANDOFFS_MESSAGE.into(),
             },
         };
-        publish_item(b, &item, Some(call.name.as_str().into()));
+        publish_item(b, &item, Some(call.name.as_str().into())).await;
         new_items.push(item);
     }
     let hspan = turn_span.child(SpanData::Handoff {
@@ -93,9 +93,9 @@ pub(super) async fn perform<C: Send + Sync + 'static>(
             output: transfer_message(target.name()),
         },
     };
-    publish_item(b, &item, None);
+    publish_item(b, &item, None).await;
     new_items.push(item);
-    save_turn(b, &new_items).await?;
+    save_turn(b, &new_items, target.name()).await?;
     match &first.input_filter {
         Some(filter) => {
             let data = filter(HandoffInputData {

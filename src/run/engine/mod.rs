@@ -32,28 +32,35 @@ use crate::error::AgentsError;
 use crate::events::StreamEvent;
 use crate::items::RunItem;
 use crate::run::baton::{Baton, RunOutcome};
+use crate::session::TurnRecord;
 use crate::trace::{self, Span, SpanData};
 pub(crate) use finish::finish;
 pub use handoffs::MULTIPLE_HANDOFFS_MESSAGE;
 use hooks::{call_hooks, Hook};
 
 pub(crate) enum Step<C: Send + Sync + 'static> {
-    /// Another turn: on the same agent, or on a new one after a handoff.
+    /// Another turn on the same agent.
     Next(Baton<C>),
+    /// Another turn on the agent the run was handed off to (in the baton).
+    Handoff(Baton<C>),
     /// The run is over.
     Done(Baton<C>, RunOutcome),
 }
 
-/// Drives one turn of a baton and routes what follows: the next turn to the right agent's
-/// mailbox, or the end of the run.
+/// Drives a baton's turns at its agent: the next turn on the same agent follows in this
+/// task; a handoff sends the baton to the target's mailbox; the end finishes the run.
 pub(crate) async fn drive<C: Send + Sync + 'static>(baton: Baton<C>, stage: Stage<C>) {
     use tracing::Instrument;
-    // Everything logged while the turn runs carries the run's ids.
+    // Everything logged while the run's turns run carries the run's ids.
     let span = baton.shared.log_span.clone();
     async move {
-        match run_turn(baton).await {
-            Step::Next(b) => stage.dispatch(b),
-            Step::Done(b, outcome) => finish(b, outcome),
+        let mut baton = baton;
+        loop {
+            match run_turn(baton).await {
+                Step::Next(b) => baton = b,
+                Step::Handoff(b) => return stage.arrive(b),
+                Step::Done(b, outcome) => return finish(b, outcome).await,
+            }
         }
     }
     .instrument(span)
@@ -99,18 +106,22 @@ async fn start_agent<C: Send + Sync + 'static>(b: &mut Baton<C>) {
     b.agent_started = true;
 }
 
-pub(super) fn publish_item<C: Send + Sync + 'static>(
+pub(super) async fn publish_item<C: Send + Sync + 'static>(
     b: &Baton<C>,
     item: &RunItem,
     tool: Option<Arc<str>>,
 ) {
     b.shared
-        .publish_event(StreamEvent::RunItem(Arc::new(item.clone())), tool);
+        .publish_event(StreamEvent::RunItem(Arc::new(item.clone())), tool)
+        .await;
 }
 
+/// Saves a turn's items: into the run's new items and the session (with the run's progress:
+/// the turn, the agent the run goes on with, usage so far).
 pub(super) async fn save_turn<C: Send + Sync + 'static>(
     b: &Baton<C>,
     items: &[RunItem],
+    agent: &str,
 ) -> Result<(), AgentsError> {
     b.shared
         .new_items
@@ -118,7 +129,14 @@ pub(super) async fn save_turn<C: Send + Sync + 'static>(
         .unwrap_or_else(|e| e.into_inner())
         .extend(items.iter().cloned());
     if let Some(s) = &b.env.session {
-        s.add_items(items.iter().map(RunItem::to_input_item).collect())
+        let record = TurnRecord {
+            run_id: b.shared.run_id.clone(),
+            turn: b.turn,
+            agent: agent.to_owned(),
+            usage: b.ctx.usage(),
+            seq_reserved: None,
+        };
+        s.save_turn(items.iter().map(RunItem::to_input_item).collect(), &record)
             .await
             .map_err(|e| {
                 AgentsError::UserError(format!("could not save the turn to the session: {e}"))
@@ -137,12 +155,14 @@ pub(crate) async fn run_turn<C: Send + Sync + 'static>(mut b: Baton<C>) -> Step<
         return Step::Done(b, RunOutcome::Cancelled(CancelMode::AfterTurn));
     }
     if b.turn == 0 {
-        shared.publish_event(
-            StreamEvent::AgentUpdated {
-                new_agent: b.agent.name().into(),
-            },
-            None,
-        );
+        shared
+            .publish_event(
+                StreamEvent::AgentUpdated {
+                    new_agent: b.agent.name().into(),
+                },
+                None,
+            )
+            .await;
         if let Some(s) = b.env.session.clone() {
             match s.get_items(None).await {
                 Ok(mut history) => {
@@ -204,17 +224,20 @@ pub(crate) async fn run_turn<C: Send + Sync + 'static>(mut b: Baton<C>) -> Step<
         Ok(TurnEnd::Handoff(target)) => {
             let from = b.agent.name().to_owned();
             b.agent_span.finish();
-            b.slot = Some(b.env.stage.admit_handoff(&target));
-            shared.publish_event(
-                StreamEvent::AgentUpdated {
-                    new_agent: target.name().into(),
-                },
-                None,
-            );
+            // The run leaves this agent; the target admits it when the baton arrives.
+            b.slot = None;
+            shared
+                .publish_event(
+                    StreamEvent::AgentUpdated {
+                        new_agent: target.name().into(),
+                    },
+                    None,
+                )
+                .await;
             b.agent = target;
             b.agent_started = false;
             b.handoff_from = Some(from);
-            Step::Next(b)
+            Step::Handoff(b)
         }
         Ok(TurnEnd::Final(v)) => {
             let last_agent = b.agent.name().to_owned();
@@ -252,7 +275,7 @@ async fn turn_body<C: Send + Sync + 'static>(
         mut new_items,
         tool_calls,
         handoff_calls,
-    } = resolve::resolve(b, turn_span, response)?;
+    } = resolve::resolve(b, turn_span, response).await?;
     if !tool_calls.is_empty() {
         b.agents_used_tools.insert(b.agent.name().to_owned());
     }

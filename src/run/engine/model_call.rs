@@ -273,7 +273,7 @@ async fn stream_model<C: Send + Sync + 'static>(
                             other => err = terminal_error(other),
                         }
                     }
-                    shared.publish_event(StreamEvent::RawResponse(ev), None);
+                    shared.publish_event(StreamEvent::RawResponse(ev), None).await;
                     if let Some(e) = err {
                         mspan.set_error("Error streaming response", Some(json!({"error": e.to_string()})));
                         return StreamEnd::Error(e);

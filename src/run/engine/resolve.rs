@@ -27,7 +27,7 @@ pub(super) struct Resolved<C: Send + Sync + 'static> {
 
 /// Resolves `response` into run items, keeps it among the run's raw responses and publishes
 /// the items.
-pub(super) fn resolve<C: Send + Sync + 'static>(
+pub(super) async fn resolve<C: Send + Sync + 'static>(
     b: &Baton<C>,
     turn_span: &Span,
     response: ResponseObject,
@@ -89,7 +89,7 @@ pub(super) fn resolve<C: Send + Sync + 'static>(
             RunItem::ToolCall { raw_item, .. } => Some(raw_item.name.as_str().into()),
             _ => None,
         };
-        publish_item(b, item, tool);
+        publish_item(b, item, tool).await;
     }
     Ok(out)
 }

@@ -42,7 +42,7 @@ pub(super) async fn run_all<C: Send + Sync + 'static>(
                 output: output.clone(),
             },
         };
-        publish_item(b, &item, Some(call.name.as_str().into()));
+        publish_item(b, &item, Some(call.name.as_str().into())).await;
         new_items.push(item);
         results.push((call.name.clone(), output));
     }

@@ -4,7 +4,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// The newest schema version this build writes.
-pub const CURRENT_VERSION: i64 = 2;
+pub const CURRENT_VERSION: i64 = 3;
 
 /// Migration `n` (1-based) takes a file from version `n - 1` to `n`. Append only: a released
 /// migration is never edited, so every older file follows the same path.
@@ -45,6 +45,10 @@ const MIGRATIONS: &[&str] = &[
      ) WITHOUT ROWID;
      CREATE INDEX runs_by_status ON runs (status);
      CREATE INDEX runs_by_session ON runs (tenant, session_id, created_at);",
+    // 3: session numbering (epoch, reserved seq) and each run's last completed turn.
+    "ALTER TABLE sessions ADD COLUMN epoch TEXT;
+     ALTER TABLE sessions ADD COLUMN seq_reserved INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE runs ADD COLUMN turn INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The file's schema version (0 for a new, empty file).

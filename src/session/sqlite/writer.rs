@@ -9,8 +9,8 @@ use std::sync::Arc;
 use rusqlite::{params, Connection};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{now_ms, RunEnd, RunStart};
 use crate::items::Item;
+use crate::session::records::{now_ms, RunEnd, RunStart};
 use crate::session::SessionError;
 
 /// A write, applied inside the batch's transaction.
@@ -27,6 +27,23 @@ pub(crate) enum WriteOp {
     Clear {
         tenant: Arc<str>,
         session: Arc<str>,
+    },
+    /// A turn's items with the run's progress and, when due, the session's seq reservation.
+    SaveTurn {
+        tenant: Arc<str>,
+        session: Arc<str>,
+        items: Vec<String>,
+        run_id: Arc<str>,
+        turn: u64,
+        agent: String,
+        usage: String,
+        seq_reserved: Option<(String, u64)>,
+    },
+    SetMeta {
+        tenant: Arc<str>,
+        session: Arc<str>,
+        epoch: String,
+        seq_reserved: u64,
     },
     RunStart(Box<RunStart>),
     RunEnd {
@@ -60,7 +77,7 @@ fn store_err(what: &str, e: rusqlite::Error) -> SessionError {
 }
 
 /// The writer loop: runs until every sender is gone or a `Close` arrives.
-/// Counters the writer keeps (read with [`super::SessionStore::stats`]).
+/// Counters the writer keeps (read with [`super::SqliteStore::stats`]).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub batches: AtomicU64,
@@ -129,7 +146,7 @@ pub(crate) fn run(
 
 fn item_count(op: &WriteOp) -> u64 {
     match op {
-        WriteOp::AddItems { items, .. } => items.len() as u64,
+        WriteOp::AddItems { items, .. } | WriteOp::SaveTurn { items, .. } => items.len() as u64,
         _ => 0,
     }
 }
@@ -209,6 +226,54 @@ fn in_savepoint<T>(
     }
 }
 
+fn touch_session(conn: &Connection, tenant: &str, session: &str, now: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO sessions (tenant, session_id, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?3)
+         ON CONFLICT (tenant, session_id) DO UPDATE SET updated_at = excluded.updated_at",
+    )?
+    .execute(params![tenant, session, now])?;
+    Ok(())
+}
+
+fn set_meta(
+    conn: &Connection,
+    tenant: &str,
+    session: &str,
+    epoch: &str,
+    seq_reserved: u64,
+    now: i64,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO sessions (tenant, session_id, created_at, updated_at, epoch, seq_reserved)
+         VALUES (?1, ?2, ?3, ?3, ?4, ?5)
+         ON CONFLICT (tenant, session_id) DO UPDATE
+            SET epoch = excluded.epoch, seq_reserved = excluded.seq_reserved",
+    )?
+    .execute(params![tenant, session, now, epoch, seq_reserved as i64])?;
+    Ok(())
+}
+
+fn insert_items(
+    conn: &Connection,
+    tenant: &str,
+    session: &str,
+    items: &[String],
+    now: i64,
+) -> rusqlite::Result<()> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    touch_session(conn, tenant, session, now)?;
+    let mut ins = conn.prepare_cached(
+        "INSERT INTO items (tenant, session_id, item, created_at) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for item in items {
+        ins.execute(params![tenant, session, item, now])?;
+    }
+    Ok(())
+}
+
 fn apply(conn: &Connection, op: WriteOp, now: i64) -> rusqlite::Result<WriteOut> {
     match op {
         WriteOp::AddItems {
@@ -216,21 +281,37 @@ fn apply(conn: &Connection, op: WriteOp, now: i64) -> rusqlite::Result<WriteOut>
             session,
             items,
         } => {
-            if items.is_empty() {
-                return Ok(WriteOut::Done);
-            }
+            insert_items(conn, &tenant, &session, &items, now)?;
+            Ok(WriteOut::Done)
+        }
+        WriteOp::SaveTurn {
+            tenant,
+            session,
+            items,
+            run_id,
+            turn,
+            agent,
+            usage,
+            seq_reserved,
+        } => {
+            insert_items(conn, &tenant, &session, &items, now)?;
             conn.prepare_cached(
-                "INSERT INTO sessions (tenant, session_id, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?3)
-                 ON CONFLICT (tenant, session_id) DO UPDATE SET updated_at = excluded.updated_at",
+                "UPDATE runs SET turn = ?3, last_agent = ?4, usage = ?5, updated_at = ?6
+                 WHERE tenant = ?1 AND run_id = ?2 AND status = 'running'",
             )?
-            .execute(params![&*tenant, &*session, now])?;
-            let mut ins = conn.prepare_cached(
-                "INSERT INTO items (tenant, session_id, item, created_at) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for item in &items {
-                ins.execute(params![&*tenant, &*session, item, now])?;
+            .execute(params![&*tenant, &*run_id, turn as i64, agent, usage, now])?;
+            if let Some((epoch, upto)) = seq_reserved {
+                set_meta(conn, &tenant, &session, &epoch, upto, now)?;
             }
+            Ok(WriteOut::Done)
+        }
+        WriteOp::SetMeta {
+            tenant,
+            session,
+            epoch,
+            seq_reserved,
+        } => {
+            set_meta(conn, &tenant, &session, &epoch, seq_reserved, now)?;
             Ok(WriteOut::Done)
         }
         WriteOp::PopItem { tenant, session } => {
@@ -276,6 +357,9 @@ fn apply(conn: &Connection, op: WriteOp, now: i64) -> rusqlite::Result<WriteOut>
             Ok(WriteOut::Changed(items + rows > 0))
         }
         WriteOp::RunStart(s) => {
+            if let (Some(session), Some((epoch, upto))) = (&s.session_id, &s.seq_reserved) {
+                set_meta(conn, &s.tenant, session, epoch, *upto, now)?;
+            }
             conn.prepare_cached(
                 "INSERT INTO runs (tenant, run_id, session_id, status, starting_agent,
                                    last_agent, trace_id, created_at, updated_at)

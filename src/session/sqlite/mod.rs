@@ -1,5 +1,5 @@
 //! The durable session store: conversations and run records in an embedded SQLite file
-//! (the server's default, `[sessions] store = "sqlite://callboard.db"`).
+//! (the server's default, `[sessions] store = "sqlite://callboard.db"`): [`SqliteStore`].
 //!
 //! - **Durability**: WAL journal. A write is acknowledged only after its transaction has
 //!   committed, so a turn's items are in the file when the turn ends. The default fsync
@@ -10,34 +10,46 @@
 //! - **Never blocks the reactor**: one writer thread owns the write connection and commits
 //!   every queued write (from all sessions) in one transaction; reads run on a small pool of
 //!   read connections through `spawn_blocking` (WAL lets them run beside the writer).
-//! - **Crash recovery**: on open, every run still marked `running` is marked `interrupted`.
+//! - **One process per file**: the store holds an exclusive lock on `<file>.lock` (naming the
+//!   holder) for as long as it is open; a second process is refused with a clear error, so a
+//!   CLI and a server never interleave one file ([`lock`]).
+//! - **Crash recovery**: on open (with the lock, so the previous owner is gone), every run
+//!   still marked `running` is marked `interrupted`, keeping its last agent and usage.
 //! - **Migrations**: a schema version table; a newer build opens an older file and migrates
 //!   it; an older build refuses a newer file with [`SessionError::Schema`].
-//! - **Concurrency**: [`SessionStore::try_claim`] gives one run at a time per session and
+//! - **Concurrency**: [`SqliteStore::try_claim`] gives one run at a time per session and
 //!   refuses the next with [`SessionError::Busy`] (see [`crate::session::claim`]).
 //!
-//! One process per database file: a second process opening the file would mark the first
-//! one's running runs as interrupted.
+//! Files: [`location`] (URLs, connection set-up), [`pool`] (read pool, checkpoints),
+//! [`writer`] (the writer thread), [`schema`] (migrations), [`session`] (one conversation),
+//! [`lock`] (one process per file).
 
+mod location;
+pub mod lock;
+mod pool;
 mod schema;
+mod session;
 mod writer;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, ErrorCode, OpenFlags};
+use rusqlite::{params, Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use super::claim::{SessionClaim, SessionLocks};
+use super::records::{
+    now_ms, RunEnd, RunErrorInfo, RunQuery, RunRecord, RunStart, RunStatus, SessionInfo,
+    SessionMeta, INTERRUPTED_ERROR_TYPE,
+};
+use super::store::Store;
 use super::{Session, SessionError};
-use crate::error::AgentsError;
-use crate::items::Item;
-use crate::run::RunOutcome;
-use crate::usage::Usage;
+use location::{classify, configure, parse_location, Location};
+use pool::{checkpoint_loop, ReadPool};
+pub use session::SqliteSession;
 use writer::{Cmd, WriteOp, WriteOut};
 
 pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
@@ -61,7 +73,7 @@ pub enum Durability {
     Normal,
 }
 
-/// Tuning for [`SessionStore::open_with`].
+/// Tuning for [`SqliteStore::open_with`].
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
     /// The fsync policy.
@@ -93,170 +105,6 @@ impl Default for StoreOptions {
     }
 }
 
-/// A run's status in its record.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunStatus {
-    /// Started and not yet finished.
-    Running,
-    /// Finished with a final output.
-    Completed,
-    /// Finished with an error.
-    Failed,
-    /// Cancelled by a client.
-    Cancelled,
-    /// Was running when the server stopped (found at the next start).
-    Interrupted,
-}
-
-impl RunStatus {
-    /// The name stored and shown (`running`, `completed`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Running => "running",
-            RunStatus::Completed => "completed",
-            RunStatus::Failed => "failed",
-            RunStatus::Cancelled => "cancelled",
-            RunStatus::Interrupted => "interrupted",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "running" => RunStatus::Running,
-            "completed" => RunStatus::Completed,
-            "failed" => RunStatus::Failed,
-            "cancelled" => RunStatus::Cancelled,
-            "interrupted" => RunStatus::Interrupted,
-            _ => return None,
-        })
-    }
-}
-
-/// A run's error in its record: the SDK's exception name and the message.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RunErrorInfo {
-    /// The SDK's exception name (`MaxTurnsExceeded`, `ModelBehaviorError`, ...).
-    #[serde(rename = "type")]
-    pub error_type: String,
-    /// What went wrong.
-    pub message: String,
-}
-
-/// What is recorded when a run starts.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RunStart {
-    /// The run's id.
-    pub run_id: String,
-    /// The tenant that started it.
-    pub tenant: String,
-    /// The session it runs in, if any.
-    pub session_id: Option<String>,
-    /// The agent it starts with.
-    pub starting_agent: String,
-    /// Its trace id, if traced.
-    pub trace_id: Option<String>,
-}
-
-/// What is recorded when a run ends.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RunEnd {
-    /// How it ended (not `Running`).
-    pub status: RunStatus,
-    /// The agent it ended with.
-    pub last_agent: Option<String>,
-    /// The final output (text as a JSON string, structured output as JSON).
-    pub final_output: Option<Value>,
-    /// Usage over the run.
-    pub usage: Option<Usage>,
-    /// The error, when it failed.
-    pub error: Option<RunErrorInfo>,
-}
-
-impl RunEnd {
-    /// A run that produced `final_output`.
-    pub fn completed(final_output: Value, last_agent: impl Into<String>, usage: Usage) -> Self {
-        RunEnd {
-            status: RunStatus::Completed,
-            last_agent: Some(last_agent.into()),
-            final_output: Some(final_output),
-            usage: Some(usage),
-            error: None,
-        }
-    }
-
-    /// A run that failed with `error`.
-    pub fn failed(error: &AgentsError, last_agent: Option<String>, usage: Option<Usage>) -> Self {
-        RunEnd {
-            status: RunStatus::Failed,
-            last_agent,
-            final_output: None,
-            usage,
-            error: Some(RunErrorInfo {
-                error_type: error.sdk_name().to_owned(),
-                message: error.to_string(),
-            }),
-        }
-    }
-
-    /// A run a client cancelled.
-    pub fn cancelled(last_agent: Option<String>, usage: Option<Usage>) -> Self {
-        RunEnd {
-            status: RunStatus::Cancelled,
-            last_agent,
-            final_output: None,
-            usage,
-            error: None,
-        }
-    }
-
-    /// The record of a finished run from its outcome (what the server has at `run.completed`,
-    /// `run.failed` or `run.cancelled`), the agent it was on and its usage.
-    pub fn from_outcome(outcome: &RunOutcome, current_agent: &str, usage: Usage) -> Self {
-        match outcome {
-            RunOutcome::Completed {
-                final_output,
-                last_agent,
-            } => RunEnd::completed(final_output.clone(), last_agent.clone(), usage),
-            RunOutcome::Failed(e) => RunEnd::failed(e, Some(current_agent.to_owned()), Some(usage)),
-            RunOutcome::Cancelled(_) => {
-                RunEnd::cancelled(Some(current_agent.to_owned()), Some(usage))
-            }
-        }
-    }
-}
-
-/// A run's record, as `GET /v1/runs/{id}` shows it. Times are Unix milliseconds.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RunRecord {
-    /// The run's id.
-    pub run_id: String,
-    /// The tenant that started it.
-    pub tenant: String,
-    /// The session it ran in.
-    pub session_id: Option<String>,
-    /// Where it is.
-    pub status: RunStatus,
-    /// The agent it started with.
-    pub starting_agent: String,
-    /// The agent it ended with (the starting agent while running).
-    pub last_agent: Option<String>,
-    /// The final output, when completed.
-    pub final_output: Option<Value>,
-    /// Usage over the run, when finished.
-    pub usage: Option<Usage>,
-    /// The error, when failed or interrupted.
-    pub error: Option<RunErrorInfo>,
-    /// Its trace id.
-    pub trace_id: Option<String>,
-    /// When it started.
-    pub created_at: i64,
-    /// When the record last changed.
-    pub updated_at: i64,
-    /// When it ended.
-    pub finished_at: Option<i64>,
-}
-
 /// The writer's counters since the store was opened, for the server's metrics.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct StoreStats {
@@ -277,183 +125,32 @@ pub struct StoreStats {
     pub queued_writes: u64,
 }
 
-/// A session in a tenant's list. Times are Unix milliseconds.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionInfo {
-    /// The session's id.
-    pub session_id: String,
-    /// How many items it holds.
-    pub item_count: u64,
-    /// When its first item was added.
-    pub created_at: i64,
-    /// When it last changed.
-    pub updated_at: i64,
-}
-
-/// The error type recorded for runs found `running` at start-up.
-pub const INTERRUPTED_ERROR_TYPE: &str = "Interrupted";
-
-pub(crate) fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
-/// Where the database lives.
-#[derive(Clone, Debug)]
-enum Location {
-    Memory,
-    File(PathBuf),
-}
-
-fn parse_location(url: &str) -> Result<Location, SessionError> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-        .unwrap_or(url)
-        .trim();
-    // Connection-string options (`?mode=rwc`, as other tools write them) are not used here:
-    // the store always opens read-write and creates the file.
-    let rest = rest.split_once('?').map_or(rest, |(p, _)| p);
-    if rest.is_empty() {
-        return Err(SessionError::Open {
-            path: url.to_owned(),
-            reason: "no file name given (use e.g. sqlite://callboard.db, a path, or :memory:)"
-                .into(),
-        });
-    }
-    if rest == ":memory:" {
-        return Ok(Location::Memory);
-    }
-    Ok(Location::File(PathBuf::from(rest)))
-}
-
-fn classify(path: &str, e: &rusqlite::Error) -> SessionError {
-    let reason = e.to_string();
-    match e.sqlite_error_code() {
-        Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => SessionError::Corrupt {
-            path: path.to_owned(),
-            reason,
-        },
-        _ => SessionError::Open {
-            path: path.to_owned(),
-            reason,
-        },
-    }
-}
-
-fn configure(conn: &Connection, opts: &StoreOptions, writer: bool) -> rusqlite::Result<()> {
-    conn.busy_timeout(opts.busy_timeout)?;
-    if writer {
-        // Reading the journal mode touches the file header: a file that is not a database
-        // fails here, before anything is written.
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
-            tracing::warn!(
-                journal_mode = %mode,
-                "the session database could not switch to WAL (a network file system?); \
-                 writes stay durable but readers wait for the writer"
-            );
-        }
-        // Checkpoints run on the checkpoint thread; this is only a backstop (64 MiB of WAL
-        // at 4 KiB pages) in case that thread cannot keep up.
-        conn.execute_batch("PRAGMA wal_autocheckpoint = 16384;")?;
-    }
-    let sync = match opts.durability {
-        Durability::Full => "FULL",
-        Durability::Normal => "NORMAL",
-    };
-    conn.execute_batch(&format!(
-        "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;"
-    ))?;
-    if !writer {
-        conn.execute_batch("PRAGMA query_only = ON;")?;
-    }
-    Ok(())
-}
-
-struct ReadPool {
-    /// One permit per read connection: at most that many reads run at once, the rest wait
-    /// (asynchronously) for a connection.
-    permits: Arc<tokio::sync::Semaphore>,
-    path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
-    max_idle: usize,
-    opts: StoreOptions,
-}
-
-impl ReadPool {
-    fn take(&self) -> rusqlite::Result<Connection> {
-        if let Some(c) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() {
-            return Ok(c);
-        }
-        let c = Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        configure(&c, &self.opts, false)?;
-        Ok(c)
-    }
-
-    fn give(&self, c: Connection) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < self.max_idle {
-            idle.push(c);
-        }
-    }
-}
-
 struct Inner {
     display: String,
+    /// The file's lock (one process per file); released at close.
+    file_lock: Mutex<Option<lock::FileLock>>,
     tx: mpsc::Sender<Cmd>,
     readers: Option<ReadPool>,
     locks: SessionLocks,
     recovered: u64,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     counters: Arc<writer::Counters>,
-    /// Set by [`SessionStore::close`]; reads are refused after it.
+    /// Set by [`SqliteStore::close`]; reads are refused after it.
     closed: std::sync::atomic::AtomicBool,
     /// Dropping this stops the checkpoint thread.
     stop_checkpoints: Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
 
-/// Checkpoints the WAL every `interval` on its own connection until `stop` closes. A
-/// PASSIVE checkpoint never waits for or blocks the writer.
-fn checkpoint_loop(path: PathBuf, opts: StoreOptions, stop: std::sync::mpsc::Receiver<()>) {
-    let conn = match Connection::open_with_flags(
-        &path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    ) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(store = %path.display(), "no checkpoint thread: {e}");
-            return;
-        }
-    };
-    let sync = match opts.durability {
-        Durability::Full => "FULL",
-        Durability::Normal => "NORMAL",
-    };
-    if let Err(e) = conn.execute_batch(&format!("PRAGMA synchronous = {sync};")) {
-        tracing::warn!(store = %path.display(), "no checkpoint thread: {e}");
-        return;
-    }
-    let interval = opts.checkpoint_interval.max(Duration::from_millis(10));
-    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(interval) {
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(store = %path.display(), "checkpoint failed: {e}");
-        }
-    }
-}
-
 /// The durable store: sessions, their items, and run records, in one SQLite file.
 /// Cheap to clone; every clone shares the writer and the read pool.
 #[derive(Clone)]
-pub struct SessionStore {
+pub struct SqliteStore {
     inner: Arc<Inner>,
 }
 
-impl std::fmt::Debug for SessionStore {
+impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionStore")
+        f.debug_struct("SqliteStore")
             .field("location", &self.inner.display)
             .finish()
     }
@@ -463,7 +160,7 @@ fn store_err(what: &str, e: rusqlite::Error) -> SessionError {
     SessionError::Store(format!("{what}: {e}"))
 }
 
-impl SessionStore {
+impl SqliteStore {
     /// Opens (creating if needed) the store at `url`: `sqlite://callboard.db`,
     /// `sqlite:///abs/path.db`, a plain path, or `:memory:`. Migrates an older file, marks
     /// runs left `running` as `interrupted`, and starts the writer thread.
@@ -482,22 +179,24 @@ impl SessionStore {
             Location::Memory => ":memory:".to_owned(),
             Location::File(p) => p.display().to_string(),
         };
+        let file_lock = match &location {
+            Location::File(p) if p.is_dir() => {
+                return Err(SessionError::Open {
+                    path: shown,
+                    reason: "it is a directory; give a file name inside it".into(),
+                });
+            }
+            Location::File(p) => Some(lock::FileLock::acquire(p)?),
+            Location::Memory => None,
+        };
         let mut conn = match &location {
             Location::Memory => Connection::open_in_memory(),
-            Location::File(p) => {
-                if p.is_dir() {
-                    return Err(SessionError::Open {
-                        path: shown,
-                        reason: "it is a directory; give a file name inside it".into(),
-                    });
-                }
-                Connection::open_with_flags(
-                    p,
-                    OpenFlags::SQLITE_OPEN_READ_WRITE
-                        | OpenFlags::SQLITE_OPEN_CREATE
-                        | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )
-            }
+            Location::File(p) => Connection::open_with_flags(
+                p,
+                OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | OpenFlags::SQLITE_OPEN_CREATE
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            ),
         }
         .map_err(|e| classify(&shown, &e))?;
         configure(&conn, &opts, true).map_err(|e| classify(&shown, &e))?;
@@ -514,7 +213,7 @@ impl SessionStore {
         let recovered = conn
             .execute(
                 "UPDATE runs SET status = 'interrupted', error_type = ?1,
-                    error_message = 'the server stopped while this run was in progress',
+                    error_message = 'the server stopped while this run was in progress (its last completed turn: ' || turn || ')',
                     updated_at = ?2, finished_at = ?2
                  WHERE status = 'running'",
                 params![INTERRUPTED_ERROR_TYPE, now],
@@ -563,9 +262,10 @@ impl SessionStore {
                 })
             }
         };
-        Ok(SessionStore {
+        Ok(SqliteStore {
             inner: Arc::new(Inner {
                 display: shown,
+                file_lock: Mutex::new(file_lock),
                 tx,
                 readers,
                 locks: SessionLocks::new(),
@@ -789,25 +489,73 @@ impl SessionStore {
         .await
     }
 
-    /// A session's runs, newest first (at most `limit`, all when `None`).
+    /// A tenant's runs, newest first, filtered by session and status.
     pub async fn list_runs(
         &self,
         tenant: &str,
-        session_id: &str,
-        limit: Option<usize>,
+        query: &RunQuery,
     ) -> Result<Vec<RunRecord>, SessionError> {
         let tenant = tenant.to_owned();
-        let session_id = session_id.to_owned();
-        let limit = limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        let session_id = query.session_id.clone();
+        let status = query.status.map(RunStatus::as_str);
+        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
         self.read(move |c| {
             let mut q = c.prepare_cached(&format!(
-                "SELECT {RUN_COLUMNS} FROM runs WHERE tenant = ?1 AND session_id = ?2
-                  ORDER BY created_at DESC, run_id DESC LIMIT ?3"
+                "SELECT {RUN_COLUMNS} FROM runs WHERE tenant = ?1
+                    AND (?2 IS NULL OR session_id = ?2) AND (?3 IS NULL OR status = ?3)
+                  ORDER BY created_at DESC, run_id DESC LIMIT ?4"
             ))?;
-            let rows = q.query_map(params![tenant, session_id, limit], run_from_row)?;
+            let rows = q.query_map(params![tenant, session_id, status, limit], run_from_row)?;
             rows.collect()
         })
         .await
+    }
+
+    /// A session's numbering, if the session exists.
+    pub async fn session_meta(
+        &self,
+        tenant: &str,
+        session_id: &str,
+    ) -> Result<Option<SessionMeta>, SessionError> {
+        let tenant = tenant.to_owned();
+        let session_id = session_id.to_owned();
+        self.read(move |c| {
+            let mut q = c.prepare_cached(
+                "SELECT epoch, seq_reserved FROM sessions WHERE tenant = ?1 AND session_id = ?2",
+            )?;
+            let mut rows = q.query(params![tenant, session_id])?;
+            match rows.next()? {
+                Some(r) => {
+                    let epoch: Option<String> = r.get(0)?;
+                    let reserved: i64 = r.get(1)?;
+                    Ok(Some(SessionMeta {
+                        // A session written before numbering was stored: a new epoch, since
+                        // whatever numbering it had is gone.
+                        epoch: epoch.unwrap_or_default(),
+                        seq_reserved: reserved.max(0) as u64,
+                    }))
+                }
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    /// Sets a session's numbering (creating the session).
+    pub async fn set_session_meta(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        meta: SessionMeta,
+    ) -> Result<(), SessionError> {
+        self.write(WriteOp::SetMeta {
+            tenant: tenant.into(),
+            session: session_id.into(),
+            epoch: meta.epoch,
+            seq_reserved: meta.seq_reserved,
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Finishes the queued writes, checkpoints the WAL into the main file and stops the
@@ -839,12 +587,20 @@ impl SessionStore {
         if let Some(pool) = &self.inner.readers {
             pool.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
         }
+        drop(
+            self.inner
+                .file_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
         Ok(())
     }
 }
 
 const RUN_COLUMNS: &str = "run_id, tenant, session_id, status, starting_agent, last_agent,
-    final_output, usage, error_type, error_message, trace_id, created_at, updated_at, finished_at";
+    final_output, usage, error_type, error_message, trace_id, created_at, updated_at, finished_at,
+    turn";
 
 fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
     let status: String = r.get(3)?;
@@ -872,41 +628,8 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         created_at: r.get(11)?,
         updated_at: r.get(12)?,
         finished_at: r.get(13)?,
+        turn: r.get::<_, i64>(14)?.max(0) as u64,
     })
-}
-
-/// One conversation in a [`SessionStore`], scoped by tenant (the SDK's `SQLiteSession`).
-#[derive(Clone)]
-pub struct SqliteSession {
-    store: SessionStore,
-    tenant: Arc<str>,
-    id: Arc<str>,
-}
-
-impl std::fmt::Debug for SqliteSession {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteSession")
-            .field("tenant", &self.tenant)
-            .field("session_id", &self.id)
-            .finish()
-    }
-}
-
-impl SqliteSession {
-    /// A session of `tenant` in `store`.
-    pub fn new(store: &SessionStore, tenant: &str, session_id: &str) -> Self {
-        store.sqlite_session(tenant, session_id)
-    }
-
-    /// The tenant it belongs to.
-    pub fn tenant(&self) -> &str {
-        &self.tenant
-    }
-
-    /// The store it lives in.
-    pub fn store(&self) -> &SessionStore {
-        &self.store
-    }
 }
 
 /// Creates or migrates the file at `path` to schema `version` only (for tests of migrations
@@ -920,78 +643,63 @@ pub fn __migrate_file_to(path: &Path, version: i64) -> Result<(), SessionError> 
 }
 
 #[async_trait]
-impl Session for SqliteSession {
-    fn session_id(&self) -> &str {
-        &self.id
+impl Store for SqliteStore {
+    fn describe(&self) -> String {
+        format!("sqlite://{} (SQLite, WAL)", self.inner.display)
     }
-
-    async fn get_items(&self, limit: Option<usize>) -> Result<Vec<Item>, SessionError> {
-        let tenant = self.tenant.clone();
-        let id = self.id.clone();
-        let limit = limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
-        self.store
-            .read(move |c| {
-                let mut q = c.prepare_cached(
-                    "SELECT id, item FROM (
-                        SELECT id, item FROM items WHERE tenant = ?1 AND session_id = ?2
-                         ORDER BY id DESC LIMIT ?3
-                     ) ORDER BY id ASC",
-                )?;
-                let mut rows = q.query(params![&*tenant, &*id, limit])?;
-                let mut out = Vec::new();
-                while let Some(r) = rows.next()? {
-                    let text: String = r.get(1)?;
-                    match serde_json::from_str::<Item>(&text) {
-                        Ok(item) => out.push(item),
-                        Err(e) => {
-                            let row: i64 = r.get(0)?;
-                            tracing::warn!(tenant = %tenant, session = %id, row,
-                                "skipping a session item that does not parse: {e}");
-                        }
-                    }
-                }
-                Ok(out)
-            })
-            .await
+    fn is_durable(&self) -> bool {
+        true
     }
-
-    async fn add_items(&self, items: Vec<Item>) -> Result<(), SessionError> {
-        let items = items
-            .iter()
-            .map(serde_json::to_string)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| SessionError::Store(format!("could not encode an item: {e}")))?;
-        self.store
-            .write(WriteOp::AddItems {
-                tenant: self.tenant.clone(),
-                session: self.id.clone(),
-                items,
-            })
-            .await
-            .map(|_| ())
+    fn session(&self, tenant: &str, session_id: &str) -> Arc<dyn Session> {
+        SqliteStore::session(self, tenant, session_id)
     }
-
-    async fn pop_item(&self) -> Result<Option<Item>, SessionError> {
-        match self
-            .store
-            .write(WriteOp::PopItem {
-                tenant: self.tenant.clone(),
-                session: self.id.clone(),
-            })
-            .await?
-        {
-            WriteOut::Popped(item) => Ok(item),
-            _ => Ok(None),
-        }
+    async fn session_meta(
+        &self,
+        tenant: &str,
+        session_id: &str,
+    ) -> Result<Option<SessionMeta>, SessionError> {
+        SqliteStore::session_meta(self, tenant, session_id).await
     }
-
-    async fn clear_session(&self) -> Result<(), SessionError> {
-        self.store
-            .write(WriteOp::Clear {
-                tenant: self.tenant.clone(),
-                session: self.id.clone(),
-            })
-            .await
-            .map(|_| ())
+    async fn set_session_meta(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        meta: SessionMeta,
+    ) -> Result<(), SessionError> {
+        SqliteStore::set_session_meta(self, tenant, session_id, meta).await
+    }
+    async fn delete_session(&self, tenant: &str, session_id: &str) -> Result<bool, SessionError> {
+        SqliteStore::delete_session(self, tenant, session_id).await
+    }
+    async fn list_sessions(
+        &self,
+        tenant: &str,
+        limit: usize,
+    ) -> Result<Vec<SessionInfo>, SessionError> {
+        SqliteStore::list_sessions(self, tenant, Some(limit)).await
+    }
+    async fn record_run_start(&self, start: RunStart) -> Result<(), SessionError> {
+        SqliteStore::record_run_start(self, start).await
+    }
+    async fn record_run_end(
+        &self,
+        tenant: &str,
+        run_id: &str,
+        end: RunEnd,
+    ) -> Result<bool, SessionError> {
+        SqliteStore::record_run_end(self, tenant, run_id, end).await
+    }
+    async fn get_run(&self, tenant: &str, run_id: &str) -> Result<Option<RunRecord>, SessionError> {
+        SqliteStore::get_run(self, tenant, run_id).await
+    }
+    async fn list_runs(
+        &self,
+        tenant: &str,
+        query: &RunQuery,
+    ) -> Result<Vec<RunRecord>, SessionError> {
+        SqliteStore::list_runs(self, tenant, query).await
+    }
+    async fn close(&self) -> Result<(), SessionError> {
+        SqliteStore::close(self).await
     }
 }

@@ -1,5 +1,8 @@
 //! The `callboard` command line (PROTOCOL.md section 4): `serve`, `run`, `check-config`, and
-//! `traces list` / `traces show` (stored traces in the terminal).
+//! `traces list` / `traces show` (stored traces in the terminal, [`crate::trace::browse`]).
+//! `run --url` drives a run through a running server instead ([`remote`]).
+
+pub mod remote;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -43,9 +46,17 @@ pub enum Command {
         /// The starting agent.
         #[arg(long)]
         agent: String,
-        /// A session id: the run continues that conversation (kept for this process only).
+        /// A session id: the run continues that conversation (kept in the configured store;
+        /// with --url, in the server's).
         #[arg(long)]
         session: Option<String>,
+        /// Run through a running server at this base URL (such as http://127.0.0.1:7700)
+        /// instead of in-process: the only way to use a store file a server holds.
+        #[arg(long)]
+        url: Option<String>,
+        /// The API key for --url (default: $CALLBOARD_KEY).
+        #[arg(long, env = "CALLBOARD_KEY")]
+        key: Option<String>,
         /// Turn limit.
         #[arg(long)]
         max_turns: Option<u64>,
@@ -176,6 +187,28 @@ pub fn main() -> i32 {
             config,
             agent,
             session,
+            url: Some(url),
+            key,
+            max_turns,
+            json,
+            trace_out: _,
+            input,
+        } => rt.block_on(remote::run_remote(remote::RemoteRun {
+            url,
+            key,
+            agent,
+            session,
+            max_turns,
+            json,
+            input: input.join(" "),
+            config_given: config.is_some(),
+        })),
+        Command::Run {
+            config,
+            agent,
+            session,
+            url: None,
+            key: _,
             max_turns,
             json,
             trace_out,
@@ -409,6 +442,7 @@ async fn run_once(a: RunArgs) -> i32 {
         BusLimits {
             history: 0,
             subscriber_queue: 16,
+            budget: None,
         },
     );
     let mut rc = RunConfig::default();
@@ -421,13 +455,14 @@ async fn run_once(a: RunArgs) -> i32 {
         .config(rc)
         .topic(topic);
     // With --session, the conversation lives in the configured store (SQLite by default),
-    // under the tenant an auth-less server uses, so the CLI and the server share it.
-    let _store;
+    // under the tenant an auth-less server uses. A server holding the file refuses this
+    // process (one writer per file): then run through it with --url.
+    let mut store = None;
     if let Some(s) = &a.session {
         match crate::service::open_store(&cfg) {
-            Ok(store) => {
-                req = req.session(store.open(crate::server::auth::OPEN_TENANT, s));
-                _store = store;
+            Ok(st) => {
+                req = req.session(st.session(crate::server::auth::OPEN_TENANT, s));
+                store = Some(st);
             }
             Err(e) => {
                 eprintln!("{e}");
@@ -489,6 +524,9 @@ async fn run_once(a: RunArgs) -> i32 {
     }
     drop(out);
     let _ = run.wait().await;
+    if let Some(st) = store {
+        let _ = st.close().await;
+    }
     if let Some(path) = &a.trace_out {
         crate::trace::flush_traces();
         let lines = collector
@@ -509,7 +547,8 @@ async fn run_once(a: RunArgs) -> i32 {
     code
 }
 
-fn print_plain(out: &mut impl Write, ev: &StreamEvent) {
+/// Prints a stream event as `callboard run` does without `--json`.
+pub(crate) fn print_plain(out: &mut impl Write, ev: &StreamEvent) {
     match ev {
         StreamEvent::RawResponse(raw) => {
             if let RawEvent::Typed(ResponseEvent::OutputTextDelta { delta, .. }) = raw.as_ref() {

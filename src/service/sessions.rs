@@ -1,0 +1,564 @@
+//! Session owners: every session (per tenant) has exactly one owner while it is in use, and
+//! every rule about a session lives here, for every store and every transport:
+//!
+//! - the **numbering**: the topic that assigns the gapless `seq`, the session's `epoch`, and
+//!   the seq reservation that keeps numbering going across restarts (PROTOCOL.md 6.1);
+//! - the **retained history** (the topic's, bounded per session and by a global budget);
+//! - the **run claim**: one run at a time per session;
+//! - the **subscribers** (the topic's).
+//!
+//! Owners are virtual actors in the manner of Orleans' grains: activated on first use (their
+//! numbering loaded from the store), addressed by key, and passivated when idle (no run, no
+//! subscriber, nothing new for `limits.session_idle_ms`), their final numbering saved. Memory
+//! follows activity: a session nobody uses costs nothing but its rows in the store.
+//!
+//! An owner is one object with a short lock rather than an actix actor: every operation is a
+//! few field updates that never wait, so a mailbox round trip would only add a hop (DESIGN.md
+//! measured ~14 µs per `send().await`).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::{Notify, OnceCell};
+
+use crate::bus::{BusLimits, HistoryBudget, Subscription, Topic};
+use crate::items::Item;
+use crate::run::RunEnded;
+use crate::service::error::ApiError;
+use crate::session::{Session, SessionError, SessionMeta, Store, TurnRecord};
+
+/// How many seqs a session reserves ahead in the store. A process that dies mid-run may have
+/// published up to the reservation; the next one numbers after it (a gap, never a reuse).
+pub const SEQ_RESERVATION: u64 = 1 << 20;
+
+/// A session's key: tenant and session id.
+pub type SessionKey = (Arc<str>, Arc<str>);
+
+/// A new epoch: `e_` and 16 hex digits.
+pub fn gen_epoch() -> String {
+    let t = crate::trace::gen_trace_id();
+    format!("e_{}", &t["trace_".len().."trace_".len() + 16])
+}
+
+struct OwnerState {
+    topic: Option<Arc<Topic>>,
+    epoch: String,
+    /// The highest seq saved as reserved in the store.
+    reserved: u64,
+    /// Whether the session has a numbering row in the store.
+    stored: bool,
+    /// The run holding the session.
+    run: Option<Arc<str>>,
+    last_used: Instant,
+    passivated: bool,
+}
+
+/// The one owner of a session while it is active.
+pub struct SessionOwner {
+    tenant: Arc<str>,
+    session_id: Arc<str>,
+    loaded: OnceCell<()>,
+    state: Mutex<OwnerState>,
+    /// Set once a passivated owner's numbering is saved: a new owner of the session waits
+    /// for it, so it loads the exact numbering.
+    saved: AtomicBool,
+    saved_signal: Notify,
+}
+
+/// A subscription granted by an owner, with the numbering it belongs to.
+pub struct Subscribed {
+    /// The subscription.
+    pub sub: Subscription,
+    /// The session's epoch.
+    pub epoch: String,
+    /// The last seq published.
+    pub last_seq: u64,
+}
+
+/// The session's claim for one run, with what the run needs from the owner.
+pub struct Claimed {
+    /// The topic the run publishes on.
+    pub topic: Arc<Topic>,
+    /// The session's epoch.
+    pub epoch: String,
+    /// A seq reservation to save with the run's start, when the old one runs low.
+    pub reserve: Option<(String, u64)>,
+}
+
+impl SessionOwner {
+    fn new(tenant: Arc<str>, session_id: Arc<str>) -> SessionOwner {
+        SessionOwner {
+            tenant,
+            session_id,
+            loaded: OnceCell::new(),
+            state: Mutex::new(OwnerState {
+                topic: None,
+                epoch: String::new(),
+                reserved: 0,
+                stored: false,
+                run: None,
+                last_used: Instant::now(),
+                passivated: false,
+            }),
+            saved: AtomicBool::new(false),
+            saved_signal: Notify::new(),
+        }
+    }
+
+    fn mark_saved(&self) {
+        self.saved.store(true, Ordering::Release);
+        self.saved_signal.notify_waiters();
+    }
+
+    async fn wait_saved(&self) {
+        loop {
+            let notified = self.saved_signal.notified();
+            if self.saved.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OwnerState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The tenant.
+    pub fn tenant(&self) -> &Arc<str> {
+        &self.tenant
+    }
+
+    /// The session id.
+    pub fn session_id(&self) -> &Arc<str> {
+        &self.session_id
+    }
+
+    /// The session's epoch.
+    pub fn epoch(&self) -> String {
+        self.lock().epoch.clone()
+    }
+
+    /// The last seq published.
+    pub fn last_seq(&self) -> u64 {
+        self.lock().topic.as_ref().map_or(0, |t| t.last_seq())
+    }
+
+    /// The run holding the session, if any.
+    pub fn current_run(&self) -> Option<Arc<str>> {
+        self.lock().run.clone()
+    }
+
+    async fn load(&self, store: &dyn Store, limits: &BusLimits) -> Result<(), ApiError> {
+        let meta = store
+            .session_meta(&self.tenant, &self.session_id)
+            .await
+            .map_err(store_failed)?;
+        let mut st = self.lock();
+        let (epoch, after, stored) = match meta {
+            Some(m) if !m.epoch.is_empty() => (m.epoch, m.seq_reserved, true),
+            // Items but no numbering (written before numbering was stored): a new one.
+            Some(_) => (gen_epoch(), 0, false),
+            None => (gen_epoch(), 0, false),
+        };
+        st.topic = Some(Topic::resuming(
+            self.session_id.clone(),
+            limits.clone(),
+            after,
+        ));
+        st.epoch = epoch;
+        st.reserved = after;
+        st.stored = stored;
+        Ok(())
+    }
+
+    /// The session's topic (its numbering, history and subscribers).
+    pub fn topic(&self) -> Option<Arc<Topic>> {
+        self.lock().topic.clone()
+    }
+
+    fn topic_of(st: &OwnerState) -> Result<&Arc<Topic>, ApiError> {
+        st.topic.as_ref().ok_or(ApiError::Internal)
+    }
+
+    /// Subscribes after `after_seq` (live only when `None`), checking the client's `epoch`.
+    /// A resume that cannot be served exactly gets `history_truncated`, never frames of
+    /// another numbering.
+    pub fn subscribe(
+        &self,
+        after_seq: Option<u64>,
+        epoch: Option<&str>,
+    ) -> Result<Subscribed, ApiError> {
+        let mut st = self.lock();
+        st.last_used = Instant::now();
+        let topic = Self::topic_of(&st)?.clone();
+        let truncated = |oldest_seq: u64, st: &OwnerState| ApiError::HistoryTruncated {
+            after_seq: after_seq.unwrap_or(0),
+            oldest_seq,
+            epoch: Some(st.epoch.clone()),
+        };
+        if epoch.is_some_and(|e| e != st.epoch) {
+            // Another numbering: everything retained of this one is new to the client.
+            let oldest = topic
+                .subscribe(Some(0))
+                .map_or_else(|t| t.oldest_seq, |_| 1);
+            return Err(truncated(oldest, &st));
+        }
+        let sub = topic
+            .subscribe(after_seq)
+            .map_err(|t| truncated(t.oldest_seq, &st))?;
+        Ok(Subscribed {
+            sub,
+            epoch: st.epoch.clone(),
+            last_seq: topic.last_seq(),
+        })
+    }
+
+    /// Claims the session for run `run_id`, or answers `session_busy`.
+    pub fn claim(&self, run_id: &Arc<str>) -> Result<Claimed, ApiError> {
+        let mut st = self.lock();
+        if let Some(other) = &st.run {
+            return Err(ApiError::SessionBusy(format!(
+                "session {} already has a run in progress ({other}); wait for its end frame, or cancel it, before starting another",
+                self.session_id
+            )));
+        }
+        st.run = Some(run_id.clone());
+        st.last_used = Instant::now();
+        let topic = Self::topic_of(&st)?.clone();
+        let reserve = Self::reservation_due(&st, &topic);
+        Ok(Claimed {
+            topic,
+            epoch: st.epoch.clone(),
+            reserve,
+        })
+    }
+
+    fn reservation_due(st: &OwnerState, topic: &Topic) -> Option<(String, u64)> {
+        let last = topic.last_seq();
+        (!st.stored || st.reserved < last + SEQ_RESERVATION / 2)
+            .then(|| (st.epoch.clone(), last + SEQ_RESERVATION))
+    }
+
+    /// A seq reservation to save with a turn, when the current one runs low.
+    fn reservation(&self) -> Option<(String, u64)> {
+        let st = self.lock();
+        let topic = st.topic.as_ref()?;
+        Self::reservation_due(&st, topic)
+    }
+
+    /// Records that the store now holds `reserved` for `epoch`.
+    pub fn reserved(&self, epoch: &str, reserved: u64) {
+        let mut st = self.lock();
+        if st.epoch == epoch {
+            st.reserved = st.reserved.max(reserved);
+            st.stored = true;
+        }
+    }
+
+    /// Releases a claim that never became a run.
+    pub fn release(&self, run_id: &str) {
+        let mut st = self.lock();
+        if st.run.as_deref() == Some(run_id) {
+            st.run = None;
+        }
+        st.last_used = Instant::now();
+    }
+
+    /// Ends the session's run: releases the claim and publishes the run's end frame, in that
+    /// order and under the owner's lock, so whoever sees the end frame finds the session free.
+    pub fn end_run(&self, ended: RunEnded) -> Option<Arc<crate::bus::Frame>> {
+        let mut st = self.lock();
+        if st.run.as_deref() == Some(&*ended.run_id) {
+            st.run = None;
+        }
+        st.last_used = Instant::now();
+        ended.publish()
+    }
+
+    /// Whether the owner can be passivated now: no run, no subscriber, unused for `idle`.
+    fn idle(st: &OwnerState, idle: Duration, now: Instant) -> bool {
+        st.run.is_none()
+            && st.topic.as_ref().is_none_or(|t| t.subscriber_count() == 0)
+            && now.duration_since(st.last_used) >= idle
+    }
+}
+
+fn store_failed(e: SessionError) -> ApiError {
+    tracing::error!(error = %e, "session store failed");
+    ApiError::Internal
+}
+
+/// The active sessions, each with its one owner.
+pub struct Sessions {
+    owners: DashMap<SessionKey, Arc<SessionOwner>>,
+    store: Arc<dyn Store>,
+    limits: BusLimits,
+    budget: Arc<HistoryBudget>,
+    idle: Duration,
+}
+
+impl Sessions {
+    /// No active session yet; sessions are kept in `store`, topics get `limits` (their
+    /// history counted against `budget`), and owners idle for `idle` are passivated.
+    pub fn new(
+        store: Arc<dyn Store>,
+        limits: BusLimits,
+        budget: Arc<HistoryBudget>,
+        idle: Duration,
+    ) -> Self {
+        let limits = BusLimits {
+            budget: Some(budget.clone()),
+            ..limits
+        };
+        Sessions {
+            owners: DashMap::new(),
+            store,
+            limits,
+            budget,
+            idle,
+        }
+    }
+
+    /// The store behind the sessions.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Active sessions.
+    pub fn active(&self) -> usize {
+        self.owners.len()
+    }
+
+    /// The history budget.
+    pub fn budget(&self) -> &Arc<HistoryBudget> {
+        &self.budget
+    }
+
+    /// The owner of a tenant's session, activated (its numbering loaded) if needed.
+    pub async fn owner(
+        &self,
+        tenant: &Arc<str>,
+        session_id: &str,
+    ) -> Result<Arc<SessionOwner>, ApiError> {
+        let key: SessionKey = (tenant.clone(), Arc::from(session_id));
+        loop {
+            let owner = self
+                .owners
+                .entry(key.clone())
+                .or_insert_with(|| Arc::new(SessionOwner::new(key.0.clone(), key.1.clone())))
+                .clone();
+            let loaded = owner
+                .loaded
+                .get_or_try_init(|| owner.load(&*self.store, &self.limits))
+                .await;
+            if let Err(e) = loaded {
+                self.owners.remove_if(&key, |_, o| Arc::ptr_eq(o, &owner));
+                return Err(e);
+            }
+            if owner.lock().passivated {
+                // Being passivated: once its numbering is saved, activate a fresh one.
+                owner.wait_saved().await;
+                self.owners.remove_if(&key, |_, o| Arc::ptr_eq(o, &owner));
+                continue;
+            }
+            return Ok(owner);
+        }
+    }
+
+    /// The owner of a session if it is active now.
+    pub fn active_owner(&self, tenant: &str, session_id: &str) -> Option<Arc<SessionOwner>> {
+        let key: SessionKey = (tenant.into(), session_id.into());
+        self.owners.get(&key).map(|o| o.clone())
+    }
+
+    /// Whether a session was ever used for a run (its numbering is in the store, or its
+    /// active owner published frames).
+    pub async fn stored(&self, tenant: &str, session_id: &str) -> Result<bool, ApiError> {
+        if self
+            .active_owner(tenant, session_id)
+            .is_some_and(|o| o.last_seq() > 0)
+        {
+            return Ok(true);
+        }
+        Ok(self
+            .store
+            .session_meta(tenant, session_id)
+            .await
+            .map_err(store_failed)?
+            .is_some())
+    }
+
+    /// The conversation of a session, as the run engine uses it: turns are saved with the
+    /// session's seq reservation topped up when it runs low.
+    pub fn conversation(&self, owner: &Arc<SessionOwner>) -> Arc<dyn Session> {
+        Arc::new(OwnedSession {
+            inner: self.store.session(&owner.tenant, &owner.session_id),
+            owner: owner.clone(),
+        })
+    }
+
+    /// Deletes a session: refused with `session_busy` while a run holds it; otherwise its
+    /// items and numbering go, its subscribers are told the numbering restarted, and the next
+    /// use numbers from 1 under a new epoch. Answers whether it existed.
+    pub async fn delete(&self, tenant: &Arc<str>, session_id: &str) -> Result<bool, ApiError> {
+        let owner = self.owner(tenant, session_id).await?;
+        // Hold the claim for the deletion, so no run starts meanwhile.
+        let marker: Arc<str> = Arc::from("(deleting)");
+        let claimed = owner.claim(&marker).map_err(|_| {
+            ApiError::SessionBusy(format!(
+                "session {session_id} has a run in progress; cancel it (run.cancel) and wait for its end frame before deleting the session"
+            ))
+        })?;
+        let existed = self.store.delete_session(tenant, session_id).await;
+        let new_epoch = gen_epoch();
+        {
+            let mut st = owner.lock();
+            st.run = None;
+            // The owner is retired; the next use activates a new one numbering from 1.
+            st.passivated = true;
+        }
+        owner.mark_saved();
+        self.owners
+            .remove_if(&(tenant.clone(), Arc::from(session_id)), |_, o| {
+                Arc::ptr_eq(o, &owner)
+            });
+        claimed.topic.reset(&new_epoch);
+        let existed = existed.map_err(store_failed)?;
+        Ok(existed || claimed.topic.last_seq() > 0)
+    }
+
+    /// Passivates owners idle for the idle time: they leave memory, their exact numbering is
+    /// saved. Only an owner nobody else holds (no run, no request in flight) is passivated,
+    /// so no operation ever acts on a passivated owner. Answers how many.
+    pub async fn passivate_idle(&self) -> usize {
+        let now = Instant::now();
+        let mut done = Vec::new();
+        for entry in self.owners.iter() {
+            let owner = entry.value();
+            // The map's reference and this loop's: nobody else holds it.
+            if Arc::strong_count(owner) > 1 || !owner.loaded.initialized() {
+                continue;
+            }
+            let mut st = owner.lock();
+            if !SessionOwner::idle(&st, self.idle, now) {
+                continue;
+            }
+            st.passivated = true;
+            let last = st.topic.as_ref().map_or(0, |t| t.last_seq());
+            if let Some(t) = st.topic.take() {
+                t.drop_history();
+            }
+            let save = (st.stored && last != st.reserved).then(|| SessionMeta {
+                epoch: st.epoch.clone(),
+                seq_reserved: last,
+            });
+            done.push((entry.key().clone(), owner.clone(), save));
+        }
+        let n = done.len();
+        for (key, owner, save) in done {
+            if let Some(meta) = save {
+                if let Err(e) = self
+                    .store
+                    .set_session_meta(&owner.tenant, &owner.session_id, meta)
+                    .await
+                {
+                    tracing::warn!(error = %e, session_id = %owner.session_id, "could not save a passivated session's numbering");
+                }
+            }
+            owner.mark_saved();
+            self.owners.remove_if(&key, |_, o| Arc::ptr_eq(o, &owner));
+        }
+        n
+    }
+
+    /// Saves every active session's exact numbering (at shutdown, after the runs ended).
+    pub async fn save_all(&self) {
+        let list: Vec<(Arc<SessionOwner>, String, u64)> = self
+            .owners
+            .iter()
+            .filter_map(|o| {
+                let st = o.lock();
+                let last = st.topic.as_ref().map_or(0, |t| t.last_seq());
+                (st.stored && st.run.is_none() && last != st.reserved)
+                    .then(|| (o.clone(), st.epoch.clone(), last))
+            })
+            .collect();
+        for (owner, epoch, last) in list {
+            let meta = SessionMeta {
+                epoch,
+                seq_reserved: last,
+            };
+            let _ = self
+                .store
+                .set_session_meta(&owner.tenant, &owner.session_id, meta)
+                .await;
+        }
+    }
+
+    /// Brings retained history back under the budget: the least recently used sessions lose
+    /// their retained frames first. Answers the bytes freed.
+    pub fn enforce_budget(&self) -> usize {
+        let limit = self.budget.limit();
+        if self.budget.used() <= limit {
+            return 0;
+        }
+        let target = limit / 10 * 9;
+        let mut by_use: Vec<(Instant, Arc<Topic>)> = self
+            .owners
+            .iter()
+            .filter_map(|o| {
+                let st = o.lock();
+                st.topic.clone().map(|t| (st.last_used, t))
+            })
+            .collect();
+        by_use.sort_by_key(|(t, _)| *t);
+        let mut freed = 0;
+        for (_, topic) in by_use {
+            if self.budget.used() <= target {
+                break;
+            }
+            freed += topic.drop_history();
+        }
+        freed
+    }
+}
+
+/// A session's conversation as a run uses it: the store's session, whose turn saves also top
+/// up the session's seq reservation in the same transaction when it runs low.
+struct OwnedSession {
+    inner: Arc<dyn Session>,
+    owner: Arc<SessionOwner>,
+}
+
+#[async_trait]
+impl Session for OwnedSession {
+    fn session_id(&self) -> &str {
+        self.inner.session_id()
+    }
+    async fn get_items(&self, limit: Option<usize>) -> Result<Vec<Item>, SessionError> {
+        self.inner.get_items(limit).await
+    }
+    async fn add_items(&self, items: Vec<Item>) -> Result<(), SessionError> {
+        self.inner.add_items(items).await
+    }
+    async fn save_turn(&self, items: Vec<Item>, turn: &TurnRecord) -> Result<(), SessionError> {
+        let reserve = self.owner.reservation();
+        let mut record = turn.clone();
+        record.seq_reserved = reserve.clone();
+        self.inner.save_turn(items, &record).await?;
+        if let Some((epoch, upto)) = reserve {
+            self.owner.reserved(&epoch, upto);
+        }
+        Ok(())
+    }
+    async fn pop_item(&self) -> Result<Option<Item>, SessionError> {
+        self.inner.pop_item().await
+    }
+    async fn clear_session(&self) -> Result<(), SessionError> {
+        self.inner.clear_session().await
+    }
+}

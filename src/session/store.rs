@@ -1,0 +1,62 @@
+//! The [`Store`] trait: where conversations, session numbering and run records live. Every
+//! store (in memory, SQLite, later PostgreSQL) answers the same calls, so the service layer's
+//! rules (one run per session, tenant isolation, seq across restarts) hold on each.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::records::{RunEnd, RunQuery, RunRecord, RunStart, SessionInfo, SessionMeta};
+use super::{Session, SessionError};
+
+/// A store of conversations and run records, scoped by tenant.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Where it is, for the start banner (`sqlite://callboard.db (SQLite, WAL)`, `memory`).
+    fn describe(&self) -> String;
+    /// Whether conversations and run records survive a restart.
+    fn is_durable(&self) -> bool;
+    /// A session's conversation (created with its first item).
+    fn session(&self, tenant: &str, session_id: &str) -> Arc<dyn Session>;
+    /// A session's numbering, if the session exists.
+    async fn session_meta(
+        &self,
+        tenant: &str,
+        session_id: &str,
+    ) -> Result<Option<SessionMeta>, SessionError>;
+    /// Sets a session's numbering (creating the session).
+    async fn set_session_meta(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        meta: SessionMeta,
+    ) -> Result<(), SessionError>;
+    /// Deletes a session: its items and numbering (run records stay). Answers whether it
+    /// existed.
+    async fn delete_session(&self, tenant: &str, session_id: &str) -> Result<bool, SessionError>;
+    /// A tenant's sessions, most recently updated first.
+    async fn list_sessions(
+        &self,
+        tenant: &str,
+        limit: usize,
+    ) -> Result<Vec<SessionInfo>, SessionError>;
+    /// Records a run as started (and the session's new seq reservation, if any).
+    async fn record_run_start(&self, start: RunStart) -> Result<(), SessionError>;
+    /// Records how a run ended; answers `false` when no running record was there.
+    async fn record_run_end(
+        &self,
+        tenant: &str,
+        run_id: &str,
+        end: RunEnd,
+    ) -> Result<bool, SessionError>;
+    /// A tenant's run record.
+    async fn get_run(&self, tenant: &str, run_id: &str) -> Result<Option<RunRecord>, SessionError>;
+    /// A tenant's runs, newest first.
+    async fn list_runs(
+        &self,
+        tenant: &str,
+        query: &RunQuery,
+    ) -> Result<Vec<RunRecord>, SessionError>;
+    /// Finishes pending writes; later calls answer [`SessionError::Closed`].
+    async fn close(&self) -> Result<(), SessionError>;
+}
