@@ -113,6 +113,8 @@ pub(crate) struct RunEnv<C: Send + Sync + 'static> {
     pub input_guardrails: Vec<InputGuardrail<C>>,
     pub output_guardrails: Vec<OutputGuardrail<C>>,
     pub include_sensitive: bool,
+    /// Reports model and tool calls (metrics).
+    pub observer: Option<Arc<dyn crate::run::RunObserver>>,
     pub settle: Option<Arc<dyn RunSettle>>,
 }
 

@@ -4,6 +4,7 @@
 pub(crate) mod baton;
 pub mod config;
 pub(crate) mod engine;
+pub mod observer;
 pub mod result;
 pub mod settle;
 
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 pub use baton::RunOutcome;
 pub use config::{RunConfig, DEFAULT_MAX_TURNS};
 pub use engine::MULTIPLE_HANDOFFS_MESSAGE;
+pub use observer::{ModelCallStats, RunObserver, ToolCallStats};
 pub use result::{RunCanceller, RunResult, RunResultStreaming};
 pub use settle::{RunEnded, RunSettle};
 
@@ -44,6 +46,7 @@ pub struct Runner<C: Send + Sync + 'static = ()> {
     stage: Stage<C>,
     bus: Bus,
     provider: Arc<dyn ModelProvider>,
+    observer: Option<Arc<dyn RunObserver>>,
 }
 
 impl<C: Send + Sync + 'static> Clone for Runner<C> {
@@ -52,6 +55,7 @@ impl<C: Send + Sync + 'static> Clone for Runner<C> {
             stage: self.stage.clone(),
             bus: self.bus.clone(),
             provider: self.provider.clone(),
+            observer: self.observer.clone(),
         }
     }
 }
@@ -69,7 +73,14 @@ impl<C: Send + Sync + 'static> Runner<C> {
             stage: Stage::new(),
             bus: Bus::new(BusLimits::default()),
             provider: Arc::new(ModelTable::new()),
+            observer: None,
         }
+    }
+
+    /// Reports every model and tool call of this runner's runs to `observer` (metrics).
+    pub fn with_observer(mut self, observer: Arc<dyn RunObserver>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// Uses `provider` to resolve agents' model names.
@@ -350,6 +361,7 @@ impl<C: Send + Sync + 'static> RunRequest<'_, C> {
             output_guardrails: self.output_guardrails,
             include_sensitive,
             settle: self.settle,
+            observer: runner.observer.clone(),
         });
         let baton = Baton {
             shared: shared.clone(),

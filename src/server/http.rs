@@ -42,7 +42,7 @@ pub async fn readyz(State(st): State<AppState>) -> Response {
 /// `GET /metrics`: Prometheus text.
 pub async fn metrics(State(st): State<AppState>, _a: crate::server::auth::Admin) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(header::CONTENT_TYPE, crate::service::metrics::CONTENT_TYPE)],
         st.core.metrics_text(),
     )
         .into_response()

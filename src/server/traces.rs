@@ -161,6 +161,15 @@ pub async fn ingest(
     let data = std::mem::take(data);
     let who = tenant.clone();
     let answer = blocking(move || store.ingest_for(&who, data)).await?;
+    for (code, n) in &answer.refused_by_code {
+        st.core
+            .metrics
+            .ingest_refused
+            .get_or_create(&crate::service::metrics::CodeLabel {
+                code: (*code).to_owned(),
+            })
+            .inc_by(*n as u64);
+    }
     if answer.refused > 0 {
         tracing::info!(tenant = %tenant, refused = answer.refused, by_code = ?answer.refused_by_code, "trace ingest: items refused");
     }

@@ -278,6 +278,7 @@ impl RunSettle for RunSettler {
         core.calls.finish_run(rid);
         drop(self.slot.lock().unwrap_or_else(|e| e.into_inner()).take());
         core.metrics.runs_finished.fetch_add(1, Ordering::Relaxed);
+        core.metrics.run_ends.count(&ended.outcome);
         let frame = self.owner.end_run(ended);
         let tx = self.end.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let (Some(tx), Some(f)) = (tx, frame) {

@@ -301,36 +301,50 @@ impl TraceStatsSnapshot {
         self.sinks.iter().map(|s| s.3).sum()
     }
 
-    /// The counters as Prometheus text.
+    /// Registers the counters (`callboard_trace_items_{queued,dropped,exported,failed}_total`,
+    /// by `sink`; queue drops under `sink=""`) as they are now in `registry`.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        use prometheus_client::metrics::counter::{ConstCounter, Counter};
+        use prometheus_client::metrics::family::Family;
+        type BySink = Family<Vec<(&'static str, String)>, Counter>;
+        registry.register(
+            "callboard_trace_items_queued",
+            "Trace items accepted from runs",
+            ConstCounter::new(self.queued),
+        );
+        let (dropped, exported, failed) = (BySink::default(), BySink::default(), BySink::default());
+        dropped
+            .get_or_create(&vec![("sink", String::new())])
+            .inc_by(self.dropped);
+        for (name, e, d, f) in &self.sinks {
+            let l = vec![("sink", name.clone())];
+            dropped.get_or_create(&l).inc_by(*d);
+            exported.get_or_create(&l).inc_by(*e);
+            failed.get_or_create(&l).inc_by(*f);
+        }
+        registry.register(
+            "callboard_trace_items_dropped",
+            "Trace items dropped (the queue full, sink=\"\"; or a sink's queue full)",
+            dropped,
+        );
+        registry.register(
+            "callboard_trace_items_exported",
+            "Trace items a sink took",
+            exported,
+        );
+        registry.register(
+            "callboard_trace_items_failed",
+            "Trace items in batches a sink failed",
+            failed,
+        );
+    }
+
+    /// The counters as Prometheus text (format 0.0.4).
     pub fn prometheus(&self) -> String {
+        let mut r = prometheus_client::registry::Registry::default();
+        self.register(&mut r);
         let mut s = String::new();
-        s.push_str("# HELP callboard_trace_items_queued_total Trace items accepted from runs.\n# TYPE callboard_trace_items_queued_total counter\n");
-        s.push_str(&format!(
-            "callboard_trace_items_queued_total {}\n",
-            self.queued
-        ));
-        s.push_str("# HELP callboard_trace_items_dropped_total Trace items dropped (queue full, or a sink's queue full).\n# TYPE callboard_trace_items_dropped_total counter\n");
-        s.push_str(&format!(
-            "callboard_trace_items_dropped_total{{sink=\"\"}} {}\n",
-            self.dropped
-        ));
-        for (name, _, d, _) in &self.sinks {
-            s.push_str(&format!(
-                "callboard_trace_items_dropped_total{{sink=\"{name}\"}} {d}\n"
-            ));
-        }
-        s.push_str("# HELP callboard_trace_items_exported_total Trace items a sink took.\n# TYPE callboard_trace_items_exported_total counter\n");
-        for (name, e, _, _) in &self.sinks {
-            s.push_str(&format!(
-                "callboard_trace_items_exported_total{{sink=\"{name}\"}} {e}\n"
-            ));
-        }
-        s.push_str("# HELP callboard_trace_items_failed_total Trace items in batches a sink failed.\n# TYPE callboard_trace_items_failed_total counter\n");
-        for (name, _, _, f) in &self.sinks {
-            s.push_str(&format!(
-                "callboard_trace_items_failed_total{{sink=\"{name}\"}} {f}\n"
-            ));
-        }
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut s, &r);
         s
     }
 }

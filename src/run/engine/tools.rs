@@ -76,11 +76,20 @@ async fn run_tool<C: Send + Sync + 'static>(
         tool_name: tool.name().into(),
         call_id: call.call_id.as_str().into(),
     };
+    let started = std::time::Instant::now();
     let result = trace::with_span(
         span.clone(),
         invoke_caught(tool.as_ref(), tctx.clone(), call.arguments.clone()),
     )
     .await;
+    if let Some(o) = &b.env.observer {
+        o.tool_call(&crate::run::observer::ToolCallStats {
+            agent: b.agent.name(),
+            tool: tool.name(),
+            duration: started.elapsed(),
+            error: result.is_err(),
+        });
+    }
     let output = match result {
         Ok(o) => o,
         Err(e) => {

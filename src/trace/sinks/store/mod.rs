@@ -115,6 +115,12 @@ pub enum ClaimError {
 #[derive(Clone)]
 pub struct TraceStore {
     conn: Arc<Mutex<Connection>>,
+    write_seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+/// Buckets of [`TraceStore::write_latency`]: 100 µs to about 3 s.
+fn write_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 16)
 }
 
 impl std::fmt::Debug for TraceStore {
@@ -184,7 +190,14 @@ impl TraceStore {
         )?;
         Ok(TraceStore {
             conn: Arc::new(Mutex::new(conn)),
+            write_seconds: prometheus_client::metrics::histogram::Histogram::new(write_buckets()),
         })
+    }
+
+    /// How long each write transaction took (seconds; the lock wait included): the server's
+    /// `callboard_trace_store_write_duration_seconds`.
+    pub fn write_latency(&self) -> &prometheus_client::metrics::histogram::Histogram {
+        &self.write_seconds
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -303,6 +316,7 @@ impl TraceStore {
             }
         }
         let mut sum = IngestSummary::default();
+        let started = std::time::Instant::now();
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         {
@@ -391,6 +405,7 @@ impl TraceStore {
             }
         }
         tx.commit()?;
+        self.write_seconds.observe(started.elapsed().as_secs_f64());
         Ok(sum)
     }
 }
