@@ -288,6 +288,9 @@ struct TopicState {
     history: VecDeque<(Arc<Frame>, usize)>,
     /// Bytes retained.
     bytes: usize,
+    /// The live ring, made when the first subscriber comes and dropped when a publish finds
+    /// none left: a topic nobody follows costs no ring (1024 slots are ~40 KiB).
+    live: Option<broadcast::Sender<Arc<Frame>>>,
 }
 
 /// One session's topic.
@@ -295,7 +298,6 @@ pub struct Topic {
     session_id: Arc<str>,
     limits: BusLimits,
     state: Mutex<TopicState>,
-    live: broadcast::Sender<Arc<Frame>>,
 }
 
 /// Resuming from a `seq` that history no longer holds.
@@ -309,16 +311,15 @@ pub struct HistoryTruncated {
 impl Topic {
     /// A new empty topic.
     pub fn new(session_id: impl Into<Arc<str>>, limits: BusLimits) -> Arc<Topic> {
-        let (live, _) = broadcast::channel(limits.subscriber_queue.max(1));
         Arc::new(Topic {
             session_id: session_id.into(),
             state: Mutex::new(TopicState {
                 next_seq: 1,
                 history: VecDeque::with_capacity(limits.history.min(16)),
                 bytes: 0,
+                live: None,
             }),
             limits,
-            live,
         })
     }
 
@@ -371,7 +372,12 @@ impl Topic {
                 b.add(n);
             }
         }
-        let _ = self.live.send(frame.clone());
+        if let Some(live) = &st.live {
+            if live.send(frame.clone()).is_err() {
+                // Nobody follows any more: free the ring.
+                st.live = None;
+            }
+        }
         frame
     }
 
@@ -404,7 +410,9 @@ impl Topic {
                 epoch: epoch.to_owned(),
             },
         );
-        let _ = self.live.send(Arc::new(frame));
+        if let Some(live) = &self.lock().live {
+            let _ = live.send(Arc::new(frame));
+        }
     }
 
     /// The last seq published (0 when none).
@@ -415,8 +423,12 @@ impl Topic {
     /// Subscribes: frames after `after_seq` from history, then live ones, with no gap and no
     /// duplicate. `None` means live frames only.
     pub fn subscribe(&self, after_seq: Option<u64>) -> Result<Subscription, HistoryTruncated> {
-        let st = self.lock();
-        let rx = self.live.subscribe();
+        let mut st = self.lock();
+        let queue = self.limits.subscriber_queue.max(1);
+        let rx = st
+            .live
+            .get_or_insert_with(|| broadcast::channel(queue).0)
+            .subscribe();
         let last_published = st.next_seq - 1;
         let mut backlog = VecDeque::new();
         let mut last_seq = last_published;
@@ -446,7 +458,7 @@ impl Topic {
 
     /// Number of live subscribers.
     pub fn subscriber_count(&self) -> usize {
-        self.live.receiver_count()
+        self.lock().live.as_ref().map_or(0, |l| l.receiver_count())
     }
 }
 

@@ -250,7 +250,7 @@ pub struct LimitsConfig {
     pub history: usize,
     /// Bytes of retained frames over all sessions (approximate); past it the least recently
     /// used sessions lose their retained frames first (resuming from them then gets
-    /// `history_truncated`). Default 256 MiB.
+    /// `history_truncated`). Default 64 MiB.
     pub history_bytes: usize,
     /// Frames a live subscriber may fall behind the bus before it is told `lagged`.
     pub subscriber_queue: usize,
@@ -274,7 +274,7 @@ impl Default for LimitsConfig {
             max_subscriptions_per_connection: 64,
             outbound_queue: 512,
             history: 4096,
-            history_bytes: 256 * 1024 * 1024,
+            history_bytes: 64 * 1024 * 1024,
             subscriber_queue: 1024,
             write_timeout_ms: 30_000,
             session_idle_ms: 15 * 60 * 1000,

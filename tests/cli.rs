@@ -167,3 +167,107 @@ fn the_example_config_validates() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+mod common;
+
+/// One writer per store file: `run --session` on a file a server holds is refused with the
+/// holder named (and touches none of the server's runs); `run --url` goes through the server.
+#[tokio::test]
+async fn run_on_a_store_a_server_holds_is_refused_and_run_url_goes_through_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("shared.db");
+    let cfg = dir.path().join("callboard.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nbind = \"127.0.0.1:0\"\n[models.default]\nprovider = \"scripted\"\ndelay_ms = 60\n[sessions]\nstore = \"sqlite://{}\"\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let server = common::spawn_binary(&cfg, &[]);
+    let base = format!("http://{}", server.addr);
+    let client = reqwest::Client::new();
+    // A run in progress on the server.
+    let mut going = client
+        .post(format!("{base}/v1/sessions/busy/runs"))
+        .header("accept", "text/event-stream")
+        .json(&serde_json::json!({"agent": "Triage", "input": "weather in Oslo"}))
+        .send()
+        .await
+        .unwrap();
+    let first = going.chunk().await.unwrap().unwrap();
+    let accepted = String::from_utf8_lossy(&first).to_string();
+    let at = accepted.find("\"run_id\":\"").unwrap() + 10;
+    let run_id = accepted[at..at + 36].to_owned();
+
+    let cfg_s = cfg.to_str().unwrap().to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        callboard(&[
+            "run",
+            "--config",
+            &cfg_s,
+            "--session",
+            "s",
+            "--agent",
+            "Triage",
+            "hi",
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(err.contains("is in use by pid"), "{err}");
+    assert!(err.contains("--url"), "{err}");
+
+    // The server's run was not touched: it completes and its record says so.
+    let mut rest = String::new();
+    while !rest.contains("run.completed") {
+        let c = tokio::time::timeout(common::WAIT, going.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        rest.push_str(&String::from_utf8_lossy(&c));
+    }
+    let rec: serde_json::Value = client
+        .get(format!("{base}/v1/runs/{run_id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rec["status"], "completed", "{rec}");
+
+    // Through the server instead: the same conversation, printed as `run` prints.
+    let url = base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        callboard(&[
+            "run",
+            "--url",
+            &url,
+            "--session",
+            "busy",
+            "--agent",
+            "Triage",
+            "billing please",
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(s.contains("[handoff -> Billing]"), "{s}");
+    assert!(s.trim_end().ends_with("[done by Billing]"), "{s}");
+    let items: serde_json::Value = client
+        .get(format!("{base}/v1/sessions/busy/items"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(items["items"].as_array().unwrap().len() >= 8, "{items}");
+}

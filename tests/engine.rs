@@ -652,6 +652,123 @@ async fn output_guardrail_trips_on_the_final_output() {
     assert_eq!(e.sdk_name(), "OutputGuardrailTripwireTriggered");
 }
 
+#[tokio::test]
+async fn a_blocked_final_answer_is_never_saved_to_the_session() {
+    let g = OutputGuardrail::new(
+        "no_secrets",
+        |_ctx: RunContext<()>, _agent, out: serde_json::Value| async move {
+            GuardrailFunctionOutput {
+                tripwire_triggered: out.as_str().is_some_and(|s| s.contains("secret")),
+                output_info: json!({}),
+            }
+        },
+    );
+    let a = Agent::new("A")
+        .model_instance(model(vec![ScriptedTurn::message("the secret is 42", 3)]))
+        .output_guardrail(g);
+    let session = Arc::new(MemorySession::new("s"));
+    let runner: Runner = Runner::new();
+    let r = runner
+        .request(&a, "tell me")
+        .session(session.clone())
+        .run()
+        .await;
+    assert!(matches!(
+        r,
+        Err(AgentsError::OutputGuardrailTripwireTriggered { .. })
+    ));
+    // The input is kept; the blocked answer is not, so the next run never reads it.
+    let items = session.get_items(None).await.unwrap();
+    assert_eq!(items.len(), 1, "{items:?}");
+}
+
+#[tokio::test]
+async fn a_busy_agent_queues_new_runs_in_order_and_refuses_past_its_queue() {
+    let stage = callboard::actor::Stage::with_limits(callboard::actor::StageLimits {
+        mailbox: 16,
+        max_runs_per_agent: 1,
+        queue_per_agent: 2,
+    });
+    let runner: Runner = Runner::new().with_stage(stage);
+    let slow = Agent::new("Slow").model_instance(Arc::new(
+        ScriptedModel::new(vec![ScriptedTurn::message("x y", 2)])
+            .repeat_last()
+            .with_delay(Duration::from_millis(50)),
+    ));
+    let first = runner.run_streamed(&slow, "1").unwrap();
+    let second = runner.run_streamed(&slow, "2").unwrap();
+    let third = runner.run_streamed(&slow, "3").unwrap();
+    match runner.run_streamed(&slow, "4") {
+        Err(AgentsError::Overloaded(m)) => assert!(m.contains("Slow"), "{m}"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("the fourth run is past the queue"),
+    }
+    let stats = runner.stage().stats();
+    let (_, slow_stats) = stats.iter().find(|(n, _)| n == "Slow").unwrap();
+    // The actor takes the runs from its mailbox on its own thread.
+    let deadline = std::time::Instant::now() + WAIT;
+    while slow_stats.running() == 0 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(slow_stats.running(), 1);
+    assert_eq!(slow_stats.waiting(), 2);
+    // They run one at a time, in the order accepted.
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for (i, r) in [first, second, third].into_iter().enumerate() {
+        let order = order.clone();
+        tasks.push(tokio::spawn(async move {
+            r.wait().await.unwrap();
+            order.lock().unwrap().push(i);
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(WAIT, t).await.unwrap().unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), vec![0, 1, 2]);
+    // The places come back as the actor hears the runs leave.
+    let deadline = std::time::Instant::now() + WAIT;
+    while slow_stats.running() > 0 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(slow_stats.waiting(), 0);
+}
+
+#[tokio::test]
+async fn a_reader_that_stops_reading_pauses_its_run_and_memory_stays_bounded() {
+    // 3,000 deltas: more than the run's event buffer holds.
+    let a = Agent::new("A").model_instance(model(vec![ScriptedTurn::message(
+        &"word ".repeat(3000),
+        3000,
+    )]));
+    let runner: Runner = Runner::new();
+    let mut run = runner.run_streamed(&a, "x").unwrap();
+    let mut events = run.stream_events();
+    let first = tokio::time::timeout(WAIT, events.next()).await.unwrap();
+    assert!(first.is_some());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Paused on the full buffer, not finished.
+    assert!(!run.is_complete());
+    let mut n = 1;
+    while tokio::time::timeout(WAIT, events.next())
+        .await
+        .unwrap()
+        .is_some()
+    {
+        n += 1;
+    }
+    assert!(n > 3000, "{n}");
+    assert!(run.is_complete());
+    // A handle whose events are not read still ends: `wait` gives the stream up.
+    let run = runner.run_streamed(&a, "y").unwrap();
+    tokio::time::timeout(WAIT, run.wait())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 #[derive(Debug, Deserialize, JsonSchema, PartialEq)]
 struct Forecast {
     city: String,

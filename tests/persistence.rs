@@ -132,6 +132,10 @@ async fn sigkill_mid_run_keeps_completed_turns_and_marks_the_run_interrupted() {
     assert_eq!(rec1["last_agent"], "Billing", "{rec1}");
     let (_, rec2) = get(&client, format!("{base}/v1/runs/{run2}")).await;
     assert_eq!(rec2["status"], "interrupted", "{rec2}");
+    // It names the agent it was on (after the handoff) and its usage so far.
+    assert_eq!(rec2["last_agent"], "Billing", "{rec2}");
+    assert_eq!(rec2["turn"], 1, "{rec2}");
+    assert_eq!(rec2["usage"]["requests"], 1, "{rec2}");
 
     let (_, list) = get(&client, format!("{base}/v1/sessions")).await;
     assert_eq!(list["sessions"].as_array().map(Vec::len), Some(2), "{list}");
@@ -197,4 +201,120 @@ async fn an_unopenable_store_refuses_to_start() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("sessions.store"), "{err}");
+}
+
+/// Sends a WebSocket frame and reads frames until one of `types` (skipping others).
+async fn ws_until(ws: &mut common::Ws, types: &[&str]) -> Vec<Value> {
+    let mut v = Vec::new();
+    loop {
+        let f = common::recv(ws).await;
+        let done = types.contains(&f["type"].as_str().unwrap_or(""));
+        v.push(f);
+        if done {
+            return v;
+        }
+    }
+}
+
+async fn ws_connect(addr: &str) -> common::Ws {
+    let (ws, _) = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws")),
+    )
+    .await
+    .expect("connect in time")
+    .expect("connect");
+    ws
+}
+
+#[tokio::test]
+async fn seq_continues_across_restarts_and_never_reuses_a_number() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("cb.db");
+    let cfg_path = dir.path().join("callboard.toml");
+    std::fs::write(&cfg_path, config(&db)).expect("write config");
+
+    // A whole run, then a clean stop (SIGTERM).
+    let mut first = spawn(&cfg_path);
+    let mut ws = ws_connect(&first.addr).await;
+    common::send(&mut ws, json!({"type":"run.create","id":1,"session_id":"s","agent":"Triage","input":"Is my invoice paid?"})).await;
+    let frames = ws_until(&mut ws, &["run.completed"]).await;
+    let epoch = frames[0]["epoch"].as_str().expect("epoch").to_owned();
+    let last = frames.last().unwrap()["seq"].as_u64().unwrap();
+    drop(ws);
+    // SAFETY of the signal: the child is ours and alive.
+    unsafe { libc::kill(first.child.id() as i32, libc::SIGTERM) };
+    first.child.wait().expect("stopped");
+
+    // After the restart the numbering goes on: same epoch, the next run at last + 1.
+    let second = spawn(&cfg_path);
+    let mut ws = ws_connect(&second.addr).await;
+    common::send(
+        &mut ws,
+        json!({"type":"session.subscribe","session_id":"s","after_seq":last,"epoch":epoch}),
+    )
+    .await;
+    let ack = common::recv(&mut ws).await;
+    assert_eq!(ack["type"], "session.subscribed", "{ack}");
+    assert_eq!(ack["epoch"], epoch.as_str());
+    assert_eq!(ack["last_seq"], last);
+    // A resume from before the restart cannot be served exactly: history_truncated.
+    common::send(
+        &mut ws,
+        json!({"type":"session.subscribe","session_id":"s","after_seq":2,"epoch":epoch}),
+    )
+    .await;
+    let e = common::recv(&mut ws).await;
+    assert_eq!(e["error"]["code"], "history_truncated", "{e}");
+    assert_eq!(e["error"]["oldest_seq"], last + 1, "{e}");
+    common::send(
+        &mut ws,
+        json!({"type":"run.create","id":2,"session_id":"s","agent":"Triage","input":"And now?"}),
+    )
+    .await;
+    let frames = ws_until(&mut ws, &["run.completed"]).await;
+    let seqs: Vec<u64> = frames.iter().filter_map(|f| f["seq"].as_u64()).collect();
+    assert_eq!(seqs[0], last + 1, "{frames:?}");
+
+    // A run killed mid-stream (SIGKILL): the frames it published are never numbered again.
+    common::send(
+        &mut ws,
+        json!({"type":"run.create","id":3,"session_id":"s","agent":"Triage","input":"Once more"}),
+    )
+    .await;
+    let mut seen = 0;
+    loop {
+        let f = common::recv(&mut ws).await;
+        if let Some(n) = f["seq"].as_u64() {
+            seen = n;
+        }
+        if f["event"]["data"]["type"] == "response.output_text.delta" {
+            break;
+        }
+    }
+    drop(ws);
+    drop(second); // SIGKILL
+    let third = spawn(&cfg_path);
+    let mut ws = ws_connect(&third.addr).await;
+    common::send(
+        &mut ws,
+        json!({"type":"session.subscribe","session_id":"s","after_seq":seen,"epoch":epoch}),
+    )
+    .await;
+    let e = common::recv(&mut ws).await;
+    assert_eq!(e["error"]["code"], "history_truncated", "{e}");
+    let oldest = e["error"]["oldest_seq"].as_u64().unwrap();
+    assert!(
+        oldest > seen,
+        "a number the killed process may have used is never reused: {e}"
+    );
+    assert_eq!(
+        e["error"]["epoch"],
+        epoch.as_str(),
+        "same numbering, with a gap"
+    );
+    common::send(&mut ws, json!({"type":"run.create","id":4,"session_id":"s","agent":"Triage","input":"Still there?"})).await;
+    let frames = ws_until(&mut ws, &["run.completed", "run.failed"]).await;
+    let first_seq = frames.iter().find_map(|f| f["seq"].as_u64()).unwrap();
+    assert!(first_seq > seen, "{first_seq} > {seen}");
 }

@@ -47,6 +47,11 @@ pub struct Preset {
     pub fan_paced_delay_ms: u64,
     /// Runs through the Python SDK.
     pub python_runs: usize,
+    /// Sessions scenario: one-run sessions (then the server's RSS).
+    pub sessions: usize,
+    /// Soak scenario: new one-run sessions per second, for this many seconds.
+    pub soak_rate: f64,
+    pub soak_secs: u64,
     /// Longest any scenario may take.
     pub scenario_timeout: Duration,
 }
@@ -70,6 +75,9 @@ impl Preset {
             fan_paced_tokens: 50,
             fan_paced_delay_ms: 10,
             python_runs: 60,
+            sessions: 300,
+            soak_rate: 50.0,
+            soak_secs: 10,
             scenario_timeout: Duration::from_secs(60),
         }
     }
@@ -92,7 +100,10 @@ impl Preset {
             fan_paced_tokens: 300,
             fan_paced_delay_ms: 10,
             python_runs: 400,
-            scenario_timeout: Duration::from_secs(300),
+            sessions: 2000,
+            soak_rate: 100.0,
+            soak_secs: 600,
+            scenario_timeout: Duration::from_secs(900),
         }
     }
 }
@@ -110,6 +121,18 @@ pub struct Opts {
     pub callboard_bin: PathBuf,
     /// Run the server on its scripted provider (for builds without the OpenAI providers).
     pub scripted_server: bool,
+    /// The server's sessions and tracing: `lean` (memory store, tracing off, as the SDK side
+    /// of the comparison) or `defaults` (its embedded defaults: SQLite sessions, trace store).
+    pub server_mode: ServerMode,
+}
+
+/// How the server under test keeps sessions and traces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerMode {
+    /// Memory store, tracing off.
+    Lean,
+    /// SQLite sessions and the trace store (the embedded defaults).
+    Defaults,
 }
 
 impl Opts {
@@ -123,8 +146,9 @@ impl Opts {
 fn usage() -> ! {
     eprintln!(
         "usage: cargo bench --bench load -- [--preset quick|full] [--reps N] [--out DIR] \
-         [--only engine,python,idle,ws-runs,ws-latency,fanout,fanout-paced] [--no-python] [--api chat|responses] \
-         [--tokens K] [--fan-tokens K] [--callboard-bin PATH] [--scripted-server]\n       load fake-model [--port P] [--tokens K] [--delay-ms D]"
+         [--only engine,python,idle,ws-runs,ws-latency,fanout,fanout-paced,sessions,soak] [--no-python] [--api chat|responses] \
+         [--tokens K] [--fan-tokens K] [--callboard-bin PATH] [--scripted-server] [--server lean|defaults] \
+         [--sessions N] [--soak-rate R] [--soak-secs S]\n       load fake-model [--port P] [--tokens K] [--delay-ms D]"
     );
     std::process::exit(2)
 }
@@ -170,6 +194,7 @@ fn main() {
         test_mode,
         callboard_bin: PathBuf::from(env!("CARGO_BIN_EXE_callboard")),
         scripted_server: false,
+        server_mode: ServerMode::Lean,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -202,6 +227,29 @@ fn main() {
                     .unwrap_or_else(|| usage())
             }
             "--no-python" => opts.python = false,
+            "--server" => match it.next().map(String::as_str) {
+                Some("lean") => opts.server_mode = ServerMode::Lean,
+                Some("defaults") => opts.server_mode = ServerMode::Defaults,
+                _ => usage(),
+            },
+            "--sessions" => {
+                opts.preset.sessions = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| usage())
+            }
+            "--soak-rate" => {
+                opts.preset.soak_rate = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| usage())
+            }
+            "--soak-secs" => {
+                opts.preset.soak_secs = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| usage())
+            }
             "--scripted-server" => {
                 opts.scripted_server = true;
                 check::SCRIPTED_DELTAS.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -38,6 +38,9 @@ pub struct Sample {
     pub t_s: f64,
     pub runs: u64,
     pub frames: u64,
+    /// The server's RSS at that moment (KiB), where sampled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_kib: Option<u64>,
 }
 
 /// What a scenario measured.

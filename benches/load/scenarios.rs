@@ -76,7 +76,19 @@ pub fn server_config(
     model: SocketAddr,
     api: &str,
     scripted: Option<usize>,
+    mode: crate::ServerMode,
+    dir: &Path,
 ) -> String {
+    let stores = match mode {
+        crate::ServerMode::Lean => {
+            "[sessions]\nstore = \"memory\"\n\n# Tracing off, as on the Python SDK's side of the comparison.\n[tracing]\ndisabled = true\n".to_owned()
+        }
+        crate::ServerMode::Defaults => format!(
+            "# The embedded defaults: SQLite sessions and the trace store.\n[sessions]\nstore = \"sqlite://{}\"\n\n[tracing]\nsinks = [\"store\"]\n[tracing.store]\npath = \"{}\"\n",
+            dir.join("sessions.db").display(),
+            dir.join("traces.db").display()
+        ),
+    };
     let provider = if api == "responses" {
         "openai_responses"
     } else {
@@ -123,13 +135,7 @@ url = "http://{model}/tool/weather"
 parameters = {{ type = "object", properties = {{ city = {{ type = "string" }} }}, required = ["city"] }}
 timeout_ms = 10000
 
-[sessions]
-store = "memory"
-
-# Tracing off, as on the Python SDK's side of the comparison.
-[tracing]
-disabled = true
-
+{stores}
 [limits]
 max_runs_per_tenant = 100000
 max_connections = 20000
@@ -164,8 +170,14 @@ fn spawn_server(opts: &Opts, model: SocketAddr) -> Result<Option<(Proc, SocketAd
     std::fs::create_dir_all(&opts.out).map_err(|e| e.to_string())?;
     let cfg = opts.out.join("server.toml");
     let scripted = opts.scripted_server.then_some(opts.preset.tokens);
-    std::fs::write(&cfg, server_config(bind, model, &opts.api, scripted))
-        .map_err(|e| e.to_string())?;
+    // A fresh folder per server, so the defaults' database files start empty.
+    let dir = opts.out.join(format!("server-{port}"));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    std::fs::write(
+        &cfg,
+        server_config(bind, model, &opts.api, scripted, opts.server_mode, &dir),
+    )
+    .map_err(|e| e.to_string())?;
     let log = std::fs::File::create(opts.out.join("server.log")).map_err(|e| e.to_string())?;
     let log2 = log.try_clone().map_err(|e| e.to_string())?;
     let child = Command::new(&opts.callboard_bin)
@@ -230,6 +242,7 @@ fn sampler(
                 t_s: t,
                 runs,
                 frames,
+                rss_kib: None,
             });
             if tl.len() > 100_000 {
                 break;
@@ -540,6 +553,64 @@ fn ws_conversations(
     delay_ms: u64,
     rep: usize,
 ) -> Scenario {
+    ws_conversations_full(
+        name,
+        description,
+        opts,
+        rt,
+        srv,
+        sessions,
+        runs_each,
+        3,
+        tokens,
+        delay_ms,
+        rep,
+    )
+}
+
+/// [`ws_conversations`] at full speed with `per_session` runs per session.
+#[allow(clippy::too_many_arguments)]
+fn ws_conversations_with(
+    name: &str,
+    description: String,
+    opts: &Opts,
+    rt: &tokio::runtime::Runtime,
+    srv: &Server,
+    clients: usize,
+    runs_each: usize,
+    per_session: usize,
+    rep: usize,
+) -> Scenario {
+    let tokens = opts.preset.tokens;
+    ws_conversations_full(
+        name,
+        description,
+        opts,
+        rt,
+        srv,
+        clients,
+        runs_each,
+        per_session,
+        tokens,
+        0,
+        rep,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn ws_conversations_full(
+    name: &str,
+    description: String,
+    opts: &Opts,
+    rt: &tokio::runtime::Runtime,
+    srv: &Server,
+    sessions: usize,
+    runs_each: usize,
+    per_session: usize,
+    tokens: usize,
+    delay_ms: u64,
+    rep: usize,
+) -> Scenario {
     let p = &opts.preset;
     let tokens = tokens_for(opts, tokens);
     let c = Arc::new(Counters::default());
@@ -570,7 +641,7 @@ fn ws_conversations(
                 format!("{name}-{rep}"),
                 i,
                 runs_each,
-                3,
+                per_session,
                 tokens,
                 delay_ms,
                 c.clone(),
@@ -680,6 +751,143 @@ fn idle(opts: &Opts, rt: &tokio::runtime::Runtime, srv: &Server) -> Scenario {
             let _ = tokio::time::timeout(Duration::from_millis(200), w.close(None)).await;
         }
     });
+    sc
+}
+
+/// One-run sessions at full speed from `concurrency` clients; the server's RSS before and
+/// after (what each session ever seen costs while the process lives).
+fn sessions(opts: &Opts, rt: &tokio::runtime::Runtime, srv: &Server, rep: usize) -> Scenario {
+    let p = &opts.preset;
+    let conc = p.concurrency.min(p.sessions).max(1);
+    let each = p.sessions.div_ceil(conc);
+    let mut sc = ws_conversations_with(
+        "sessions",
+        format!(
+            "{} one-run sessions (3-turn runs, {}-delta answers) from {conc} clients at full speed; server RSS before and after ({} server).",
+            conc * each,
+            p.tokens,
+            server_mode_name(opts)
+        ),
+        opts,
+        rt,
+        srv,
+        conc,
+        each,
+        1,
+        rep,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    if let (Some(r1), Some(r0)) = (srv.rss(), sc.memory_kib.get("server_rss_start").copied()) {
+        sc.memory_kib.insert("server_rss_after".into(), r1 as f64);
+        sc.memory_kib.insert(
+            "server_rss_growth_per_session".into(),
+            (r1 as f64 - r0).max(0.0) / sc.runs.max(1) as f64,
+        );
+    }
+    sc
+}
+
+fn server_mode_name(opts: &Opts) -> &'static str {
+    match opts.server_mode {
+        crate::ServerMode::Lean => "lean: memory store, tracing off",
+        crate::ServerMode::Defaults => "defaults: SQLite sessions, trace store",
+    }
+}
+
+/// The soak: new one-run sessions at a fixed rate for a while; the server's RSS sampled every
+/// second. Memory must follow activity (the history budget, idle sessions passivated), not
+/// the number of sessions ever seen.
+fn soak(opts: &Opts, rt: &tokio::runtime::Runtime, srv: &Server, rep: usize) -> Scenario {
+    let p = &opts.preset;
+    let clients = (p.soak_rate / 5.0).ceil().clamp(1.0, 200.0) as usize;
+    let per_client = p.soak_rate / clients as f64;
+    let c = Arc::new(Counters::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let total = (p.soak_rate * p.soak_secs as f64) as u64;
+    let sam = sampler("soak", total, false, c.clone(), stop.clone());
+    let rss0 = srv.rss();
+    let cpu0 = srv.cpu();
+    let t0 = Instant::now();
+    let until = t0 + Duration::from_secs(p.soak_secs);
+    let (pid, st) = (srv.proc.pid(), stop.clone());
+    let rss_thread = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        while !st.load(Ordering::Relaxed) {
+            let t = t0.elapsed().as_secs_f64();
+            if let Some(r) = procfs::rss_kib(Some(pid)) {
+                v.push((t, r));
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        v
+    });
+    let tokens = tokens_for(opts, p.tokens);
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for i in 0..clients {
+            tasks.push(tokio::spawn(ws::paced_sessions(
+                srv.url.clone(),
+                format!("soak-{rep}"),
+                i,
+                per_client,
+                until,
+                tokens,
+                c.clone(),
+            )));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu1 = srv.cpu();
+    stop.store(true, Ordering::Relaxed);
+    let rss = rss_thread.join().unwrap_or_default();
+    let mut tl = sam.join().unwrap_or_default();
+    for s in tl.iter_mut() {
+        s.rss_kib = rss
+            .iter()
+            .min_by(|a, b| (a.0 - s.t_s).abs().total_cmp(&(b.0 - s.t_s).abs()))
+            .map(|r| r.1);
+    }
+    let mut sc = Scenario {
+        name: "soak".into(),
+        description: format!(
+            "New one-run sessions at {} a second for {} s ({clients} clients), server RSS sampled every second ({} server).",
+            p.soak_rate,
+            p.soak_secs,
+            server_mode_name(opts)
+        ),
+        concurrency: clients,
+        ..Default::default()
+    };
+    fill(&mut sc, &c, elapsed, tl);
+    if let (Some(a), Some(b)) = (cpu0, cpu1) {
+        sc.cpu_s = Some(b - a);
+        sc.cpu_ms_per_run = Some(1000.0 * (b - a) / sc.runs.max(1) as f64);
+    }
+    if let Some(r0) = rss0 {
+        sc.memory_kib.insert("server_rss_start".into(), r0 as f64);
+    }
+    let at = |frac: f64| {
+        let t = elapsed * frac;
+        rss.iter()
+            .min_by(|a, b| (a.0 - t).abs().total_cmp(&(b.0 - t).abs()))
+            .map(|r| r.1 as f64)
+    };
+    for (k, f) in [
+        ("server_rss_at_25pct", 0.25),
+        ("server_rss_at_50pct", 0.5),
+        ("server_rss_at_75pct", 0.75),
+        ("server_rss_end", 1.0),
+    ] {
+        if let Some(v) = at(f) {
+            sc.memory_kib.insert(k.into(), v);
+        }
+    }
+    if let Some(m) = rss.iter().map(|r| r.1).max() {
+        sc.memory_kib.insert("server_rss_peak".into(), m as f64);
+    }
     sc
 }
 
@@ -853,9 +1061,17 @@ pub fn run_all(opts: &Opts) -> Result<bool, String> {
             &mut notes,
         );
     }
-    let want_ws = ["ws-runs", "ws-latency", "idle", "fanout", "fanout-paced"]
-        .iter()
-        .any(|s| opts.wants(s));
+    let want_ws = [
+        "ws-runs",
+        "ws-latency",
+        "idle",
+        "fanout",
+        "fanout-paced",
+        "sessions",
+        "soak",
+    ]
+    .iter()
+    .any(|s| opts.wants(s));
     if want_ws {
         match spawn_server(opts, model_addr)? {
             None => notes.push(format!(
@@ -930,6 +1146,22 @@ pub fn run_all(opts: &Opts) -> Result<bool, String> {
                                 r,
                             ))
                         },
+                        &mut scenarios,
+                        &mut notes,
+                    );
+                }
+                if opts.wants("sessions") {
+                    repeat(
+                        opts,
+                        |r| Ok(sessions(opts, &rt, &fresh()?, r)),
+                        &mut scenarios,
+                        &mut notes,
+                    );
+                }
+                if opts.wants("soak") {
+                    repeat(
+                        opts,
+                        |r| Ok(soak(opts, &rt, &fresh()?, r)),
                         &mut scenarios,
                         &mut notes,
                     );

@@ -211,6 +211,55 @@ pub async fn conversation_client(
     let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
 }
 
+/// A client opening new one-run sessions at `per_s` a second until `until` (the soak): each
+/// run on its own session, one connection, the pace kept from the start (a slow run makes the
+/// next ones start sooner, not the rate drift).
+#[allow(clippy::too_many_arguments)]
+pub async fn paced_sessions(
+    url: String,
+    prefix: String,
+    idx: usize,
+    per_s: f64,
+    until: Instant,
+    tokens: usize,
+    c: Arc<Counters>,
+) {
+    let mut lat = histogram();
+    let mut ws = match connect(&url).await {
+        Ok(w) => w,
+        Err(e) => {
+            c.error(e);
+            return;
+        }
+    };
+    let prompt = format!("weather in Oslo please tokens={tokens} delay_ms=0");
+    let period = Duration::from_secs_f64(1.0 / per_s.max(1e-3));
+    let mut next = tokio::time::Instant::now();
+    let mut r = 0u64;
+    while Instant::now() < until {
+        tokio::time::sleep_until(next).await;
+        next += period;
+        let session = format!("{prefix}-p{idx}-s{r}");
+        let mut fol = Follower::new();
+        match one_run(
+            &mut ws, &session, &prompt, tokens, r, &mut fol, &c, &mut lat,
+        )
+        .await
+        {
+            Ok(_) => {
+                c.runs.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                c.error(e);
+                break;
+            }
+        }
+        r += 1;
+    }
+    c.merge_latency(&lat);
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+}
+
 /// Subscribes and waits until the server has taken the subscription (a ping sent after it
 /// is answered).
 pub async fn subscribe(ws: &mut Ws, session: &str, after_seq: Option<u64>) -> Result<(), String> {

@@ -62,6 +62,37 @@ pub(crate) struct RunShared {
     /// falls behind by the whole buffer, the run waits for it (as the SDK's stream does when
     /// its consumer is slow), unless cancelled.
     pub listener: Option<mpsc::Sender<Arc<Frame>>>,
+    /// Turn-level backpressure with a reader of `stream_events` (see [`TurnSync`]).
+    pub turn_sync: TurnSync,
+}
+
+/// Turn-level backpressure, as the SDK's streamed runs have it: before the next turn starts,
+/// the run waits until the reader of `stream_events` has asked for the event after the last
+/// one of this turn, i.e. has handled every event of the turn. A reader that reacts to an
+/// event (say, cancels after this turn) is always heard before the next turn begins.
+#[derive(Debug, Default)]
+pub(crate) struct TurnSync {
+    /// Events sent to the run's own stream.
+    pub sent: AtomicU64,
+    /// Events the reader has handled (it asked for the next one).
+    pub handled: AtomicU64,
+    /// Whether a `stream_events` reader is attached.
+    pub reading: AtomicBool,
+    pub changed: tokio::sync::Notify,
+}
+
+impl TurnSync {
+    /// The reader asks for its next event: every event before it is handled.
+    pub fn handled(&self, n: u64) {
+        self.handled.store(n, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    /// The reader is gone.
+    pub fn detach(&self) {
+        self.reading.store(false, Ordering::Release);
+        self.changed.notify_waiters();
+    }
 }
 
 impl RunShared {
@@ -71,11 +102,35 @@ impl RunShared {
             .topic
             .publish(&self.run_id, FrameBody::Event { event, tool });
         if let Some(tx) = &self.listener {
-            if let Err(mpsc::error::TrySendError::Full(f)) = tx.try_send(frame) {
-                tokio::select! {
-                    _ = tx.send(f) => {}
-                    _ = self.cancel.cancelled() => {}
-                }
+            let sent = match tx.try_send(frame) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(f)) => tokio::select! {
+                    r = tx.send(f) => r.is_ok(),
+                    _ = self.cancel.cancelled() => false,
+                },
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            };
+            if sent {
+                self.turn_sync.sent.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Waits, before another turn, until a `stream_events` reader has handled every event so
+    /// far (turn-level backpressure); returns at once without such a reader or on cancel.
+    pub async fn drain_turn(&self) {
+        let sync = &self.turn_sync;
+        loop {
+            let changed = sync.changed.notified();
+            if !sync.reading.load(Ordering::Acquire)
+                || sync.handled.load(Ordering::Acquire) >= sync.sent.load(Ordering::Acquire)
+                || self.cancel.is_cancelled()
+            {
+                return;
+            }
+            tokio::select! {
+                _ = changed => {}
+                _ = self.cancel.cancelled() => return,
             }
         }
     }

@@ -348,6 +348,7 @@ impl<C: Send + Sync + 'static> RunRequest<'_, C> {
             finished: AtomicBool::new(false),
             log_span,
             listener,
+            turn_sync: Default::default(),
         });
         let ctx = RunContext::new(self.context, run_id);
         let max_turns = cfg.max_turns;

@@ -86,20 +86,33 @@ impl<C: Send + Sync + 'static> RunResultStreaming<C> {
     }
 
     /// The run's events as they happen. Ends when the run ends; call once.
+    ///
+    /// As in the SDK, the run does not start its next turn until this stream's reader has
+    /// handled every event of the current one (asked for the next event), so what the reader
+    /// does on an event (cancel after this turn, say) always takes effect in time.
     pub fn stream_events(&mut self) -> impl Stream<Item = StreamEvent> + Send + Unpin + 'static {
         let rx = self.take_rx();
-        Box::pin(futures::stream::unfold(rx, |rx| async move {
-            let mut rx = rx?;
-            loop {
-                let frame = rx.recv().await?;
-                if frame.body.is_terminal() {
-                    return None;
+        let reader = rx.as_ref().map(|_| Reader::attach(self.shared.clone()));
+        Box::pin(futures::stream::unfold(
+            (rx, reader, 0u64),
+            |(rx, reader, mut n)| async move {
+                let mut rx = rx?;
+                if let Some(r) = &reader {
+                    // Asking for the next event: every one before it has been handled.
+                    r.0.turn_sync.handled(n);
                 }
-                if let Some(ev) = frame.event() {
-                    return Some((ev.clone(), Some(rx)));
+                loop {
+                    let frame = rx.recv().await?;
+                    if frame.body.is_terminal() {
+                        return None;
+                    }
+                    n += 1;
+                    if let Some(ev) = frame.event() {
+                        return Some((ev.clone(), (Some(rx), reader, n)));
+                    }
                 }
-            }
-        }))
+            },
+        ))
     }
 
     /// The run's frames as published on its session topic (with `seq`), for relays; the
@@ -277,6 +290,25 @@ impl<C: Send + Sync + 'static> RunResultStreaming<C> {
                 .clone(),
             trace_id: self.shared.trace_id.clone(),
         })
+    }
+}
+
+/// A `stream_events` reader, attached to its run's turn-level backpressure while it lives.
+struct Reader(Arc<RunShared>);
+
+impl Reader {
+    fn attach(shared: Arc<RunShared>) -> Reader {
+        shared
+            .turn_sync
+            .reading
+            .store(true, std::sync::atomic::Ordering::Release);
+        Reader(shared)
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.0.turn_sync.detach();
     }
 }
 

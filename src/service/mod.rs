@@ -312,22 +312,21 @@ impl Core {
         session_id: &str,
     ) -> Result<(), ApiError> {
         runs::check_session_id(session_id)?;
-        if !self.sessions.stored(tenant, session_id).await?
-            && self
-                .session_store_items(tenant, session_id)
-                .await?
-                .is_empty()
-        {
-            return Err(not_found_session(session_id));
+        // Busy first (a run holds it: 409), then whether there was anything to delete.
+        if self.sessions.delete(tenant, session_id).await? {
+            Ok(())
+        } else {
+            Err(not_found_session(session_id))
         }
-        self.sessions.delete(tenant, session_id).await?;
-        Ok(())
     }
 
     /// Housekeeping until `stop` fires: passivates idle sessions and keeps retained history
     /// within `limits.history_bytes`.
     pub async fn janitor(self: Arc<Self>, stop: CancellationToken) {
-        let period = Duration::from_millis((self.limits.session_idle_ms / 4).clamp(10, 30_000));
+        let idle = Duration::from_millis(self.limits.session_idle_ms);
+        let period = (idle / 4)
+            .min(sessions::EMPTY_IDLE / 2)
+            .clamp(Duration::from_millis(10), Duration::from_secs(30));
         let budget = self.sessions.budget().clone();
         loop {
             tokio::select! {

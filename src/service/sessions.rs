@@ -34,6 +34,9 @@ use crate::session::{Session, SessionError, SessionMeta, Store, TurnRecord};
 /// published up to the reservation; the next one numbers after it (a gap, never a reuse).
 pub const SEQ_RESERVATION: u64 = 1 << 20;
 
+/// How long an owner retaining no frames stays active after its last use.
+pub const EMPTY_IDLE: Duration = Duration::from_secs(5);
+
 /// A session's key: tenant and session id.
 pub type SessionKey = (Arc<str>, Arc<str>);
 
@@ -279,12 +282,25 @@ impl SessionOwner {
         ended.publish()
     }
 
-    /// Whether the owner can be passivated now: no run, no subscriber, unused for `idle`.
+    /// Whether the owner can be passivated now: no run, no subscriber, and unused for
+    /// `idle` (or for [`EMPTY_IDLE`] when it retains no frames, e.g. after the history budget
+    /// took them: then it only holds what the store already has).
     fn idle(st: &OwnerState, idle: Duration, now: Instant) -> bool {
-        st.run.is_none()
-            && st.topic.as_ref().is_none_or(|t| t.subscriber_count() == 0)
-            && now.duration_since(st.last_used) >= idle
+        if st.run.is_some() {
+            return false;
+        }
+        let retained = match &st.topic {
+            Some(t) if t.subscriber_count() > 0 => return false,
+            Some(t) => t.retained_bytes() > 0,
+            None => false,
+        };
+        let quiet = now.duration_since(st.last_used);
+        quiet >= idle || (!retained && quiet >= idle.min(EMPTY_IDLE))
     }
+}
+
+fn self_session_id(owner: &SessionOwner) -> Arc<str> {
+    owner.session_id.clone()
 }
 
 fn store_failed(e: SessionError) -> ApiError {
@@ -416,16 +432,16 @@ impl Sessions {
         let existed = self.store.delete_session(tenant, session_id).await;
         let new_epoch = gen_epoch();
         {
+            // A new numbering from 1, under a new epoch, on a fresh topic.
             let mut st = owner.lock();
             st.run = None;
-            // The owner is retired; the next use activates a new one numbering from 1.
-            st.passivated = true;
+            st.topic = Some(Topic::new(self_session_id(&owner), self.limits.clone()));
+            st.epoch = new_epoch.clone();
+            st.stored = false;
+            st.reserved = 0;
+            st.last_used = Instant::now();
         }
-        owner.mark_saved();
-        self.owners
-            .remove_if(&(tenant.clone(), Arc::from(session_id)), |_, o| {
-                Arc::ptr_eq(o, &owner)
-            });
+        // Subscribers of the old numbering are told (history_truncated, the new epoch).
         claimed.topic.reset(&new_epoch);
         let existed = existed.map_err(store_failed)?;
         Ok(existed || claimed.topic.last_seq() > 0)

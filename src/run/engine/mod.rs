@@ -57,8 +57,14 @@ pub(crate) async fn drive<C: Send + Sync + 'static>(baton: Baton<C>, stage: Stag
         let mut baton = baton;
         loop {
             match run_turn(baton).await {
-                Step::Next(b) => baton = b,
-                Step::Handoff(b) => return stage.arrive(b),
+                Step::Next(b) => {
+                    b.shared.drain_turn().await;
+                    baton = b;
+                }
+                Step::Handoff(b) => {
+                    b.shared.drain_turn().await;
+                    return stage.arrive(b);
+                }
                 Step::Done(b, outcome) => return finish(b, outcome).await,
             }
         }
