@@ -13,6 +13,7 @@ pub mod context;
 pub mod ids;
 pub mod processor;
 pub mod sinks;
+pub mod time;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -23,6 +24,7 @@ use serde_json::{json, Map, Value};
 pub use batch::{BatchConfig, BatchTraceProcessor, ExportItem, ItemKind, TraceStats};
 pub use config::{TracingConfig, TracingConfigError, TracingSetup};
 pub use sinks::{Sink, SinkError};
+pub use time::time_iso;
 
 pub use processor::{
     add_trace_processor, flush_traces, global_tracer, set_trace_processors, set_tracing_disabled,
@@ -61,26 +63,6 @@ pub use ids::{is_span_id as is_valid_span_id, is_trace_id as is_valid_trace_id};
 /// A new group id: `group_` and 24 hex digits.
 pub fn gen_group_id() -> String {
     gen_id("group", 24)
-}
-
-/// Now as the SDK writes times: ISO-8601 with microseconds and `+00:00`.
-pub fn time_iso() -> String {
-    use chrono::{Datelike, Timelike};
-    use std::fmt::Write;
-    let t = chrono::Utc::now();
-    let mut s = String::with_capacity(32);
-    let _ = write!(
-        s,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}+00:00",
-        t.year(),
-        t.month(),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.nanosecond() % 1_000_000_000 / 1000
-    );
-    s
 }
 
 /// The data of a span, one variant per SDK span type.
@@ -706,7 +688,12 @@ impl Span {
 
     /// The SDK's span export as compact JSON text (one pass, no intermediate tree).
     pub fn export_json(&self) -> Option<String> {
-        self.with_view(|v| serde_json::to_string(v).ok())?
+        // Most exports are a few hundred bytes: one allocation instead of a few regrowths.
+        self.with_view(|v| {
+            let mut buf = Vec::with_capacity(512);
+            serde_json::to_writer(&mut buf, v).ok()?;
+            String::from_utf8(buf).ok()
+        })?
     }
 
     fn with_view<R>(&self, f: impl FnOnce(&SpanView<'_>) -> R) -> Option<R> {
