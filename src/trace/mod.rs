@@ -11,8 +11,10 @@ pub mod browse;
 pub mod config;
 pub mod context;
 pub mod ids;
+pub mod item;
 pub mod processor;
 pub mod sinks;
+pub mod stats;
 pub mod time;
 
 use std::future::Future;
