@@ -169,8 +169,10 @@ impl Frame {
     /// About how many bytes the frame holds while retained (its encodings included): what
     /// the history budget counts.
     pub fn approx_bytes(&self) -> usize {
-        // The frame, its Arc, the head fields and an encoding's overhead.
-        const BASE: usize = 320;
+        // The frame, its Arc, the head fields, the typed event's own fields and allocations,
+        // and an encoding's overhead (calibrated against the server's RSS with and without
+        // retained history: the load harness's `sessions` scenario).
+        const BASE: usize = 450;
         let payload = match &self.body {
             FrameBody::Event { event, .. } => event_bytes(event),
             FrameBody::RunCompleted { final_output, .. } => match final_output {
@@ -181,8 +183,8 @@ impl Frame {
             FrameBody::ToolCall { arguments, .. } => arguments.len(),
             FrameBody::RunCancelled { .. } | FrameBody::SessionReset { .. } => 0,
         };
-        // Encoded once in JSON (roughly the payload again) besides the typed value.
-        BASE + 2 * payload
+        // The typed value, its JSON encoding (roughly the payload again) and allocator slack.
+        BASE + 3 * payload
     }
 }
 
@@ -391,6 +393,17 @@ impl Topic {
             b.sub(n);
         }
         n
+    }
+
+    /// Frees the live ring if nobody follows the topic any more (the ring is otherwise only
+    /// freed by the next publish); answers whether it did.
+    pub fn release_idle_ring(&self) -> bool {
+        let mut st = self.lock();
+        if st.live.as_ref().is_some_and(|l| l.receiver_count() == 0) {
+            st.live = None;
+            return true;
+        }
+        false
     }
 
     /// Bytes of retained frames.

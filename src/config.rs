@@ -275,7 +275,7 @@ impl Default for LimitsConfig {
             outbound_queue: 512,
             history: 4096,
             history_bytes: 64 * 1024 * 1024,
-            subscriber_queue: 1024,
+            subscriber_queue: 256,
             write_timeout_ms: 30_000,
             session_idle_ms: 15 * 60 * 1000,
         }

@@ -39,7 +39,8 @@
 //! - [`config`]: the server's TOML config and its validation.
 //! - [`logging`]: the service's own logs (`[logging]`, text or JSON) and the `run` span
 //!   that gives every line inside a run its ids.
-//! - [`wire`]: the wire formats, each an encoding of the bus's typed frames.
+//! - [`wire`]: the wire formats, each an encoding of the bus's typed frames (SDK JSON,
+//!   chat relay, AI SDK UI message stream, AG-UI).
 //! - [`service`]: the service layer between the transports and the engine: sessions, runs,
 //!   limits, metrics, the cast built from config.
 //! - [`server`]: the HTTP API (axum), auth, graceful shutdown.

@@ -740,7 +740,7 @@ async fn a_busy_agent_queues_new_runs_in_order_and_refuses_past_its_queue() {
 async fn a_reader_that_stops_reading_pauses_its_run_and_memory_stays_bounded() {
     // 3,000 deltas: more than the run's event buffer holds.
     let a = Agent::new("A").model_instance(model(vec![ScriptedTurn::message(
-        &"word ".repeat(3000),
+        "word ".repeat(3000),
         3000,
     )]));
     let runner: Runner = Runner::new();

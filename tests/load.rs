@@ -222,7 +222,7 @@ async fn connections_sessions_and_memory_per_idle_connection() {
                     break;
                 }
             }
-            if frames % 5000 == 0 {
+            if frames.is_multiple_of(5000) {
                 peak = peak.max(rss_kib(pid));
             }
         }

@@ -124,6 +124,8 @@ pub struct Opts {
     /// The server's sessions and tracing: `lean` (memory store, tracing off, as the SDK side
     /// of the comparison) or `defaults` (its embedded defaults: SQLite sessions, trace store).
     pub server_mode: ServerMode,
+    /// `[limits] history_bytes` of the server under test (its default when `None`).
+    pub history_bytes: Option<u64>,
 }
 
 /// How the server under test keeps sessions and traces.
@@ -148,7 +150,7 @@ fn usage() -> ! {
         "usage: cargo bench --bench load -- [--preset quick|full] [--reps N] [--out DIR] \
          [--only engine,python,idle,ws-runs,ws-latency,fanout,fanout-paced,sessions,soak] [--no-python] [--api chat|responses] \
          [--tokens K] [--fan-tokens K] [--callboard-bin PATH] [--scripted-server] [--server lean|defaults] \
-         [--sessions N] [--soak-rate R] [--soak-secs S]\n       load fake-model [--port P] [--tokens K] [--delay-ms D]"
+         [--sessions N] [--soak-rate R] [--soak-secs S] [--history-bytes B]\n       load fake-model [--port P] [--tokens K] [--delay-ms D]"
     );
     std::process::exit(2)
 }
@@ -195,6 +197,7 @@ fn main() {
         callboard_bin: PathBuf::from(env!("CARGO_BIN_EXE_callboard")),
         scripted_server: false,
         server_mode: ServerMode::Lean,
+        history_bytes: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -232,6 +235,13 @@ fn main() {
                 Some("defaults") => opts.server_mode = ServerMode::Defaults,
                 _ => usage(),
             },
+            "--history-bytes" => {
+                opts.history_bytes = Some(
+                    it.next()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or_else(|| usage()),
+                )
+            }
             "--sessions" => {
                 opts.preset.sessions = it
                     .next()

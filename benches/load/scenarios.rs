@@ -175,7 +175,11 @@ fn spawn_server(opts: &Opts, model: SocketAddr) -> Result<Option<(Proc, SocketAd
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     std::fs::write(
         &cfg,
-        server_config(bind, model, &opts.api, scripted, opts.server_mode, &dir),
+        server_config(bind, model, &opts.api, scripted, opts.server_mode, &dir)
+            + &opts
+                .history_bytes
+                .map(|b| format!("history_bytes = {b}\n"))
+                .unwrap_or_default(),
     )
     .map_err(|e| e.to_string())?;
     let log = std::fs::File::create(opts.out.join("server.log")).map_err(|e| e.to_string())?;

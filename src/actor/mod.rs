@@ -405,7 +405,7 @@ impl<C: Send + Sync + 'static> Stage<C> {
 
     /// Sends a new run to its agent's mailbox, or refuses it with `Overloaded` when the agent
     /// has no place and no room in its queue. The baton comes back with the refusal.
-    pub(crate) fn start(&self, baton: Baton<C>) -> Result<(), (Baton<C>, AgentsError)> {
+    pub(crate) fn start(&self, baton: Baton<C>) -> Result<(), Box<(Baton<C>, AgentsError)>> {
         let (addr, stats) = self.ensure(&baton.agent);
         let cap = self.capacity();
         let reserved = stats
@@ -419,7 +419,7 @@ impl<C: Send + Sync + 'static> Stage<C> {
                 baton.agent.name(),
                 stats.running()
             );
-            return Err((baton, AgentsError::Overloaded(msg)));
+            return Err(Box::new((baton, AgentsError::Overloaded(msg))));
         }
         stats.waiting.fetch_add(1, Ordering::Relaxed);
         match addr.try_send(Start(baton)) {
@@ -431,7 +431,7 @@ impl<C: Send + Sync + 'static> Stage<C> {
                     "agent {}'s mailbox is full; try again later",
                     b.agent.name()
                 );
-                Err((b, AgentsError::Overloaded(msg)))
+                Err(Box::new((b, AgentsError::Overloaded(msg))))
             }
             Err(SendError::Closed(Start(b))) => {
                 // The actor is gone: drive the run here rather than lose it.

@@ -7,6 +7,7 @@ pub(crate) mod engine;
 pub mod observer;
 pub mod result;
 pub mod settle;
+pub mod state;
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
@@ -20,6 +21,7 @@ pub use engine::MULTIPLE_HANDOFFS_MESSAGE;
 pub use observer::{ModelCallStats, RunObserver, ToolCallStats};
 pub use result::{RunCanceller, RunResult, RunResultStreaming};
 pub use settle::{RunEnded, RunSettle};
+pub use state::{RunState, ToolApproval};
 
 use crate::actor::Stage;
 use crate::agent::Agent;
@@ -381,7 +383,8 @@ impl<C: Send + Sync + 'static> RunRequest<'_, C> {
             handoff_from: None,
             slot: None,
         };
-        if let Err((refused, e)) = runner.stage.start(baton) {
+        if let Err(refused) = runner.stage.start(baton) {
+            let (refused, e) = *refused;
             // Not a run: nothing to announce or settle.
             refused
                 .shared

@@ -39,6 +39,7 @@ pub struct RunEnded {
 }
 
 impl RunEnded {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         run_id: Arc<str>,
         outcome: RunOutcome,

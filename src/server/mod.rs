@@ -6,16 +6,21 @@
 //! - [`http`]: the HTTP handlers (runs, SSE, sessions, agents, health, metrics, chat page).
 //! - [`traces`]: the trace API (`/v1/traces...`) and the trace browser (`/traces`).
 //! - [`ws`]: the WebSocket upgrade, handing sockets to the hub ([`crate::hub`]).
+//! - [`ai_sdk`], [`ag_ui`]: chat front ends in their own protocols (Vercel AI SDK `useChat`,
+//!   AG-UI), on [`ui_stream`]: a run followed on the bus as SSE in a wire encoder.
 //! - [`listener`]: sockets with a write timeout, so no stuck reader holds a connection.
 //!
 //! The shared state and the rules every transport follows live in the service layer
 //! ([`crate::service`]).
 
+pub mod ag_ui;
+pub mod ai_sdk;
 pub mod auth;
 pub mod error;
 pub mod http;
 pub mod listener;
 pub mod traces;
+pub(crate) mod ui_stream;
 pub mod ws;
 
 use std::future::Future;
@@ -45,6 +50,9 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(http::metrics))
         .route("/v1/ws", get(ws::ws_upgrade))
         .route("/v1/agents", get(http::agents))
+        .route("/v1/agents/{agent}/ai-sdk", post(ai_sdk::chat))
+        .route("/v1/agents/{agent}/ai-sdk/{id}/stream", get(ai_sdk::resume))
+        .route("/v1/agents/{agent}/ag-ui", post(ag_ui::run))
         .route("/v1/sessions/{session_id}/runs", post(http::create_run))
         .route(
             "/v1/sessions/{session_id}/events",

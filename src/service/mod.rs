@@ -332,6 +332,7 @@ impl Core {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(period) => {
+                    self.sessions.release_idle_rings();
                     let n = self.sessions.passivate_idle().await;
                     if n > 0 {
                         tracing::debug!(sessions = n, "passivated idle sessions");

@@ -491,6 +491,14 @@ impl Sessions {
         n
     }
 
+    /// Frees the live rings of sessions nobody follows any more. Answers how many.
+    pub fn release_idle_rings(&self) -> usize {
+        self.owners
+            .iter()
+            .filter(|o| o.topic().is_some_and(|t| t.release_idle_ring()))
+            .count()
+    }
+
     /// Saves every active session's exact numbering (at shutdown, after the runs ended).
     pub async fn save_all(&self) {
         let list: Vec<(Arc<SessionOwner>, String, u64)> = self

@@ -408,7 +408,7 @@ impl Store for MemoryStore {
             .take(query.limit)
             .cloned()
             .collect();
-        v.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        v.sort_by_key(|r| std::cmp::Reverse(r.created_at));
         Ok(v)
     }
     async fn close(&self) -> Result<(), SessionError> {

@@ -524,7 +524,7 @@ impl BatchTraceProcessor {
     fn drop_one(&self) {
         let n = self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         // Say so once, then every 1000th time, so a storm does not flood the log.
-        if n % 1000 == 0 {
+        if n.is_multiple_of(1000) {
             tracing::warn!(dropped = n + 1, "trace queue is full; dropping trace items");
         }
     }

@@ -3,12 +3,23 @@
 //!
 //! - [`sdk`]: PROTOCOL.md's full frames carrying the SDK's stream events (the default).
 //! - [`chat`]: the compact relay a chat UI wants (`token`, `agent_change`, `tool_start`...).
+//! - [`ui`]: what a chat UI sees of one run (texts, tool calls, agents, the end), shared by:
+//! - [`ai_sdk`]: the Vercel AI SDK's UI message stream (`useChat`), and
+//! - [`ag_ui`]: AG-UI events (CopilotKit and other AG-UI clients).
 //!
 //! Stateless formats are encoded once per frame and the bytes shared by every subscriber and
-//! the history (a frame keeps one slot per such format).
+//! the history (a frame keeps one slot per such format). The AI SDK and AG-UI streams are
+//! per-run state machines (ids, open parts, steps): each stream encodes the frames it follows
+//! into its own SSE bytes.
 
+pub mod ag_ui;
+pub mod ai_sdk;
 pub mod chat;
 pub mod sdk;
+pub mod ui;
+
+#[cfg(test)]
+mod fixtures;
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -43,4 +54,14 @@ impl Format {
             Format::Chat => chat::type_name(frame),
         }
     }
+}
+
+/// Appends one SSE event `data: {json}\n\n` to `out`.
+pub(crate) fn sse_json<T: serde::Serialize>(out: &mut Vec<u8>, value: &T) {
+    out.extend_from_slice(b"data: ");
+    if serde_json::to_writer(&mut *out, value).is_err() {
+        // Only a map with non-string keys can fail here, and no chunk has one.
+        out.extend_from_slice(b"{}");
+    }
+    out.extend_from_slice(b"\n\n");
 }
