@@ -29,6 +29,12 @@ pub enum CancelMode {
     Immediate,
     /// Finish the current turn (tools, session save), then stop.
     AfterTurn,
+    /// Stopped by a new message on its session (double-texting `interrupt`): the items of
+    /// its completed turns stay.
+    Interrupted,
+    /// Stopped by a new message on its session (double-texting `rollback`): its items are
+    /// removed from the session.
+    RolledBack,
 }
 
 impl CancelMode {
@@ -37,6 +43,8 @@ impl CancelMode {
         match self {
             CancelMode::Immediate => "immediate",
             CancelMode::AfterTurn => "after_turn",
+            CancelMode::Interrupted => "interrupted",
+            CancelMode::RolledBack => "rolled_back",
         }
     }
 }
@@ -73,6 +81,14 @@ pub enum FrameBody {
     RunCancelled {
         /// How.
         mode: CancelMode,
+        /// The run whose arrival cancelled it (double-texting `interrupt` / `rollback`).
+        by_run_id: Option<Arc<str>>,
+    },
+    /// The run waits its turn behind the session's earlier runs (double-texting `enqueue`,
+    /// and `interrupt` / `rollback` while the run before it ends).
+    RunQueued {
+        /// Its place: 1 is next.
+        position: usize,
     },
     /// The session was deleted and its numbering restarted under a new epoch: subscribers
     /// of the old numbering are told (never stored, never numbered).
@@ -101,6 +117,7 @@ impl FrameBody {
             FrameBody::RunCancelled { .. } => "run.cancelled",
             FrameBody::ToolCall { .. } => "tool.call",
             FrameBody::SessionReset { .. } => "session.reset",
+            FrameBody::RunQueued { .. } => "run.queued",
         }
     }
 
@@ -181,7 +198,9 @@ impl Frame {
             },
             FrameBody::RunFailed { message, .. } => message.len(),
             FrameBody::ToolCall { arguments, .. } => arguments.len(),
-            FrameBody::RunCancelled { .. } | FrameBody::SessionReset { .. } => 0,
+            FrameBody::RunCancelled { .. }
+            | FrameBody::SessionReset { .. }
+            | FrameBody::RunQueued { .. } => 0,
         };
         // The typed value, its JSON encoding (roughly the payload again) and allocator slack.
         BASE + 3 * payload
@@ -290,6 +309,9 @@ struct TopicState {
     history: VecDeque<(Arc<Frame>, usize)>,
     /// Bytes retained.
     bytes: usize,
+    /// Seqs `(from, to]` whose frames are superseded: a resume from anywhere in `[from, to]`
+    /// continues after `to` (see [`Topic::resuming_after_gap`]).
+    gap: (u64, u64),
     /// The live ring, made when the first subscriber comes and dropped when a publish finds
     /// none left: a topic nobody follows costs no ring (1024 slots are ~40 KiB).
     live: Option<broadcast::Sender<Arc<Frame>>>,
@@ -319,6 +341,7 @@ impl Topic {
                 next_seq: 1,
                 history: VecDeque::with_capacity(limits.history.min(16)),
                 bytes: 0,
+                gap: (0, 0),
                 live: None,
             }),
             limits,
@@ -334,6 +357,21 @@ impl Topic {
     ) -> Arc<Topic> {
         let t = Topic::new(session_id, limits);
         t.lock().next_seq = after_seq + 1;
+        t
+    }
+
+    /// Like [`resuming`](Self::resuming), where the frames in `(safe, after_seq]` are known to
+    /// be superseded (a turn that was not saved and is published again, or numbers reserved
+    /// and never used): a subscriber that saw up to any seq in `[safe, after_seq]` resumes
+    /// after `after_seq` without missing anything.
+    pub fn resuming_after_gap(
+        session_id: impl Into<Arc<str>>,
+        limits: BusLimits,
+        safe: u64,
+        after_seq: u64,
+    ) -> Arc<Topic> {
+        let t = Topic::resuming(session_id, limits, after_seq);
+        t.lock().gap = (safe.min(after_seq), after_seq);
         t
     }
 
@@ -445,6 +483,15 @@ impl Topic {
         let last_published = st.next_seq - 1;
         let mut backlog = VecDeque::new();
         let mut last_seq = last_published;
+        // A resume inside the superseded gap continues after it.
+        let after_seq = after_seq.map(|a| {
+            let (from, to) = st.gap;
+            if to > 0 && a >= from && a <= to {
+                to
+            } else {
+                a
+            }
+        });
         if let Some(after) = after_seq {
             let oldest = st.history.front().map_or(st.next_seq, |(f, _)| f.seq);
             if after + 1 < oldest && after < last_published {

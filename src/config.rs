@@ -207,6 +207,17 @@ pub struct SessionsConfig {
     /// Default 10000.
     #[serde(default = "default_memory_runs")]
     pub memory_max_runs: usize,
+    /// What a run request does on a busy session when it does not say (`reject`, `enqueue`,
+    /// `interrupt`, `rollback`). Default `reject`.
+    #[serde(default)]
+    pub on_busy: crate::service::request::OnBusy,
+    /// Runs that may wait in one session's queue; past it `overloaded`. Default 64.
+    #[serde(default = "default_session_queue")]
+    pub max_queued_runs: usize,
+}
+
+fn default_session_queue() -> usize {
+    64
 }
 
 fn default_memory_sessions() -> usize {
@@ -222,6 +233,8 @@ impl Default for SessionsConfig {
             store: None,
             memory_max_sessions: default_memory_sessions(),
             memory_max_runs: default_memory_runs(),
+            on_busy: Default::default(),
+            max_queued_runs: default_session_queue(),
         }
     }
 }

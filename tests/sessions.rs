@@ -414,6 +414,9 @@ fn start(run_id: &str, tenant: &str) -> RunStart {
         starting_agent: "Triage".into(),
         trace_id: Some("trace_0123".into()),
         seq_reserved: None,
+        status: RunStatus::Running,
+        request: None,
+        node_id: None,
     }
 }
 

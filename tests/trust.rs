@@ -317,4 +317,27 @@ async fn a_message_far_over_the_limit_closes_with_1009() {
     .unwrap();
     assert_eq!(close.map(|c| u16::from(c.code)), Some(1009));
 }
+
+async fn a_connection_running_many_sessions_holds_a_bounded_number_of_subscriptions() {
+    let srv = start(
+        "[models.default]\nprovider = \"scripted\"\n[limits]\nmax_subscriptions_per_connection = 4\nsession_idle_ms = 300\n",
+    )
+    .await;
+    let mut ws = connect(&srv, None).await;
+    let mut notices = 0;
+    for i in 0..12 {
+        send(&mut ws, run_create(&format!("r{i}"), &format!("chat-{i}"), "Triage", "billing")).await;
+        for f in recv_until(&mut ws, &["run.completed"]).await {
+            if f["type"] == "session.unsubscribed" {
+                notices += 1;
+            }
+        }
+    }
+    // Past the limit, the least recently used idle subscription makes room, and says so.
+    assert_eq!(notices, 8);
+    let core = srv.core.clone();
+    assert!(core.metrics.subscriptions.load(std::sync::atomic::Ordering::Acquire) <= 4);
+    // Sessions nobody follows any more leave memory.
+    wait_for("passivation", async || core.sessions.active() <= 4).await;
+}
 }

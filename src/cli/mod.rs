@@ -508,7 +508,7 @@ async fn run_once(a: RunArgs) -> i32 {
                             let _ = writeln!(out);
                             eprintln!("run failed: {error_type}: {message}");
                         }
-                        FrameBody::RunCancelled { mode } => {
+                        FrameBody::RunCancelled { mode, .. } => {
                             let _ = writeln!(out, "\n[cancelled: {}]", mode.as_str());
                         }
                         _ => {}

@@ -52,7 +52,11 @@ struct Conn {
     core: Arc<Core>,
     tenant: Arc<str>,
     tx: mpsc::Sender<Out>,
-    subs: HashMap<String, JoinHandle<()>>,
+    /// Followed sessions: the forwarder, and when the connection last asked for it (for
+    /// making room under the subscription limit).
+    subs: HashMap<String, (JoinHandle<()>, u64)>,
+    /// A counter ordering the subscriptions by last use.
+    tick: u64,
 }
 
 /// Serves one connection until the client leaves, the socket fails, or the server shuts
@@ -80,6 +84,7 @@ pub async fn run<S, R, E>(
         tenant,
         tx,
         subs: HashMap::new(),
+        tick: 0,
     };
     let close = core.close_sockets.clone();
     loop {
@@ -105,7 +110,7 @@ pub async fn run<S, R, E>(
             _ = close.cancelled() => break,
         }
     }
-    for (_, h) in conn.subs.drain() {
+    for (_, (h, _)) in conn.subs.drain() {
         h.abort();
     }
     drop(conn);
@@ -266,8 +271,17 @@ impl Conn {
                 self.send_own(text).await;
                 // Follow the session (if not yet) from its last seq before the run starts,
                 // so none of the run's frames is missed.
-                let following = self.subs.get(&session_id).is_some_and(|h| !h.is_finished());
-                if !following {
+                let following = self
+                    .subs
+                    .get(&session_id)
+                    .is_some_and(|(h, _)| !h.is_finished());
+                if following {
+                    self.touch(&session_id);
+                } else {
+                    // Room under the limit: the least recently used idle subscription goes.
+                    if let Err(e) = self.make_room().await {
+                        return self.error(id.as_ref(), e).await;
+                    }
                     let topic = prepared.topic().clone();
                     match topic.subscribe(Some(topic.last_seq())) {
                         Ok(sub) => self.forward_to(&session_id, sub, format),
@@ -287,7 +301,7 @@ impl Conn {
             }
             ClientFrame::Subscribe(s) => self.follow(s).await,
             ClientFrame::Unsubscribe(u) => match self.subs.remove(&u.session_id) {
-                Some(h) => h.abort(),
+                Some((h, _)) => h.abort(),
                 None => {
                     self.error(
                         u.id.as_ref(),
@@ -319,20 +333,11 @@ impl Conn {
     /// `after_seq` and live ones through a forwarder task.
     async fn follow(&mut self, s: frames::Subscribe) {
         let id = s.id.as_ref();
-        if let Some(old) = self.subs.remove(&s.session_id) {
+        if let Some((old, _)) = self.subs.remove(&s.session_id) {
             old.abort();
         }
-        self.subs.retain(|_, h| !h.is_finished());
-        if self.subs.len() >= self.core.limits.max_subscriptions_per_connection {
-            return self
-                .error(
-                    id,
-                    ApiError::Overloaded(format!(
-                        "this connection already follows {} sessions (the limit); unsubscribe from one",
-                        self.subs.len()
-                    )),
-                )
-                .await;
+        if let Err(e) = self.make_room().await {
+            return self.error(id, e).await;
         }
         let subscribed = match self
             .core
@@ -354,6 +359,53 @@ impl Conn {
         self.forward_to(&s.session_id, subscribed.sub, s.format.unwrap_or_default());
     }
 
+    fn touch(&mut self, session_id: &str) {
+        self.tick += 1;
+        if let Some(s) = self.subs.get_mut(session_id) {
+            s.1 = self.tick;
+        }
+    }
+
+    /// Keeps the followed sessions under `max_subscriptions_per_connection`: ended
+    /// subscriptions go first, then the least recently used one whose session has no run
+    /// going (the client is told `session.unsubscribed`); when every one is busy, the new one
+    /// is refused `overloaded`.
+    async fn make_room(&mut self) -> Result<(), ApiError> {
+        self.subs.retain(|_, (h, _)| !h.is_finished());
+        let max = self.core.limits.max_subscriptions_per_connection;
+        if self.subs.len() < max {
+            return Ok(());
+        }
+        let mut idle: Vec<(u64, String)> = self
+            .subs
+            .iter()
+            .filter(|(sid, _)| {
+                self.core
+                    .sessions
+                    .active_owner(&self.tenant, sid)
+                    .is_none_or(|o| o.current_run().is_none())
+            })
+            .map(|(sid, (_, t))| (*t, sid.clone()))
+            .collect();
+        idle.sort();
+        let Some((_, victim)) = idle.into_iter().next() else {
+            return Err(ApiError::Overloaded(format!(
+                "this connection follows {} sessions with runs going (the limit); unsubscribe from one",
+                self.subs.len()
+            )));
+        };
+        if let Some((h, _)) = self.subs.remove(&victim) {
+            h.abort();
+        }
+        let notice = serde_json::json!({
+            "type": "session.unsubscribed",
+            "session_id": victim,
+            "reason": format!("this connection follows at most {max} sessions; resubscribe with after_seq to follow it again"),
+        });
+        self.send_own(notice.to_string()).await;
+        Ok(())
+    }
+
     /// Forwards a subscription's frames to this connection (one forwarder per session).
     fn forward_to(&mut self, session_id: &str, sub: Subscription, format: Format) {
         let h = tokio::spawn(forward(
@@ -363,7 +415,8 @@ impl Conn {
             format,
             Arc::from(session_id),
         ));
-        self.subs.insert(session_id.to_owned(), h);
+        self.tick += 1;
+        self.subs.insert(session_id.to_owned(), (h, self.tick));
     }
 }
 

@@ -64,6 +64,8 @@ pub(crate) struct RunShared {
     pub listener: Option<mpsc::Sender<Arc<Frame>>>,
     /// Turn-level backpressure with a reader of `stream_events` (see [`TurnSync`]).
     pub turn_sync: TurnSync,
+    /// Why the run was cancelled, once it was.
+    pub cancelled_as: Mutex<Option<(CancelMode, Option<Arc<str>>)>>,
 }
 
 /// Turn-level backpressure, as the SDK's streamed runs have it: before the next turn starts,
@@ -141,9 +143,30 @@ impl RunShared {
 
     /// Cancels the run: now, or after the current turn.
     pub fn cancel(&self, mode: CancelMode) {
+        self.cancel_by(mode, None);
+    }
+
+    /// Cancels the run, recording the mode and the run whose arrival caused it (double-
+    /// texting); the first cancellation's reason is the one reported.
+    pub fn cancel_by(&self, mode: CancelMode, by_run_id: Option<Arc<str>>) {
+        {
+            let mut why = self.cancelled_as.lock().unwrap_or_else(|e| e.into_inner());
+            if why.is_none() || mode != CancelMode::AfterTurn {
+                *why = Some((mode, by_run_id));
+            }
+        }
         match mode {
-            CancelMode::Immediate => self.cancel.cancel(),
             CancelMode::AfterTurn => self.cancel_after_turn.store(true, Ordering::Release),
+            _ => self.cancel.cancel(),
+        }
+    }
+
+    /// How an immediate cancellation is reported: its mode (`immediate` unless a new
+    /// message interrupted the run) and the run that caused it.
+    pub fn cancel_reason(&self) -> (CancelMode, Option<Arc<str>>) {
+        match &*self.cancelled_as.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some((CancelMode::AfterTurn, _)) | None => (CancelMode::Immediate, None),
+            Some((m, by)) => (*m, by.clone()),
         }
     }
 

@@ -351,6 +351,7 @@ impl<C: Send + Sync + 'static> RunRequest<'_, C> {
             log_span,
             listener,
             turn_sync: Default::default(),
+            cancelled_as: Mutex::new(None),
         });
         let ctx = RunContext::new(self.context, run_id);
         let max_turns = cfg.max_turns;

@@ -322,6 +322,11 @@ impl RunCanceller {
         self.0.cancel(mode);
     }
 
+    /// Cancels the run on behalf of another (double-texting `interrupt` / `rollback`).
+    pub fn cancel_by(&self, mode: CancelMode, by_run_id: Option<Arc<str>>) {
+        self.0.cancel_by(mode, by_run_id);
+    }
+
     /// Whether the run has ended.
     pub fn is_complete(&self) -> bool {
         self.0.is_complete()

@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::AgentsError;
-use crate::items::{FunctionCallItem, FunctionCallOutputItem, Item, MessageItem, ReasoningItem, RunItem};
+use crate::items::{
+    FunctionCallItem, FunctionCallOutputItem, Item, MessageItem, ReasoningItem, RunItem,
+};
 use crate::usage::Usage;
 
 /// The schema version this build writes.
@@ -494,7 +496,10 @@ mod tests {
         let back = RunState::from_text(&s.to_text()).unwrap();
         assert_eq!(back, s);
         assert_eq!(s.to_json()["$schemaVersion"], CURRENT_SCHEMA_VERSION);
-        assert_eq!(s.to_json()["interruptions"][0]["type"], "tool_approval_item");
+        assert_eq!(
+            s.to_json()["interruptions"][0]["type"],
+            "tool_approval_item"
+        );
     }
 
     #[test]

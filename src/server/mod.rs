@@ -159,6 +159,7 @@ pub async fn serve(
     core: Arc<Core>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    core.recover().await;
     let router = app(AppState { core: core.clone() });
     let stop = core.stop_accepting.clone();
     let listener = listener::TimedListener::new(

@@ -59,6 +59,8 @@ pub struct Core {
     pub sessions: Sessions,
     runs: DashMap<String, RunEntry>,
     tenant_runs: DashMap<Arc<str>, usize>,
+    /// Who waits for a run's end frame (an HTTP run answered as JSON), by run id.
+    waiters: DashMap<String, tokio::sync::oneshot::Sender<Arc<crate::bus::Frame>>>,
     /// Client-side tool calls waiting for `tool.result`.
     pub calls: Arc<ClientCalls>,
     /// The limits in force.
@@ -158,6 +160,7 @@ impl Core {
             sessions,
             runs: DashMap::new(),
             tenant_runs: DashMap::new(),
+            waiters: DashMap::new(),
             calls,
             keys: config.key_table(),
             limits,

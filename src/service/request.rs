@@ -1,14 +1,31 @@
 //! What clients ask the service for, as typed requests: a run (`run.create`, the HTTP run
 //! body) with its trace options. Every transport parses into these.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::items::RunInput;
 use crate::wire::Format;
 
+/// What a run request does when its session already has a run (PROTOCOL.md 6.2).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBusy {
+    /// Refused with `session_busy` (HTTP 409).
+    #[default]
+    Reject,
+    /// Accepted, queued, started when the runs before it end, in order.
+    Enqueue,
+    /// The running run ends (`run.cancelled {mode: "interrupted"}`) keeping its completed
+    /// turns; this one starts next.
+    Interrupt,
+    /// The running run ends (`run.cancelled {mode: "rolled_back"}`) and its items are
+    /// removed; this one starts next.
+    Rollback,
+}
+
 /// Trace options of `run.create` (PROTOCOL.md section 2).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TraceRequest {
     /// Workflow name of the run's trace.
@@ -29,7 +46,7 @@ pub struct TraceRequest {
 }
 
 /// The body of a run request: `run.create` minus its `type`, or the HTTP POST body.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunCreate {
     /// `run.create` when an HTTP body carries the frame's `type` (ignored otherwise).
@@ -57,4 +74,7 @@ pub struct RunCreate {
     /// Format of the frames this request subscribes to.
     #[serde(default)]
     pub format: Option<Format>,
+    /// What to do when the session already has a run (default: `[sessions] on_busy`).
+    #[serde(default)]
+    pub on_busy: Option<OnBusy>,
 }

@@ -1,7 +1,8 @@
 //! Runs in the service: checked and set up ([`Core::prepare_run`]), started on the session
-//! they claimed ([`PreparedRun::launch`]), listed while they go (the run registry, for cancel
-//! and client tool results), and settled when they end ([`RunSettler`]): the record written,
-//! the tenant's place and the session's claim released, and only then the end frame published.
+//! they claimed or queued behind its run ([`PreparedRun::launch`], double-texting), listed
+//! while they go (the run registry, for cancel and client tool results), and settled when
+//! they end ([`RunSettler`]): the record written, the tenant's place and the session's claim
+//! released, and only then the end frame published; then the session's next queued run starts.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -10,15 +11,15 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::agent::Agent;
-use crate::bus::{CancelMode, Frame, Topic};
+use crate::bus::{CancelMode, Frame, FrameBody, Topic};
 use crate::error::AgentsError;
 use crate::items::RunInput;
 use crate::run::{gen_run_id, RunCanceller, RunConfig, RunEnded, RunOutcome, RunSettle};
 use crate::service::error::ApiError;
-use crate::service::request::RunCreate;
-use crate::service::sessions::SessionOwner;
+use crate::service::request::{OnBusy, RunCreate};
+use crate::service::sessions::{ClaimOrQueue, Claimed, NextRun, SessionOwner};
 use crate::service::Core;
-use crate::session::{RunEnd, RunQuery, RunStart};
+use crate::session::{RunEnd, RunQuery, RunStart, RunStatus, RunUpdate};
 use tokio::sync::oneshot;
 
 /// A run in the registry. It is listed before it starts (its first frames, and so its id,
@@ -32,22 +33,26 @@ pub(crate) struct RunEntry {
 #[derive(Default)]
 struct RunControl {
     canceller: Option<RunCanceller>,
-    pending: Option<CancelMode>,
+    pending: Option<(CancelMode, Option<Arc<str>>)>,
 }
 
 impl RunEntry {
     pub fn cancel(&self, mode: CancelMode) {
+        self.cancel_by(mode, None);
+    }
+
+    pub fn cancel_by(&self, mode: CancelMode, by: Option<Arc<str>>) {
         let mut c = self.control.lock().unwrap_or_else(|e| e.into_inner());
         match &c.canceller {
-            Some(k) => k.cancel(mode),
-            None => c.pending = Some(mode),
+            Some(k) => k.cancel_by(mode, by),
+            None => c.pending = Some((mode, by)),
         }
     }
 
     fn started(&self, canceller: RunCanceller) {
         let mut c = self.control.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(mode) = c.pending.take() {
-            canceller.cancel(mode);
+        if let Some((mode, by)) = c.pending.take() {
+            canceller.cancel_by(mode, by);
         }
         c.canceller = Some(canceller);
     }
@@ -60,6 +65,15 @@ pub(crate) struct TenantSlot {
 }
 
 impl TenantSlot {
+    /// Takes a place for `tenant` whatever the limit (a queued run, admitted when queued).
+    fn forced(core: &Arc<Core>, tenant: &Arc<str>) -> TenantSlot {
+        *core.tenant_runs.entry(tenant.clone()).or_insert(0) += 1;
+        TenantSlot {
+            core: core.clone(),
+            tenant: tenant.clone(),
+        }
+    }
+
     /// Takes a place for `tenant`, or answers `overloaded` at the tenant's limit.
     fn take(core: &Arc<Core>, tenant: &Arc<str>) -> Result<TenantSlot, ApiError> {
         let mut n = core.tenant_runs.entry(tenant.clone()).or_insert(0);
@@ -100,20 +114,52 @@ impl Drop for Claim {
     }
 }
 
+/// Where a prepared run stands with its session.
+enum Place {
+    /// It has the session: it starts at once.
+    Now {
+        claimed: Claimed,
+        slot: TenantSlot,
+        claim: Claim,
+    },
+    /// It waits in the session's queue (and, for `interrupt` / `rollback`, stops the run
+    /// before it).
+    Queued {
+        position: usize,
+        stop: Option<(Arc<str>, bool)>,
+        mode: OnBusy,
+        epoch: String,
+        topic: Arc<Topic>,
+        queued: QueuedGuard,
+    },
+}
+
+/// A queued place, given back if the run is never recorded.
+struct QueuedGuard {
+    owner: Arc<SessionOwner>,
+    run_id: Arc<str>,
+    armed: bool,
+}
+
+impl Drop for QueuedGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.owner.unqueue(&self.run_id);
+        }
+    }
+}
+
 /// A run checked and set up, not started yet; see [`Core::prepare_run`]. Dropping it
 /// releases its places (tenant, session).
 pub struct PreparedRun {
     core: Arc<Core>,
     tenant: Arc<str>,
+    owner: Arc<SessionOwner>,
     agent: Agent,
-    input: RunInput,
+    req: RunCreate,
     run_id: Arc<str>,
     cfg: RunConfig,
-    topic: Arc<Topic>,
-    epoch: String,
-    reserve: Option<(String, u64)>,
-    slot: TenantSlot,
-    claim: Claim,
+    place: Place,
 }
 
 /// A run that was started.
@@ -143,106 +189,343 @@ impl PreparedRun {
 
     /// The topic it will publish on.
     pub fn topic(&self) -> &Arc<Topic> {
-        &self.topic
+        match &self.place {
+            Place::Now { claimed, .. } => &claimed.topic,
+            Place::Queued { topic, .. } => topic,
+        }
     }
 
     /// The session's epoch.
     pub fn epoch(&self) -> &str {
-        &self.epoch
+        match &self.place {
+            Place::Now { claimed, .. } => &claimed.epoch,
+            Place::Queued { epoch, .. } => epoch,
+        }
+    }
+
+    /// Whether the run waits in the session's queue.
+    pub fn is_queued(&self) -> bool {
+        matches!(self.place, Place::Queued { .. })
     }
 
     /// Starts the run: records it (with the session's seq reservation) and hands it to its
-    /// agent.
+    /// agent; or, queued, records it as queued (durable: it survives a restart), announces
+    /// `run.queued`, and stops the run before it for `interrupt` / `rollback`.
     pub async fn launch(self) -> Result<Started, ApiError> {
         let PreparedRun {
             core,
             tenant,
+            owner,
             agent,
-            input,
+            req,
             run_id,
             cfg,
-            topic,
-            epoch,
-            reserve,
-            slot,
-            mut claim,
+            place,
         } = self;
-        let owner = claim.owner.clone();
         let store = core.sessions.store().clone();
-        let start = RunStart {
-            run_id: run_id.to_string(),
-            tenant: tenant.to_string(),
-            session_id: Some(owner.session_id().to_string()),
-            starting_agent: agent.name().to_owned(),
-            trace_id: cfg.trace_id.clone(),
-            seq_reserved: reserve.clone(),
-        };
-        // Recorded before the run can publish past the old reservation or save a turn.
-        store.record_run_start(start).await.map_err(|e| {
-            tracing::error!(run_id = %run_id, error = %e, "could not record the run's start");
-            ApiError::Internal
-        })?;
-        if let Some((epoch, upto)) = &reserve {
+        let (end_tx, end) = oneshot::channel();
+        match place {
+            Place::Now {
+                claimed,
+                slot,
+                mut claim,
+            } => {
+                let start = RunStart {
+                    run_id: run_id.to_string(),
+                    tenant: tenant.to_string(),
+                    session_id: Some(owner.session_id().to_string()),
+                    starting_agent: agent.name().to_owned(),
+                    trace_id: cfg.trace_id.clone(),
+                    seq_reserved: claimed.reserve.clone(),
+                    status: RunStatus::Running,
+                    request: None,
+                    node_id: None,
+                };
+                // Recorded before the run can publish past the old reservation or save a turn.
+                store.record_run_start(start).await.map_err(|e| {
+                    tracing::error!(run_id = %run_id, error = %e, "could not record the run's start");
+                    ApiError::Internal
+                })?;
+                core.waiters.insert(run_id.to_string(), end_tx);
+                let epoch = claimed.epoch.clone();
+                let topic = claimed.topic.clone();
+                let trace_id = cfg.trace_id.clone();
+                let started = core
+                    .start_engine(
+                        &tenant, &owner, &run_id, &agent, req.input, cfg, claimed, slot,
+                    )
+                    .await;
+                // From here the settler releases the session's claim (or the failure did).
+                claim.armed = false;
+                started?;
+                Ok(Started {
+                    run_id: run_id.to_string(),
+                    trace_id,
+                    topic,
+                    epoch,
+                    end,
+                })
+            }
+            Place::Queued {
+                position,
+                stop,
+                mode,
+                epoch,
+                topic,
+                mut queued,
+            } => {
+                let start = RunStart {
+                    run_id: run_id.to_string(),
+                    tenant: tenant.to_string(),
+                    session_id: Some(owner.session_id().to_string()),
+                    starting_agent: agent.name().to_owned(),
+                    trace_id: cfg.trace_id.clone(),
+                    seq_reserved: None,
+                    status: RunStatus::Queued,
+                    request: serde_json::to_string(&req).ok(),
+                    node_id: None,
+                };
+                if let Err(e) = store.record_run_start(start).await {
+                    tracing::error!(run_id = %run_id, error = %e, "could not record the queued run");
+                    // Its queued notice went out: say it will not run.
+                    owner.publish(
+                        &run_id,
+                        FrameBody::RunFailed {
+                            error_type: "UserError".into(),
+                            message: "the run could not be queued: the session store failed".into(),
+                        },
+                    );
+                    return Err(ApiError::Internal);
+                }
+                queued.armed = false;
+                core.waiters.insert(run_id.to_string(), end_tx);
+                let _ = position;
+                if let Some(next) = owner.queue_ready(&run_id) {
+                    // The session freed up while the record was written.
+                    let core2 = core.clone();
+                    let (t, o) = (tenant.clone(), owner.clone());
+                    tokio::spawn(async move { core2.start_queued(t, o, next).await });
+                }
+                if let Some((stop_id, paused)) = stop {
+                    let cancel = match mode {
+                        OnBusy::Rollback => CancelMode::RolledBack,
+                        _ => CancelMode::Interrupted,
+                    };
+                    if paused {
+                        core.end_paused_run(&tenant, &owner, &stop_id, cancel, Some(&run_id))
+                            .await;
+                    } else if let Some(e) = core.runs.get(&*stop_id) {
+                        e.cancel_by(cancel, Some(run_id.clone()));
+                    }
+                }
+                Ok(Started {
+                    run_id: run_id.to_string(),
+                    trace_id: cfg.trace_id.clone(),
+                    topic,
+                    epoch,
+                    end,
+                })
+            }
+        }
+    }
+}
+
+impl Core {
+    /// Hands a claimed run to its agent: registry, client tools, settler. On failure the
+    /// claim is released and the record says why.
+    #[allow(clippy::too_many_arguments)]
+    async fn start_engine(
+        self: &Arc<Self>,
+        tenant: &Arc<str>,
+        owner: &Arc<SessionOwner>,
+        run_id: &Arc<str>,
+        agent: &Agent,
+        input: RunInput,
+        cfg: RunConfig,
+        claimed: Claimed,
+        slot: TenantSlot,
+    ) -> Result<(), ApiError> {
+        let store = self.sessions.store().clone();
+        if let Some((epoch, upto)) = &claimed.reserve {
             owner.reserved(epoch, *upto);
         }
         // Client tools find the run's topic through this; registered before the run starts,
         // since its first turn may call one at once.
-        core.calls.register_run(run_id.clone(), topic.clone());
-        core.runs.insert(
+        self.calls
+            .register_run(run_id.clone(), claimed.topic.clone());
+        self.runs.insert(
             run_id.to_string(),
             RunEntry {
                 tenant: tenant.clone(),
                 control: Default::default(),
             },
         );
-        let (end_tx, end) = oneshot::channel();
         let settler = Arc::new(RunSettler {
-            core: core.clone(),
+            core: self.clone(),
             tenant: tenant.clone(),
             owner: owner.clone(),
             slot: std::sync::Mutex::new(Some(slot)),
-            end: std::sync::Mutex::new(Some(end_tx)),
         });
-        let trace_id = cfg.trace_id.clone();
-        let started = core
+        let started = self
             .runner
-            .request_with(&agent, input, ())
+            .request_with(agent, input, ())
             .config(cfg)
-            .topic(topic.clone())
-            .session(core.sessions.conversation(&owner))
+            .topic(claimed.topic.clone())
+            .session(self.sessions.conversation(owner))
             .run_id(run_id.to_string())
             .settle(settler)
             .listen(false)
             .start();
-        let run = match started {
-            Ok(run) => run,
+        match started {
+            Ok(run) => {
+                if let Some(e) = self.runs.get(&**run_id) {
+                    e.started(run.canceller());
+                }
+                self.metrics.runs_started.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
             Err(e) => {
-                core.calls.finish_run(&run_id);
-                core.runs.remove(&*run_id);
+                self.calls.finish_run(run_id);
+                self.runs.remove(&**run_id);
                 let end = RunEnd::failed(&e, Some(agent.name().to_owned()), None);
-                let _ = store.record_run_end(&tenant, &run_id, end).await;
-                return Err(match e {
+                let _ = store.record_run_end(tenant, run_id, end).await;
+                let body = FrameBody::RunFailed {
+                    error_type: e.sdk_name().into(),
+                    message: e.to_string(),
+                };
+                self.after_end(tenant, owner, run_id, owner.end_paused(run_id, body));
+                Err(match e {
                     AgentsError::Overloaded(m) => ApiError::Overloaded(m),
                     other => {
                         tracing::error!(error = %other, "run could not start");
                         ApiError::Internal
                     }
-                });
+                })
+            }
+        }
+    }
+
+    /// After a run's end frame: wakes whoever waits for it, and starts the session's next
+    /// queued run.
+    fn after_end(
+        self: &Arc<Self>,
+        tenant: &Arc<str>,
+        owner: &Arc<SessionOwner>,
+        run_id: &str,
+        (frame, next): (Option<Arc<Frame>>, Option<NextRun>),
+    ) {
+        if let (Some((_, tx)), Some(f)) = (self.waiters.remove(run_id), frame) {
+            let _ = tx.send(f);
+        }
+        if let Some(next) = next {
+            let core = self.clone();
+            let (tenant, owner) = (tenant.clone(), owner.clone());
+            tokio::spawn(async move { core.start_queued(tenant, owner, next).await });
+        }
+    }
+
+    /// Starts a queued run that has just been given its session's claim.
+    async fn start_queued(
+        self: Arc<Self>,
+        tenant: Arc<str>,
+        owner: Arc<SessionOwner>,
+        (run_id, request): NextRun,
+    ) {
+        let store = self.sessions.store().clone();
+        let fail = |why: String| {
+            let core = self.clone();
+            let (tenant, owner, run_id) = (tenant.clone(), owner.clone(), run_id.clone());
+            async move {
+                tracing::warn!(run_id = %run_id, "a queued run could not start: {why}");
+                let e = AgentsError::UserError(why);
+                let _ = core
+                    .sessions
+                    .store()
+                    .record_run_end(&tenant, &run_id, RunEnd::failed(&e, None, None))
+                    .await;
+                let body = FrameBody::RunFailed {
+                    error_type: e.sdk_name().into(),
+                    message: e.to_string(),
+                };
+                let ended = owner.end_paused(&run_id, body);
+                core.after_end(&tenant, &owner, &run_id, ended);
             }
         };
-        // The settler releases the session's claim from now on.
-        claim.armed = false;
-        if let Some(e) = core.runs.get(&*run_id) {
-            e.started(run.canceller());
+        let detail = match store.run_detail(&tenant, &run_id).await {
+            Ok(Some(d)) => d,
+            Ok(None) => return fail("its record is gone".into()).await,
+            Err(e) => return fail(format!("the session store failed: {e}")).await,
+        };
+        let req = match request {
+            Some(r) => (*r).clone(),
+            None => match detail
+                .request
+                .as_deref()
+                .and_then(|r| serde_json::from_str::<RunCreate>(r).ok())
+            {
+                Some(r) => r,
+                None => return fail("its stored request cannot be read".into()).await,
+            },
+        };
+        let agent = match self.agents.get(&req.agent) {
+            Some(a) => a.clone(),
+            None => return fail(format!("no agent named `{}` any more", req.agent)).await,
+        };
+        let claimed = match owner.claimed() {
+            Ok(c) => c,
+            Err(_) => return fail("its session is gone".into()).await,
+        };
+        let update = RunUpdate {
+            status: RunStatus::Running,
+            state: None,
+            node_id: None,
+        };
+        if let Err(e) = store.update_run(&tenant, &run_id, update).await {
+            return fail(format!("the session store failed: {e}")).await;
         }
-        core.metrics.runs_started.fetch_add(1, Ordering::Relaxed);
-        Ok(Started {
-            run_id: run_id.to_string(),
-            trace_id,
-            topic,
-            epoch,
-            end,
-        })
+        let cfg = run_config(
+            &tenant,
+            owner.session_id(),
+            &run_id,
+            &req,
+            detail.record.trace_id,
+        );
+        let slot = TenantSlot::forced(&self, &tenant);
+        let _ = self
+            .start_engine(
+                &tenant, &owner, &run_id, &agent, req.input, cfg, claimed, slot,
+            )
+            .await;
+    }
+
+    /// Ends a paused run (no task) as cancelled by a new message: its record, its items on
+    /// `rollback`, its end frame; then the next queued run starts.
+    pub(crate) async fn end_paused_run(
+        self: &Arc<Self>,
+        tenant: &Arc<str>,
+        owner: &Arc<SessionOwner>,
+        run_id: &Arc<str>,
+        mode: CancelMode,
+        by: Option<&Arc<str>>,
+    ) {
+        let store = self.sessions.store().clone();
+        if mode == CancelMode::RolledBack {
+            let _ = store
+                .delete_run_items(tenant, owner.session_id(), run_id)
+                .await;
+        }
+        let mut end = RunEnd::cancelled(None, None);
+        end.cancel_mode = Some(mode.as_str().into());
+        end.by_run_id = by.map(|b| b.to_string());
+        if let Err(e) = store.record_run_end(tenant, run_id, end).await {
+            tracing::error!(run_id = %run_id, error = %e, "could not record the run's end");
+        }
+        let body = FrameBody::RunCancelled {
+            mode,
+            by_run_id: by.cloned(),
+        };
+        let ended = owner.end_paused(run_id, body);
+        self.after_end(tenant, owner, run_id, ended);
     }
 }
 
@@ -254,36 +537,44 @@ struct RunSettler {
     tenant: Arc<str>,
     owner: Arc<SessionOwner>,
     slot: std::sync::Mutex<Option<TenantSlot>>,
-    end: std::sync::Mutex<Option<oneshot::Sender<Arc<Frame>>>>,
 }
 
 #[async_trait]
 impl RunSettle for RunSettler {
     async fn settle(&self, ended: RunEnded) {
         let core = &self.core;
-        let rid = &ended.run_id;
+        let rid = ended.run_id.clone();
         if let RunOutcome::Failed(e) = &ended.outcome {
             tracing::info!(run_id = %rid, error = %e, "run failed");
         }
-        let end = RunEnd::from_outcome(&ended.outcome, &ended.last_agent, ended.usage.clone());
-        if let Err(e) = core
-            .sessions
-            .store()
-            .record_run_end(&self.tenant, rid, end)
-            .await
-        {
+        let store = core.sessions.store();
+        if matches!(ended.outcome, RunOutcome::Cancelled(CancelMode::RolledBack)) {
+            // Rolled back by a new message: the run's items leave the conversation first.
+            if let Err(e) = store
+                .delete_run_items(&self.tenant, self.owner.session_id(), &rid)
+                .await
+            {
+                tracing::error!(run_id = %rid, error = %e, "could not remove a rolled-back run's items");
+            }
+        }
+        let mut end = RunEnd::from_outcome(&ended.outcome, &ended.last_agent, ended.usage.clone());
+        end.by_run_id = match ended.frame() {
+            Some(FrameBody::RunCancelled { by_run_id, .. }) => {
+                by_run_id.as_deref().map(str::to_owned)
+            }
+            _ => None,
+        };
+        end.seq_safe = Some((self.owner.epoch(), ended.topic().last_seq() + 1));
+        if let Err(e) = store.record_run_end(&self.tenant, &rid, end).await {
             tracing::error!(run_id = %rid, error = %e, "could not record the run's end");
         }
-        core.runs.remove(&**rid);
-        core.calls.finish_run(rid);
+        core.runs.remove(&*rid);
+        core.calls.finish_run(&rid);
         drop(self.slot.lock().unwrap_or_else(|e| e.into_inner()).take());
         core.metrics.runs_finished.fetch_add(1, Ordering::Relaxed);
         core.metrics.run_ends.count(&ended.outcome);
-        let frame = self.owner.end_run(ended);
-        let tx = self.end.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let (Some(tx), Some(f)) = (tx, frame) {
-            let _ = tx.send(f);
-        }
+        let done = self.owner.end_run(ended);
+        core.after_end(&self.tenant, &self.owner, &rid, done);
     }
 }
 
@@ -338,9 +629,10 @@ impl Core {
             .await
     }
 
-    /// Checks and sets up a run without starting it: the session is claimed, and its id,
-    /// trace id and the session's epoch are known, so a caller can announce it
-    /// (`run.accepted`) and subscribe before any of its frames exist.
+    /// Checks and sets up a run without starting it: the session is claimed (or the run
+    /// queued behind its run, as `on_busy` says), and its id, trace id and the session's
+    /// epoch are known, so a caller can announce it (`run.accepted`) and subscribe before any
+    /// of its frames exist.
     pub async fn prepare_run(
         self: &Arc<Self>,
         tenant: &Arc<str>,
@@ -349,53 +641,56 @@ impl Core {
     ) -> Result<PreparedRun, ApiError> {
         check_session_id(session_id)?;
         let agent = self.check_run(&req)?;
-        let slot = TenantSlot::take(self, tenant)?;
         let owner = self.sessions.owner(tenant, session_id).await?;
         let run_id: Arc<str> = gen_run_id().into();
+        let on_busy = req.on_busy.unwrap_or(self.config.sessions.on_busy);
         // One run per session at a time, so a session's items never interleave.
-        let claimed = owner.claim(&run_id)?;
-        let claim = Claim {
-            owner: owner.clone(),
-            run_id: run_id.clone(),
-            armed: true,
-        };
-        let trace = req.trace.unwrap_or_default();
-        let mut metadata = trace.metadata.unwrap_or_default();
-        if let Some(m) = req.metadata {
-            for (k, v) in m {
-                metadata.entry(k).or_insert(v);
+        let place = match owner.claim_or_queue(
+            &run_id,
+            &req,
+            on_busy,
+            self.config.sessions.max_queued_runs,
+        )? {
+            ClaimOrQueue::Claimed(claimed) => {
+                let claim = Claim {
+                    owner: owner.clone(),
+                    run_id: run_id.clone(),
+                    armed: true,
+                };
+                let slot = TenantSlot::take(self, tenant)?;
+                Place::Now {
+                    claimed,
+                    slot,
+                    claim,
+                }
             }
-        }
-        // The trace store scopes traces by this key, so a tenant sees only its own.
-        metadata.insert("tenant".into(), Value::String(tenant.to_string()));
-        // The trace browser links a trace to its session and run record by these.
-        metadata.insert("session_id".into(), Value::String(session_id.to_owned()));
-        metadata.insert("run_id".into(), Value::String(run_id.to_string()));
-        let mut cfg = RunConfig::default();
-        if let Some(n) = req.max_turns {
-            cfg.max_turns = n;
-        }
-        if let Some(w) = trace.workflow_name {
-            cfg.workflow_name = w;
-        }
-        // The trace id is chosen here (not by the engine) so it can be announced first.
-        let traced = !trace.disabled && !crate::trace::global_tracer().is_disabled();
-        cfg.trace_id = traced.then(|| trace.trace_id.unwrap_or_else(crate::trace::gen_trace_id));
-        cfg.group_id = Some(trace.group_id.unwrap_or_else(|| session_id.to_owned()));
-        cfg.trace_metadata = (!metadata.is_empty()).then_some(metadata);
-        cfg.tracing_disabled = trace.disabled;
+            ClaimOrQueue::Queued { position, stop } => {
+                let queued = QueuedGuard {
+                    owner: owner.clone(),
+                    run_id: run_id.clone(),
+                    armed: true,
+                };
+                let topic = owner.topic().ok_or(ApiError::Internal)?;
+                Place::Queued {
+                    position,
+                    stop,
+                    mode: on_busy,
+                    epoch: owner.epoch(),
+                    topic,
+                    queued,
+                }
+            }
+        };
+        let cfg = run_config(tenant, session_id, &run_id, &req, None);
         Ok(PreparedRun {
             core: self.clone(),
             tenant: tenant.clone(),
+            owner,
             agent,
-            input: req.input,
+            req,
             run_id,
             cfg,
-            topic: claimed.topic,
-            epoch: claimed.epoch,
-            reserve: claimed.reserve,
-            slot,
-            claim,
+            place,
         })
     }
 
@@ -480,4 +775,113 @@ pub(crate) fn check_session_id(session_id: &str) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// The run config of a request: turns, workflow, the trace (its id chosen here, so it can be
+/// announced first; `trace_id` when the run already has one) grouped by the session.
+fn run_config(
+    tenant: &str,
+    session_id: &str,
+    run_id: &str,
+    req: &RunCreate,
+    trace_id: Option<String>,
+) -> RunConfig {
+    let trace = req.trace.clone().unwrap_or_default();
+    let mut metadata = trace.metadata.unwrap_or_default();
+    if let Some(m) = &req.metadata {
+        for (k, v) in m {
+            metadata.entry(k.clone()).or_insert(v.clone());
+        }
+    }
+    // The trace store scopes traces by this key, so a tenant sees only its own.
+    metadata.insert("tenant".into(), Value::String(tenant.to_string()));
+    // The trace browser links a trace to its session and run record by these.
+    metadata.insert("session_id".into(), Value::String(session_id.to_owned()));
+    metadata.insert("run_id".into(), Value::String(run_id.to_owned()));
+    let mut cfg = RunConfig::default();
+    if let Some(n) = req.max_turns {
+        cfg.max_turns = n;
+    }
+    if let Some(w) = trace.workflow_name {
+        cfg.workflow_name = w;
+    }
+    let traced = !trace.disabled && !crate::trace::global_tracer().is_disabled();
+    cfg.trace_id = traced.then(|| {
+        trace_id
+            .or(trace.trace_id)
+            .unwrap_or_else(crate::trace::gen_trace_id)
+    });
+    cfg.group_id = Some(trace.group_id.unwrap_or_else(|| session_id.to_owned()));
+    cfg.trace_metadata = (!metadata.is_empty()).then_some(metadata);
+    cfg.tracing_disabled = trace.disabled;
+    cfg
+}
+
+impl Core {
+    /// Takes up what a previous process left in flight (call once, before serving): runs that
+    /// were running are ended as interrupted, their sessions told with a `run.failed` frame of
+    /// type `Interrupted` (so a client resuming after the restart learns the run's fate);
+    /// queued runs start in order once their session is free; paused runs stay paused.
+    /// Answers how many runs were interrupted.
+    pub async fn recover(self: &Arc<Self>) -> usize {
+        let store = self.sessions.store().clone();
+        let runs = match store.runs_in_flight().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "could not read the runs left in flight");
+                return 0;
+            }
+        };
+        let mut interrupted = 0;
+        let mut sessions = Vec::new();
+        for d in runs {
+            let r = d.record;
+            let (Some(sid), tenant) = (r.session_id.clone(), Arc::<str>::from(r.tenant.as_str()))
+            else {
+                continue;
+            };
+            if !sessions.contains(&(tenant.clone(), sid.clone())) {
+                sessions.push((tenant.clone(), sid.clone()));
+            }
+            if r.status != RunStatus::Running {
+                continue;
+            }
+            let reason = format!(
+                "the server stopped while this run was in progress (its last completed turn: {})",
+                r.turn
+            );
+            let end = RunEnd::interrupted(reason.clone());
+            if let Err(e) = store.record_run_end(&tenant, &r.run_id, end).await {
+                tracing::error!(run_id = %r.run_id, error = %e, "could not record an interrupted run");
+                continue;
+            }
+            interrupted += 1;
+            if let Ok(owner) = self.sessions.owner(&tenant, &sid).await {
+                let run_id: Arc<str> = r.run_id.as_str().into();
+                owner.publish(
+                    &run_id,
+                    FrameBody::RunFailed {
+                        error_type: crate::session::records::INTERRUPTED_ERROR_TYPE.into(),
+                        message: reason,
+                    },
+                );
+            }
+        }
+        // Sessions with queued runs and nothing holding them: the first queued run starts.
+        for (tenant, sid) in sessions {
+            if let Ok(owner) = self.sessions.owner(&tenant, &sid).await {
+                if let Some(next) = owner.start_waiting() {
+                    let core = self.clone();
+                    tokio::spawn(async move { core.start_queued(tenant, owner, next).await });
+                }
+            }
+        }
+        if interrupted > 0 {
+            tracing::warn!(
+                runs = interrupted,
+                "runs left running by the previous process are marked interrupted"
+            );
+        }
+        interrupted
+    }
 }

@@ -16,6 +16,7 @@
 //! few field updates that never wait, so a mailbox round trip would only add a hop (DESIGN.md
 //! measured ~14 µs per `send().await`).
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,7 +29,8 @@ use crate::bus::{BusLimits, HistoryBudget, Subscription, Topic};
 use crate::items::Item;
 use crate::run::RunEnded;
 use crate::service::error::ApiError;
-use crate::session::{Session, SessionError, SessionMeta, Store, TurnRecord};
+use crate::service::request::{OnBusy, RunCreate};
+use crate::session::{RunQuery, RunStatus, Session, SessionError, SessionMeta, Store, TurnRecord};
 
 /// How many seqs a session reserves ahead in the store. A process that dies mid-run may have
 /// published up to the reservation; the next one numbers after it (a gap, never a reuse).
@@ -53,8 +55,12 @@ struct OwnerState {
     reserved: u64,
     /// Whether the session has a numbering row in the store.
     stored: bool,
-    /// The run holding the session.
+    /// The run holding the session (running, or paused for approval).
     run: Option<Arc<str>>,
+    /// Whether that run is paused (stored state only: no task holds the owner).
+    paused: bool,
+    /// Runs waiting for the session, in the order they start.
+    queue: VecDeque<Queued>,
     last_used: Instant,
     passivated: bool,
 }
@@ -81,6 +87,31 @@ pub struct Subscribed {
     pub last_seq: u64,
 }
 
+/// A run in a session's queue.
+struct Queued {
+    run_id: Arc<str>,
+    /// Whether its record is written: only then may it start.
+    ready: bool,
+    /// Its request, when this process took it (else it is read from the store).
+    request: Option<Arc<RunCreate>>,
+}
+
+/// A queued run that now has the session: its id and (when known here) its request.
+pub type NextRun = (Arc<str>, Option<Arc<RunCreate>>);
+
+/// What [`SessionOwner::claim_or_queue`] did.
+pub enum ClaimOrQueue {
+    /// The session was free: the run has it.
+    Claimed(Claimed),
+    /// The run waits in the session's queue.
+    Queued {
+        /// Its place (1 is next).
+        position: usize,
+        /// The run to stop for it (`interrupt` / `rollback`), and whether it is paused.
+        stop: Option<(Arc<str>, bool)>,
+    },
+}
+
 /// The session's claim for one run, with what the run needs from the owner.
 pub struct Claimed {
     /// The topic the run publishes on.
@@ -103,6 +134,8 @@ impl SessionOwner {
                 reserved: 0,
                 stored: false,
                 run: None,
+                paused: false,
+                queue: VecDeque::new(),
                 last_used: Instant::now(),
                 passivated: false,
             }),
@@ -160,22 +193,149 @@ impl SessionOwner {
             .session_meta(&self.tenant, &self.session_id)
             .await
             .map_err(store_failed)?;
+        // A paused run holds the session from its stored state; queued runs wait in order.
+        let mut paused = None;
+        let mut queue = VecDeque::new();
+        if meta.is_some() {
+            for status in [RunStatus::AwaitingApproval, RunStatus::Queued] {
+                let query = RunQuery {
+                    session_id: Some(self.session_id.to_string()),
+                    status: Some(status),
+                    limit: 10_000,
+                };
+                let mut runs = store
+                    .list_runs(&self.tenant, &query)
+                    .await
+                    .map_err(store_failed)?;
+                runs.sort_by(|a, b| (a.created_at, &a.run_id).cmp(&(b.created_at, &b.run_id)));
+                for r in runs {
+                    match status {
+                        RunStatus::AwaitingApproval => paused = Some(Arc::from(r.run_id)),
+                        _ => queue.push_back(Queued {
+                            run_id: Arc::from(r.run_id),
+                            ready: true,
+                            request: None,
+                        }),
+                    }
+                }
+            }
+        }
         let mut st = self.lock();
-        let (epoch, after, stored) = match meta {
-            Some(m) if !m.epoch.is_empty() => (m.epoch, m.seq_reserved, true),
+        let (epoch, after, safe, stored) = match meta {
+            Some(m) if !m.epoch.is_empty() => (m.epoch, m.seq_reserved, m.seq_safe, true),
             // Items but no numbering (written before numbering was stored): a new one.
-            Some(_) => (gen_epoch(), 0, false),
-            None => (gen_epoch(), 0, false),
+            Some(_) => (gen_epoch(), 0, 0, false),
+            None => (gen_epoch(), 0, 0, false),
         };
-        st.topic = Some(Topic::resuming(
+        st.topic = Some(Topic::resuming_after_gap(
             self.session_id.clone(),
             limits.clone(),
+            safe,
             after,
         ));
         st.epoch = epoch;
         st.reserved = after;
         st.stored = stored;
+        st.paused = paused.is_some();
+        st.run = paused;
+        st.queue = queue;
         Ok(())
+    }
+
+    /// Claims the session for `run_id` if it is free, else queues the run (at the front for
+    /// `interrupt` / `rollback`, whose caller then stops the current run). Answers the claim,
+    /// or the run to stop and the queued run's position.
+    pub fn claim_or_queue(
+        &self,
+        run_id: &Arc<str>,
+        request: &RunCreate,
+        on_busy: OnBusy,
+        max_queued: usize,
+    ) -> Result<ClaimOrQueue, ApiError> {
+        let mut st = self.lock();
+        if st.run.is_none() && st.queue.is_empty() {
+            drop(st);
+            return self.claim(run_id).map(ClaimOrQueue::Claimed);
+        }
+        let busy = || {
+            ApiError::SessionBusy(format!(
+                "session {} already has a run in progress; wait for its end frame, or cancel it, or send on_busy = enqueue, interrupt or rollback",
+                self.session_id
+            ))
+        };
+        match on_busy {
+            OnBusy::Reject => Err(busy()),
+            _ if st.queue.len() >= max_queued => Err(ApiError::Overloaded(format!(
+                "session {} already has {} runs waiting (the limit); wait for them to start",
+                self.session_id,
+                st.queue.len()
+            ))),
+            OnBusy::Enqueue | OnBusy::Interrupt | OnBusy::Rollback => {
+                let entry = Queued {
+                    run_id: run_id.clone(),
+                    ready: false,
+                    request: Some(Arc::new(request.clone())),
+                };
+                let (position, stop) = if on_busy == OnBusy::Enqueue {
+                    st.queue.push_back(entry);
+                    (st.queue.len(), None)
+                } else {
+                    st.queue.push_front(entry);
+                    (1, st.run.clone().map(|r| (r, st.paused)))
+                };
+                // Announced in queue order, under the lock that ordered it.
+                if let Some(t) = &st.topic {
+                    t.publish(run_id, crate::bus::FrameBody::RunQueued { position });
+                }
+                Ok(ClaimOrQueue::Queued { position, stop })
+            }
+        }
+    }
+
+    /// Takes a queued run out of the queue (it could not be recorded).
+    pub fn unqueue(&self, run_id: &str) {
+        self.lock().queue.retain(|q| &*q.run_id != run_id);
+    }
+
+    /// A queued run's record is written: it may start. Answers the run that takes the
+    /// session now, if it was free and waiting for this.
+    pub fn queue_ready(&self, run_id: &str) -> Option<NextRun> {
+        let mut st = self.lock();
+        if let Some(q) = st.queue.iter_mut().find(|q| &*q.run_id == run_id) {
+            q.ready = true;
+        }
+        if st.run.is_none() {
+            Self::take_next(&mut st)
+        } else {
+            None
+        }
+    }
+
+    /// If the session is free and runs wait, gives the claim to the first (after a restart).
+    pub fn start_waiting(&self) -> Option<NextRun> {
+        let mut st = self.lock();
+        if st.run.is_some() {
+            return None;
+        }
+        Self::take_next(&mut st)
+    }
+
+    /// Gives the claim to the next queued run, if its record is written.
+    fn take_next(st: &mut OwnerState) -> Option<NextRun> {
+        if !st.queue.front().is_some_and(|q| q.ready) {
+            return None;
+        }
+        let q = st.queue.pop_front()?;
+        st.run = Some(q.run_id.clone());
+        Some((q.run_id, q.request))
+    }
+
+    /// Marks the session's run paused (stored state only) or running again.
+    pub fn set_paused(&self, run_id: &str, paused: bool) {
+        let mut st = self.lock();
+        if st.run.as_deref() == Some(run_id) {
+            st.paused = paused;
+        }
     }
 
     /// The session's topic (its numbering, history and subscribers).
@@ -272,21 +432,64 @@ impl SessionOwner {
     }
 
     /// Ends the session's run: releases the claim and publishes the run's end frame, in that
-    /// order and under the owner's lock, so whoever sees the end frame finds the session free.
-    pub fn end_run(&self, ended: RunEnded) -> Option<Arc<crate::bus::Frame>> {
+    /// order and under the owner's lock, so whoever sees the end frame finds the session free;
+    /// the next queued run, if any, takes the claim at once. Answers the end frame and that
+    /// next run.
+    pub fn end_run(&self, ended: RunEnded) -> (Option<Arc<crate::bus::Frame>>, Option<NextRun>) {
         let mut st = self.lock();
-        if st.run.as_deref() == Some(&*ended.run_id) {
-            st.run = None;
-        }
         st.last_used = Instant::now();
-        ended.publish()
+        if st.run.as_deref() != Some(&*ended.run_id) {
+            return (ended.publish(), None);
+        }
+        st.run = None;
+        st.paused = false;
+        let frame = ended.publish();
+        (frame, Self::take_next(&mut st))
+    }
+
+    /// Ends a paused run without a task (a decision's timeout, a new message interrupting
+    /// it): publishes `body` as its end frame and hands the claim to the next queued run.
+    pub fn end_paused(
+        &self,
+        run_id: &Arc<str>,
+        body: crate::bus::FrameBody,
+    ) -> (Option<Arc<crate::bus::Frame>>, Option<NextRun>) {
+        let mut st = self.lock();
+        st.last_used = Instant::now();
+        let frame = st.topic.as_ref().map(|t| t.publish(run_id, body));
+        if st.run.as_deref() != Some(&**run_id) {
+            return (frame, None);
+        }
+        st.run = None;
+        st.paused = false;
+        (frame, Self::take_next(&mut st))
+    }
+
+    /// Publishes a frame of the session (a queued notice) under the owner's lock.
+    pub fn publish(&self, run_id: &Arc<str>, body: crate::bus::FrameBody) {
+        if let Some(t) = &self.lock().topic {
+            t.publish(run_id, body);
+        }
+    }
+
+    /// The claim and what it gives a run that got the session from the queue.
+    pub fn claimed(&self) -> Result<Claimed, ApiError> {
+        let st = self.lock();
+        let topic = Self::topic_of(&st)?.clone();
+        let reserve = Self::reservation_due(&st, &topic);
+        Ok(Claimed {
+            topic,
+            epoch: st.epoch.clone(),
+            reserve,
+        })
     }
 
     /// Whether the owner can be passivated now: no run, no subscriber, and unused for
     /// `idle` (or for [`EMPTY_IDLE`] when it retains no frames, e.g. after the history budget
     /// took them: then it only holds what the store already has).
     fn idle(st: &OwnerState, idle: Duration, now: Instant) -> bool {
-        if st.run.is_some() {
+        // A paused run and queued runs are stored state: they do not keep the owner.
+        if st.run.is_some() && !st.paused {
             return false;
         }
         let retained = match &st.topic {
@@ -429,7 +632,18 @@ impl Sessions {
                 "session {session_id} has a run in progress; cancel it (run.cancel) and wait for its end frame before deleting the session"
             ))
         })?;
-        let existed = self.store.delete_session(tenant, session_id).await;
+        let existed = match self.store.delete_session(tenant, session_id).await {
+            Ok(e) => e || claimed.topic.last_seq() > 0,
+            Err(e) => {
+                owner.release(&marker);
+                return Err(store_failed(e));
+            }
+        };
+        if !existed {
+            // Nothing to delete: the session (and its subscribers) stay as they are.
+            owner.release(&marker);
+            return Ok(false);
+        }
         let new_epoch = gen_epoch();
         {
             // A new numbering from 1, under a new epoch, on a fresh topic.
@@ -443,8 +657,7 @@ impl Sessions {
         }
         // Subscribers of the old numbering are told (history_truncated, the new epoch).
         claimed.topic.reset(&new_epoch);
-        let existed = existed.map_err(store_failed)?;
-        Ok(existed || claimed.topic.last_seq() > 0)
+        Ok(true)
     }
 
     /// Passivates owners idle for the idle time: they leave memory, their exact numbering is
@@ -471,6 +684,7 @@ impl Sessions {
             let save = (st.stored && last != st.reserved).then(|| SessionMeta {
                 epoch: st.epoch.clone(),
                 seq_reserved: last,
+                seq_safe: last,
             });
             done.push((entry.key().clone(), owner.clone(), save));
         }
@@ -515,6 +729,7 @@ impl Sessions {
             let meta = SessionMeta {
                 epoch,
                 seq_reserved: last,
+                seq_safe: last,
             };
             let _ = self
                 .store
@@ -573,6 +788,8 @@ impl Session for OwnedSession {
         let reserve = self.owner.reservation();
         let mut record = turn.clone();
         record.seq_reserved = reserve.clone();
+        // Everything published so far belongs to the turns this save completes.
+        record.seq_safe = Some(self.owner.last_seq());
         self.inner.save_turn(items, &record).await?;
         if let Some((epoch, upto)) = reserve {
             self.owner.reserved(&epoch, upto);

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::session::{MemoryStore, SqliteStore, Store};
+use crate::session::{MemoryStore, SqliteStore, Store, StoreOptions};
 
 /// Opens the store of `config`; the error names the file, the key and what is wrong.
 pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
@@ -19,17 +19,14 @@ pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
             config.sessions.memory_max_runs,
         )));
     }
-    match SqliteStore::open(&url) {
-        Ok(store) => {
-            let n = store.recovered_runs();
-            if n > 0 {
-                tracing::warn!(
-                    runs = n,
-                    "runs left running by a previous process are marked interrupted"
-                );
-            }
-            Ok(Arc::new(store))
-        }
+    // Runs left in flight by a previous process are the service's to take up again
+    // (`Core::recover`), not the store's to mark interrupted.
+    let opts = StoreOptions {
+        recover_interrupted_runs: false,
+        ..StoreOptions::default()
+    };
+    match SqliteStore::open_with(&url, opts) {
+        Ok(store) => Ok(Arc::new(store)),
         Err(e) => Err(format!(
             "{}: sessions.store: cannot open {url}: {e}",
             config.source

@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::records::{
-    now_ms, RunEnd, RunQuery, RunRecord, RunStart, RunStatus, SessionInfo, SessionMeta, TurnRecord,
+    now_ms, RunDetail, RunEnd, RunQuery, RunRecord, RunStart, RunStatus, RunUpdate, SessionInfo,
+    SessionMeta, TurnRecord,
 };
 use super::store::Store;
 use super::{Session, SessionError};
@@ -37,10 +38,6 @@ impl MemorySession {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Item>> {
         self.items.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn len(&self) -> usize {
-        self.lock().len()
     }
 }
 
@@ -79,7 +76,8 @@ pub const DEFAULT_MAX_RUNS: usize = 10_000;
 type Key = (Arc<str>, Arc<str>);
 
 struct Entry {
-    items: Arc<MemorySession>,
+    /// The items, each with the run that added it (rollback removes a run's items).
+    items: Mutex<Vec<(Option<Arc<str>>, Item)>>,
     meta: Mutex<Option<SessionMeta>>,
     created_at: i64,
     updated_at: AtomicI64,
@@ -91,9 +89,17 @@ impl Entry {
     }
 }
 
+/// A run's record with its state, queued request and approval deadline.
+struct RunSlot {
+    record: RunRecord,
+    state: Option<String>,
+    request: Option<String>,
+    deadline: Option<i64>,
+}
+
 #[derive(Default)]
 struct Runs {
-    records: HashMap<Key, RunRecord>,
+    records: HashMap<Key, RunSlot>,
     order: VecDeque<Key>,
 }
 
@@ -168,7 +174,7 @@ impl MemoryStore {
         }
         let now = now_ms();
         let e = Arc::new(Entry {
-            items: Arc::new(MemorySession::new(session_id)),
+            items: Mutex::new(Vec::new()),
             meta: Mutex::new(None),
             created_at: now,
             updated_at: AtomicI64::new(now),
@@ -183,12 +189,7 @@ impl MemoryStore {
             .cloned()
     }
 
-    fn update_run(
-        &self,
-        tenant: &str,
-        run_id: &str,
-        f: impl FnOnce(&mut RunRecord) -> bool,
-    ) -> bool {
+    fn with_run(&self, tenant: &str, run_id: &str, f: impl FnOnce(&mut RunSlot) -> bool) -> bool {
         let mut runs = lock(&self.inner.runs);
         match runs.records.get_mut(&key(tenant, run_id)) {
             Some(r) => f(r),
@@ -197,50 +198,100 @@ impl MemoryStore {
     }
 }
 
-/// A conversation of a [`MemoryStore`]: its items, and the run progress of its turns.
+/// A conversation of a [`MemoryStore`]: its items, and the run progress of its turns. Its
+/// entry is made by its first write (reading a session that does not exist makes nothing).
 struct StoreSession {
     store: MemoryStore,
     tenant: Arc<str>,
-    entry: Arc<Entry>,
+    id: Arc<str>,
+}
+
+impl StoreSession {
+    fn entry(&self) -> Arc<Entry> {
+        self.store.entry(&self.tenant, &self.id)
+    }
+
+    fn existing(&self) -> Option<Arc<Entry>> {
+        self.store.existing(&self.tenant, &self.id)
+    }
+
+    fn add(&self, items: Vec<Item>, run: Option<&Arc<str>>) -> Arc<Entry> {
+        let entry = self.entry();
+        entry.touch();
+        lock(&entry.items).extend(items.into_iter().map(|i| (run.cloned(), i)));
+        entry
+    }
 }
 
 #[async_trait]
 impl Session for StoreSession {
     fn session_id(&self) -> &str {
-        self.entry.items.session_id()
+        &self.id
     }
     async fn get_items(&self, limit: Option<usize>) -> Result<Vec<Item>, SessionError> {
-        self.entry.items.get_items(limit).await
+        let Some(entry) = self.existing() else {
+            return Ok(Vec::new());
+        };
+        let items = lock(&entry.items);
+        let start = limit.map_or(0, |l| items.len().saturating_sub(l));
+        Ok(items[start..].iter().map(|(_, i)| i.clone()).collect())
     }
     async fn add_items(&self, items: Vec<Item>) -> Result<(), SessionError> {
-        self.entry.touch();
-        self.entry.items.add_items(items).await
+        self.add(items, None);
+        Ok(())
     }
     async fn save_turn(&self, items: Vec<Item>, turn: &TurnRecord) -> Result<(), SessionError> {
-        self.add_items(items).await?;
-        self.store.update_run(&self.tenant, &turn.run_id, |r| {
-            r.turn = turn.turn;
-            r.last_agent = Some(turn.agent.clone());
-            r.usage = Some(turn.usage.clone());
-            r.updated_at = now_ms();
+        let entry = self.add(items, Some(&turn.run_id));
+        self.store.with_run(&self.tenant, &turn.run_id, |r| {
+            if r.record.status != RunStatus::Running {
+                return false;
+            }
+            r.record.turn = turn.turn;
+            r.record.last_agent = Some(turn.agent.clone());
+            r.record.usage = Some(turn.usage.clone());
+            r.record.updated_at = now_ms();
+            if let Some(s) = &turn.state {
+                r.state = Some(s.to_string());
+            }
+            if let Some(deadline) = turn.pause {
+                r.record.status = RunStatus::AwaitingApproval;
+                r.deadline = deadline;
+            }
             true
         });
+        let mut meta = lock(&entry.meta);
         if let Some((epoch, upto)) = &turn.seq_reserved {
-            *lock(&self.entry.meta) = Some(SessionMeta {
+            let safe = meta.as_ref().map_or(0, |m| m.seq_safe);
+            *meta = Some(SessionMeta {
                 epoch: epoch.clone(),
                 seq_reserved: *upto,
+                seq_safe: safe,
             });
+        }
+        if let (Some(m), Some(safe)) = (meta.as_mut(), turn.seq_safe) {
+            m.seq_safe = safe;
         }
         Ok(())
     }
     async fn pop_item(&self) -> Result<Option<Item>, SessionError> {
-        self.entry.touch();
-        self.entry.items.pop_item().await
+        let Some(entry) = self.existing() else {
+            return Ok(None);
+        };
+        entry.touch();
+        let popped = lock(&entry.items).pop().map(|(_, i)| i);
+        Ok(popped)
     }
     async fn clear_session(&self) -> Result<(), SessionError> {
-        self.entry.touch();
-        self.entry.items.clear_session().await
+        if let Some(entry) = self.existing() {
+            entry.touch();
+            lock(&entry.items).clear();
+        }
+        Ok(())
     }
+}
+
+fn item_count(e: &Entry) -> usize {
+    lock(&e.items).len()
 }
 
 #[async_trait]
@@ -258,7 +309,7 @@ impl Store for MemoryStore {
         Arc::new(StoreSession {
             store: self.clone(),
             tenant: tenant.into(),
-            entry: self.entry(tenant, session_id),
+            id: session_id.into(),
         })
     }
     async fn session_meta(
@@ -292,10 +343,10 @@ impl Store for MemoryStore {
         let map = lock(&self.inner.sessions);
         let mut v: Vec<SessionInfo> = map
             .iter()
-            .filter(|(k, e)| &*k.0 == tenant && (e.items.len() > 0 || lock(&e.meta).is_some()))
+            .filter(|(k, e)| &*k.0 == tenant && (item_count(e) > 0 || lock(&e.meta).is_some()))
             .map(|(k, e)| SessionInfo {
                 session_id: k.1.to_string(),
-                item_count: e.items.len() as u64,
+                item_count: item_count(e) as u64,
                 created_at: e.created_at,
                 updated_at: e.updated_at.load(Ordering::Relaxed),
             })
@@ -310,18 +361,23 @@ impl Store for MemoryStore {
     }
     async fn record_run_start(&self, start: RunStart) -> Result<(), SessionError> {
         if let (Some(session), Some((epoch, upto))) = (&start.session_id, &start.seq_reserved) {
-            *lock(&self.entry(&start.tenant, session).meta) = Some(SessionMeta {
+            let entry = self.entry(&start.tenant, session);
+            let mut meta = lock(&entry.meta);
+            let safe = meta.as_ref().map_or(0, |m| m.seq_safe);
+            *meta = Some(SessionMeta {
                 epoch: epoch.clone(),
                 seq_reserved: *upto,
+                seq_safe: safe,
             });
         }
         let now = now_ms();
         let k = key(&start.tenant, &start.run_id);
+        let request = start.request;
         let rec = RunRecord {
             run_id: start.run_id,
             tenant: start.tenant,
             session_id: start.session_id,
-            status: RunStatus::Running,
+            status: start.status,
             last_agent: Some(start.starting_agent.clone()),
             starting_agent: start.starting_agent,
             final_output: None,
@@ -332,9 +388,18 @@ impl Store for MemoryStore {
             updated_at: now,
             finished_at: None,
             turn: 0,
+            cancel_mode: None,
+            by_run_id: None,
+            node_id: start.node_id,
+        };
+        let slot = RunSlot {
+            record: rec,
+            state: None,
+            request,
+            deadline: None,
         };
         let mut runs = lock(&self.inner.runs);
-        if runs.records.insert(k.clone(), rec).is_none() {
+        if runs.records.insert(k.clone(), slot).is_none() {
             runs.order.push_back(k);
         }
         // Over the bound: drop the oldest finished records (running ones are bounded by the
@@ -344,11 +409,11 @@ impl Store for MemoryStore {
             let Some(old) = runs.order.pop_front() else {
                 break;
             };
-            let running = runs
+            let in_flight = runs
                 .records
                 .get(&old)
-                .is_some_and(|r| r.status == RunStatus::Running);
-            if running {
+                .is_some_and(|r| !r.record.status.is_final());
+            if in_flight {
                 runs.order.push_back(old);
                 scanned += 1;
             } else {
@@ -363,8 +428,10 @@ impl Store for MemoryStore {
         run_id: &str,
         end: RunEnd,
     ) -> Result<bool, SessionError> {
-        Ok(self.update_run(tenant, run_id, |r| {
-            if r.status != RunStatus::Running {
+        let mut session = None;
+        let ended = self.with_run(tenant, run_id, |slot| {
+            let r = &mut slot.record;
+            if r.status.is_final() {
                 return false;
             }
             let now = now_ms();
@@ -373,18 +440,32 @@ impl Store for MemoryStore {
                 r.last_agent = end.last_agent;
             }
             r.final_output = end.final_output;
-            r.usage = end.usage;
+            if end.usage.is_some() {
+                r.usage = end.usage;
+            }
             r.error = end.error;
+            r.cancel_mode = end.cancel_mode;
+            r.by_run_id = end.by_run_id;
             r.updated_at = now;
             r.finished_at = Some(now);
+            slot.deadline = None;
+            session = r.session_id.clone();
             true
-        }))
+        });
+        if let (true, Some(s), Some((epoch, safe))) = (ended, session, end.seq_safe) {
+            if let Some(e) = self.existing(tenant, &s) {
+                if let Some(m) = lock(&e.meta).as_mut().filter(|m| m.epoch == epoch) {
+                    m.seq_safe = m.seq_safe.max(safe);
+                }
+            }
+        }
+        Ok(ended)
     }
     async fn get_run(&self, tenant: &str, run_id: &str) -> Result<Option<RunRecord>, SessionError> {
         Ok(lock(&self.inner.runs)
             .records
             .get(&key(tenant, run_id))
-            .cloned())
+            .map(|s| s.record.clone()))
     }
     async fn list_runs(
         &self,
@@ -396,7 +477,7 @@ impl Store for MemoryStore {
             .order
             .iter()
             .rev()
-            .filter_map(|k| runs.records.get(k))
+            .filter_map(|k| runs.records.get(k).map(|s| &s.record))
             .filter(|r| {
                 r.tenant == tenant
                     && query
@@ -410,6 +491,84 @@ impl Store for MemoryStore {
             .collect();
         v.sort_by_key(|r| std::cmp::Reverse(r.created_at));
         Ok(v)
+    }
+    async fn run_detail(
+        &self,
+        tenant: &str,
+        run_id: &str,
+    ) -> Result<Option<RunDetail>, SessionError> {
+        Ok(lock(&self.inner.runs)
+            .records
+            .get(&key(tenant, run_id))
+            .map(|s| RunDetail {
+                record: s.record.clone(),
+                state: s.state.clone(),
+                request: s.request.clone(),
+            }))
+    }
+    async fn runs_in_flight(&self) -> Result<Vec<RunDetail>, SessionError> {
+        let runs = lock(&self.inner.runs);
+        Ok(runs
+            .order
+            .iter()
+            .filter_map(|k| runs.records.get(k))
+            .filter(|s| !s.record.status.is_final())
+            .map(|s| RunDetail {
+                record: s.record.clone(),
+                state: s.state.clone(),
+                request: s.request.clone(),
+            })
+            .collect())
+    }
+    async fn due_approvals(&self, now: i64) -> Result<Vec<(String, String)>, SessionError> {
+        let runs = lock(&self.inner.runs);
+        Ok(runs
+            .records
+            .values()
+            .filter(|s| {
+                s.record.status == RunStatus::AwaitingApproval
+                    && s.deadline.is_some_and(|d| d <= now)
+            })
+            .map(|s| (s.record.tenant.clone(), s.record.run_id.clone()))
+            .collect())
+    }
+    async fn update_run(
+        &self,
+        tenant: &str,
+        run_id: &str,
+        update: RunUpdate,
+    ) -> Result<bool, SessionError> {
+        Ok(self.with_run(tenant, run_id, |slot| {
+            if slot.record.status.is_final() {
+                return false;
+            }
+            slot.record.status = update.status;
+            slot.record.updated_at = now_ms();
+            if let Some(s) = update.state {
+                slot.state = Some(s);
+            }
+            if update.node_id.is_some() {
+                slot.record.node_id = update.node_id;
+            }
+            if update.status != RunStatus::AwaitingApproval {
+                slot.deadline = None;
+            }
+            true
+        }))
+    }
+    async fn delete_run_items(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        run_id: &str,
+    ) -> Result<bool, SessionError> {
+        let Some(e) = self.existing(tenant, session_id) else {
+            return Ok(false);
+        };
+        let mut items = lock(&e.items);
+        let before = items.len();
+        items.retain(|(r, _)| r.as_deref() != Some(run_id));
+        Ok(items.len() != before)
     }
     async fn close(&self) -> Result<(), SessionError> {
         Ok(())
@@ -463,6 +622,9 @@ mod tests {
                     starting_agent: "A".into(),
                     trace_id: None,
                     seq_reserved: None,
+                    status: RunStatus::Running,
+                    request: None,
+                    node_id: None,
                 })
                 .await
                 .unwrap();

@@ -18,8 +18,8 @@ use async_trait::async_trait;
 pub use claim::{SessionClaim, SessionLocks};
 pub use memory::{MemorySession, MemoryStore};
 pub use records::{
-    RunEnd, RunErrorInfo, RunQuery, RunRecord, RunStart, RunStatus, SessionInfo, SessionMeta,
-    TurnRecord,
+    RunDetail, RunEnd, RunErrorInfo, RunQuery, RunRecord, RunStart, RunStatus, RunUpdate,
+    SessionInfo, SessionMeta, TurnRecord,
 };
 pub use sqlite::{
     Durability, SqliteSession, SqliteStore, StoreOptions, StoreStats, DEFAULT_TENANT,

@@ -23,8 +23,12 @@ pub enum RunStatus {
     Failed,
     /// Cancelled by a client.
     Cancelled,
-    /// Was running when the server stopped (found at the next start).
+    /// Was running when the server stopped and could not be resumed.
     Interrupted,
+    /// Waiting for the session's earlier runs to end (double-texting `enqueue`).
+    Queued,
+    /// Paused until a person decides on its pending tool calls.
+    AwaitingApproval,
 }
 
 impl RunStatus {
@@ -36,7 +40,20 @@ impl RunStatus {
             RunStatus::Failed => "failed",
             RunStatus::Cancelled => "cancelled",
             RunStatus::Interrupted => "interrupted",
+            RunStatus::Queued => "queued",
+            RunStatus::AwaitingApproval => "awaiting_approval",
         }
+    }
+
+    /// Whether the run is over (its record will not change again).
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Completed
+                | RunStatus::Failed
+                | RunStatus::Cancelled
+                | RunStatus::Interrupted
+        )
     }
 
     /// The status named `s` (as stored and shown).
@@ -47,6 +64,8 @@ impl RunStatus {
             "failed" => RunStatus::Failed,
             "cancelled" => RunStatus::Cancelled,
             "interrupted" => RunStatus::Interrupted,
+            "queued" => RunStatus::Queued,
+            "awaiting_approval" => RunStatus::AwaitingApproval,
             _ => return None,
         })
     }
@@ -77,6 +96,12 @@ pub struct RunStart {
     pub trace_id: Option<String>,
     /// A new seq reservation of its session `(epoch, seq_reserved)`, saved with the start.
     pub seq_reserved: Option<(String, u64)>,
+    /// `Running`, or `Queued` for a run waiting its turn on a busy session.
+    pub status: RunStatus,
+    /// For a queued run: the request to start it with, as JSON.
+    pub request: Option<String>,
+    /// The node executing it.
+    pub node_id: Option<String>,
 }
 
 /// What is recorded when a run ends.
@@ -92,6 +117,12 @@ pub struct RunEnd {
     pub usage: Option<Usage>,
     /// The error, when it failed.
     pub error: Option<RunErrorInfo>,
+    /// How it was cancelled (`immediate`, `after_turn`, `interrupted`, `rolled_back`).
+    pub cancel_mode: Option<String>,
+    /// The run whose arrival cancelled it (double-texting).
+    pub by_run_id: Option<String>,
+    /// The session's numbering at the end `(epoch, seq_safe)`, saved with the record.
+    pub seq_safe: Option<(String, u64)>,
 }
 
 impl RunEnd {
@@ -103,6 +134,9 @@ impl RunEnd {
             final_output: Some(final_output),
             usage: Some(usage),
             error: None,
+            cancel_mode: None,
+            by_run_id: None,
+            seq_safe: None,
         }
     }
 
@@ -117,6 +151,9 @@ impl RunEnd {
                 error_type: error.sdk_name().to_owned(),
                 message: error.to_string(),
             }),
+            cancel_mode: None,
+            by_run_id: None,
+            seq_safe: None,
         }
     }
 
@@ -128,6 +165,26 @@ impl RunEnd {
             final_output: None,
             usage,
             error: None,
+            cancel_mode: None,
+            by_run_id: None,
+            seq_safe: None,
+        }
+    }
+
+    /// A run the server could not go on with (a restart, a node gone), and why.
+    pub fn interrupted(reason: impl Into<String>) -> Self {
+        RunEnd {
+            status: RunStatus::Interrupted,
+            last_agent: None,
+            final_output: None,
+            usage: None,
+            error: Some(RunErrorInfo {
+                error_type: INTERRUPTED_ERROR_TYPE.into(),
+                message: reason.into(),
+            }),
+            cancel_mode: None,
+            by_run_id: None,
+            seq_safe: None,
         }
     }
 
@@ -140,8 +197,10 @@ impl RunEnd {
                 last_agent,
             } => RunEnd::completed(final_output.clone(), last_agent.clone(), usage),
             RunOutcome::Failed(e) => RunEnd::failed(e, Some(current_agent.to_owned()), Some(usage)),
-            RunOutcome::Cancelled(_) => {
-                RunEnd::cancelled(Some(current_agent.to_owned()), Some(usage))
+            RunOutcome::Cancelled(mode) => {
+                let mut end = RunEnd::cancelled(Some(current_agent.to_owned()), Some(usage));
+                end.cancel_mode = Some(mode.as_str().to_owned());
+                end
             }
         }
     }
@@ -179,6 +238,39 @@ pub struct RunRecord {
     /// Its last completed turn (0 before the first ends).
     #[serde(default)]
     pub turn: u64,
+    /// How it was cancelled, when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_mode: Option<String>,
+    /// The run whose arrival cancelled it (double-texting `interrupt` / `rollback`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by_run_id: Option<String>,
+    /// The node executing it (or that last did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+}
+
+/// A run's record with what the service keeps beside it: its state (from its last turn end)
+/// and, for a queued run, its request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunDetail {
+    /// The record.
+    pub record: RunRecord,
+    /// The run's state JSON, when one was saved.
+    pub state: Option<String>,
+    /// A queued run's request JSON.
+    pub request: Option<String>,
+}
+
+/// A change to a run that is not its end: its status and state (a decision recorded, a
+/// queued run starting, a paused run resuming).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunUpdate {
+    /// The new status.
+    pub status: RunStatus,
+    /// The new state, if it changed.
+    pub state: Option<String>,
+    /// The node now executing it.
+    pub node_id: Option<String>,
 }
 
 /// A session in a tenant's list. Times are Unix milliseconds.
@@ -211,6 +303,11 @@ pub struct SessionMeta {
     pub epoch: String,
     /// The highest seq that may have been published.
     pub seq_reserved: u64,
+    /// Frames after this seq (up to `seq_reserved`) belong to turns that were not saved and
+    /// are published again when their run resumes: a client that saw up to here misses
+    /// nothing by continuing after `seq_reserved`.
+    #[serde(default)]
+    pub seq_safe: u64,
 }
 
 /// What the end of a turn saves beside its items (in the same transaction where the store
@@ -228,6 +325,13 @@ pub struct TurnRecord {
     pub usage: Usage,
     /// A new seq reservation for the session, when it runs low.
     pub seq_reserved: Option<(String, u64)>,
+    /// The run's state after the turn (JSON), saved with its items.
+    pub state: Option<Arc<str>>,
+    /// The session's seq at the save: frames after it belong to a turn the state lacks.
+    pub seq_safe: Option<u64>,
+    /// The run pauses here for approval (its status becomes `awaiting_approval`), to be
+    /// rejected at this deadline (Unix ms) if given.
+    pub pause: Option<Option<i64>>,
 }
 
 /// Filters of a run listing.

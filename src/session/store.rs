@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::records::{RunEnd, RunQuery, RunRecord, RunStart, SessionInfo, SessionMeta};
+use super::records::{
+    RunDetail, RunEnd, RunQuery, RunRecord, RunStart, RunUpdate, SessionInfo, SessionMeta,
+};
 use super::{Session, SessionError};
 
 /// A store of conversations and run records, scoped by tenant.
@@ -57,6 +59,30 @@ pub trait Store: Send + Sync + 'static {
         tenant: &str,
         query: &RunQuery,
     ) -> Result<Vec<RunRecord>, SessionError>;
+    /// A tenant's run with its state and (queued) request.
+    async fn run_detail(
+        &self,
+        tenant: &str,
+        run_id: &str,
+    ) -> Result<Option<RunDetail>, SessionError>;
+    /// Every tenant's runs in flight (running, queued, awaiting approval), oldest first.
+    async fn runs_in_flight(&self) -> Result<Vec<RunDetail>, SessionError>;
+    /// Runs awaiting approval whose deadline is at or before `now` (Unix ms).
+    async fn due_approvals(&self, now: i64) -> Result<Vec<(String, String)>, SessionError>;
+    /// Changes a run in flight; answers whether it was in flight.
+    async fn update_run(
+        &self,
+        tenant: &str,
+        run_id: &str,
+        update: RunUpdate,
+    ) -> Result<bool, SessionError>;
+    /// Removes the items a run added to its session.
+    async fn delete_run_items(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        run_id: &str,
+    ) -> Result<bool, SessionError>;
     /// Finishes pending writes; later calls answer [`SessionError::Closed`].
     async fn close(&self) -> Result<(), SessionError>;
 }

@@ -607,6 +607,7 @@ mod tests {
             5,
             "run_1".into(),
             crate::bus::FrameBody::RunCancelled {
+                by_run_id: None,
                 mode: crate::bus::CancelMode::Immediate,
             },
         )));

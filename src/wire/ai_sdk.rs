@@ -391,6 +391,8 @@ fn encode(ev: UiEvent<'_>, run_id: &str, step_open: &mut bool, done: &mut bool, 
                     let reason = match mode {
                         CancelMode::Immediate => "run cancelled (immediate)",
                         CancelMode::AfterTurn => "run cancelled (after_turn)",
+                        CancelMode::Interrupted => "run cancelled (interrupted by a new message)",
+                        CancelMode::RolledBack => "run cancelled (rolled back by a new message)",
                     };
                     sse_json(out, &Chunk::Abort { reason });
                     out.extend_from_slice(b"data: [DONE]\n\n");

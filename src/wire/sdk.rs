@@ -76,8 +76,14 @@ impl Serialize for SdkFrame<'_> {
                     },
                 )?;
             }
-            FrameBody::RunCancelled { mode } => m.serialize_entry("mode", mode.as_str())?,
+            FrameBody::RunCancelled { mode, by_run_id } => {
+                m.serialize_entry("mode", mode.as_str())?;
+                if let Some(by) = by_run_id {
+                    m.serialize_entry("by_run_id", by.as_ref())?;
+                }
+            }
             FrameBody::SessionReset { epoch } => m.serialize_entry("epoch", epoch)?,
+            FrameBody::RunQueued { position } => m.serialize_entry("position", position)?,
             FrameBody::ToolCall {
                 call_id,
                 name,

@@ -238,9 +238,12 @@ impl UiRun {
                 },
                 emit,
             ),
-            FrameBody::RunCancelled { mode } => self.end(RunEnd::Cancelled { mode: *mode }, emit),
-            // Subscriptions report a deleted session themselves (`Delivery::Reset`).
-            FrameBody::SessionReset { .. } => {}
+            FrameBody::RunCancelled { mode, .. } => {
+                self.end(RunEnd::Cancelled { mode: *mode }, emit)
+            }
+            // Subscriptions report a deleted session themselves (`Delivery::Reset`); a queued
+            // notice says nothing a UI stream shows before the run starts.
+            FrameBody::SessionReset { .. } | FrameBody::RunQueued { .. } => {}
         }
         if !self.awaiting && !self.ended && self.calls.iter().any(|c| c.client) {
             // Every call still open is a client's: the run can go on only when they answer.

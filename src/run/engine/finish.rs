@@ -129,7 +129,10 @@ pub(crate) async fn finish<C: Send + Sync + 'static>(mut b: Baton<C>, outcome: R
             error_type: e.sdk_name().into(),
             message: e.to_string(),
         },
-        RunOutcome::Cancelled(mode) => FrameBody::RunCancelled { mode: *mode },
+        RunOutcome::Cancelled(mode) => FrameBody::RunCancelled {
+            mode: *mode,
+            by_run_id: shared.cancel_reason().1,
+        },
     };
     *shared.outcome.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome.clone());
     let ended = b.ended(outcome, body);

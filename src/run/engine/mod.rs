@@ -141,6 +141,9 @@ pub(super) async fn save_turn<C: Send + Sync + 'static>(
             agent: agent.to_owned(),
             usage: b.ctx.usage(),
             seq_reserved: None,
+            state: None,
+            seq_safe: None,
+            pause: None,
         };
         s.save_turn(items.iter().map(RunItem::to_input_item).collect(), &record)
             .await
@@ -155,7 +158,7 @@ pub(super) async fn save_turn<C: Send + Sync + 'static>(
 pub(crate) async fn run_turn<C: Send + Sync + 'static>(mut b: Baton<C>) -> Step<C> {
     let shared = b.shared.clone();
     if shared.cancel.is_cancelled() {
-        return Step::Done(b, RunOutcome::Cancelled(CancelMode::Immediate));
+        return Step::Done(b, RunOutcome::Cancelled(shared.cancel_reason().0));
     }
     if b.turn > 0 && shared.cancel_after_turn.load(Ordering::Acquire) {
         return Step::Done(b, RunOutcome::Cancelled(CancelMode::AfterTurn));
@@ -173,7 +176,14 @@ pub(crate) async fn run_turn<C: Send + Sync + 'static>(mut b: Baton<C>) -> Step<
             match s.get_items(None).await {
                 Ok(mut history) => {
                     let input = std::mem::take(&mut b.original_input);
-                    if let Err(e) = s.add_items(input.clone()).await {
+                    // Saved as the run's (turn 0), so a rollback removes it with the run.
+                    let record = TurnRecord {
+                        run_id: shared.run_id.clone(),
+                        turn: 0,
+                        agent: b.agent.name().to_owned(),
+                        ..Default::default()
+                    };
+                    if let Err(e) = s.save_turn(input.clone(), &record).await {
                         return fail(
                             b,
                             AgentsError::UserError(format!(
@@ -255,7 +265,7 @@ pub(crate) async fn run_turn<C: Send + Sync + 'static>(mut b: Baton<C>) -> Step<
                 },
             )
         }
-        Ok(TurnEnd::Cancelled) => Step::Done(b, RunOutcome::Cancelled(CancelMode::Immediate)),
+        Ok(TurnEnd::Cancelled) => Step::Done(b, RunOutcome::Cancelled(shared.cancel_reason().0)),
         Err(e) => fail(b, e),
     }
 }

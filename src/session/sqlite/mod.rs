@@ -42,8 +42,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::claim::{SessionClaim, SessionLocks};
 use super::records::{
-    now_ms, RunEnd, RunErrorInfo, RunQuery, RunRecord, RunStart, RunStatus, SessionInfo,
-    SessionMeta, INTERRUPTED_ERROR_TYPE,
+    now_ms, RunDetail, RunEnd, RunErrorInfo, RunQuery, RunRecord, RunStart, RunStatus, RunUpdate,
+    SessionInfo, SessionMeta, INTERRUPTED_ERROR_TYPE,
 };
 use super::store::Store;
 use super::{Session, SessionError};
@@ -90,6 +90,10 @@ pub struct StoreOptions {
     /// How often a background thread checkpoints the WAL into the database file (and so
     /// fsyncs it), keeping checkpoints off the writer's path.
     pub checkpoint_interval: Duration,
+    /// Whether opening marks runs left `running` by a previous process `interrupted` (the
+    /// library's default). The server leaves them to its restart policy (`[runs]
+    /// on_restart`), which resumes them.
+    pub recover_interrupted_runs: bool,
 }
 
 impl Default for StoreOptions {
@@ -101,6 +105,7 @@ impl Default for StoreOptions {
             read_connections: 4,
             busy_timeout: Duration::from_secs(5),
             checkpoint_interval: Duration::from_secs(1),
+            recover_interrupted_runs: true,
         }
     }
 }
@@ -210,15 +215,18 @@ impl SqliteStore {
                 supported: schema::CURRENT_VERSION,
             });
         }
-        let recovered = conn
-            .execute(
+        let recovered = if opts.recover_interrupted_runs {
+            conn.execute(
                 "UPDATE runs SET status = 'interrupted', error_type = ?1,
                     error_message = 'the server stopped while this run was in progress (its last completed turn: ' || turn || ')',
                     updated_at = ?2, finished_at = ?2
                  WHERE status = 'running'",
                 params![INTERRUPTED_ERROR_TYPE, now],
             )
-            .map_err(|e| classify(&shown, &e))? as u64;
+            .map_err(|e| classify(&shown, &e))? as u64
+        } else {
+            0
+        };
         if recovered > 0 {
             tracing::warn!(
                 store = %shown,
@@ -521,18 +529,21 @@ impl SqliteStore {
         let session_id = session_id.to_owned();
         self.read(move |c| {
             let mut q = c.prepare_cached(
-                "SELECT epoch, seq_reserved FROM sessions WHERE tenant = ?1 AND session_id = ?2",
+                "SELECT epoch, seq_reserved, seq_safe FROM sessions
+                  WHERE tenant = ?1 AND session_id = ?2",
             )?;
             let mut rows = q.query(params![tenant, session_id])?;
             match rows.next()? {
                 Some(r) => {
                     let epoch: Option<String> = r.get(0)?;
                     let reserved: i64 = r.get(1)?;
+                    let safe: i64 = r.get(2)?;
                     Ok(Some(SessionMeta {
                         // A session written before numbering was stored: a new epoch, since
                         // whatever numbering it had is gone.
                         epoch: epoch.unwrap_or_default(),
                         seq_reserved: reserved.max(0) as u64,
+                        seq_safe: safe.max(0) as u64,
                     }))
                 }
                 None => Ok(None),
@@ -553,9 +564,109 @@ impl SqliteStore {
             session: session_id.into(),
             epoch: meta.epoch,
             seq_reserved: meta.seq_reserved,
+            seq_safe: meta.seq_safe,
         })
         .await
         .map(|_| ())
+    }
+
+    /// A tenant's run with its state and (queued) request.
+    pub async fn run_detail(
+        &self,
+        tenant: &str,
+        run_id: &str,
+    ) -> Result<Option<RunDetail>, SessionError> {
+        let tenant = tenant.to_owned();
+        let run_id = run_id.to_owned();
+        self.read(move |c| {
+            let mut q = c.prepare_cached(&format!(
+                "SELECT {RUN_COLUMNS}, state, request FROM runs WHERE tenant = ?1 AND run_id = ?2"
+            ))?;
+            let mut rows = q.query(params![tenant, run_id])?;
+            match rows.next()? {
+                Some(r) => Ok(Some(RunDetail {
+                    record: run_from_row(r)?,
+                    state: r.get(18)?,
+                    request: r.get(19)?,
+                })),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    /// Every tenant's runs still in flight (running, queued, awaiting approval), oldest
+    /// first, with their states: what a restarted server takes up again.
+    pub async fn runs_in_flight(&self) -> Result<Vec<RunDetail>, SessionError> {
+        self.read(move |c| {
+            let mut q = c.prepare_cached(&format!(
+                "SELECT {RUN_COLUMNS}, state, request FROM runs
+                  WHERE status IN ('running', 'queued', 'awaiting_approval')
+                  ORDER BY created_at, run_id"
+            ))?;
+            let rows = q.query_map([], |r| {
+                Ok(RunDetail {
+                    record: run_from_row(r)?,
+                    state: r.get(18)?,
+                    request: r.get(19)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Runs awaiting approval whose decision deadline has passed: `(tenant, run_id)`.
+    pub async fn due_approvals(&self, now: i64) -> Result<Vec<(String, String)>, SessionError> {
+        self.read(move |c| {
+            let mut q = c.prepare_cached(
+                "SELECT tenant, run_id FROM runs
+                  WHERE status = 'awaiting_approval' AND deadline IS NOT NULL AND deadline <= ?1",
+            )?;
+            let rows = q.query_map(params![now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Changes a run in flight (status, state, node); answers whether it was in flight.
+    pub async fn update_run(
+        &self,
+        tenant: &str,
+        run_id: &str,
+        update: RunUpdate,
+    ) -> Result<bool, SessionError> {
+        match self
+            .write(WriteOp::UpdateRun {
+                tenant: tenant.to_owned(),
+                run_id: run_id.to_owned(),
+                update: Box::new(update),
+            })
+            .await?
+        {
+            WriteOut::Changed(b) => Ok(b),
+            _ => Ok(false),
+        }
+    }
+
+    /// Removes the items a run added to its session (double-texting `rollback`).
+    pub async fn delete_run_items(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        run_id: &str,
+    ) -> Result<bool, SessionError> {
+        match self
+            .write(WriteOp::DeleteRunItems {
+                tenant: tenant.to_owned(),
+                session: session_id.to_owned(),
+                run_id: run_id.to_owned(),
+            })
+            .await?
+        {
+            WriteOut::Changed(b) => Ok(b),
+            _ => Ok(false),
+        }
     }
 
     /// Finishes the queued writes, checkpoints the WAL into the main file and stops the
@@ -600,7 +711,7 @@ impl SqliteStore {
 
 const RUN_COLUMNS: &str = "run_id, tenant, session_id, status, starting_agent, last_agent,
     final_output, usage, error_type, error_message, trace_id, created_at, updated_at, finished_at,
-    turn";
+    turn, cancel_mode, by_run_id, node_id";
 
 fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
     let status: String = r.get(3)?;
@@ -629,6 +740,9 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
         updated_at: r.get(12)?,
         finished_at: r.get(13)?,
         turn: r.get::<_, i64>(14)?.max(0) as u64,
+        cancel_mode: r.get(15)?,
+        by_run_id: r.get(16)?,
+        node_id: r.get(17)?,
     })
 }
 
@@ -698,6 +812,35 @@ impl Store for SqliteStore {
         query: &RunQuery,
     ) -> Result<Vec<RunRecord>, SessionError> {
         SqliteStore::list_runs(self, tenant, query).await
+    }
+    async fn run_detail(
+        &self,
+        tenant: &str,
+        run_id: &str,
+    ) -> Result<Option<RunDetail>, SessionError> {
+        SqliteStore::run_detail(self, tenant, run_id).await
+    }
+    async fn runs_in_flight(&self) -> Result<Vec<RunDetail>, SessionError> {
+        SqliteStore::runs_in_flight(self).await
+    }
+    async fn due_approvals(&self, now: i64) -> Result<Vec<(String, String)>, SessionError> {
+        SqliteStore::due_approvals(self, now).await
+    }
+    async fn update_run(
+        &self,
+        tenant: &str,
+        run_id: &str,
+        update: RunUpdate,
+    ) -> Result<bool, SessionError> {
+        SqliteStore::update_run(self, tenant, run_id, update).await
+    }
+    async fn delete_run_items(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        run_id: &str,
+    ) -> Result<bool, SessionError> {
+        SqliteStore::delete_run_items(self, tenant, session_id, run_id).await
     }
     async fn close(&self) -> Result<(), SessionError> {
         SqliteStore::close(self).await

@@ -4,7 +4,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// The newest schema version this build writes.
-pub const CURRENT_VERSION: i64 = 3;
+pub const CURRENT_VERSION: i64 = 4;
 
 /// Migration `n` (1-based) takes a file from version `n - 1` to `n`. Append only: a released
 /// migration is never edited, so every older file follows the same path.
@@ -49,6 +49,19 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE sessions ADD COLUMN epoch TEXT;
      ALTER TABLE sessions ADD COLUMN seq_reserved INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE runs ADD COLUMN turn INTEGER NOT NULL DEFAULT 0;",
+    // 4: run states (approvals, restart resume, double-texting): a run's state and queued
+    // request, how it was cancelled, its node; which run added each item (rollback); the
+    // seq below which a session's frames are all accounted for.
+    "ALTER TABLE runs ADD COLUMN state TEXT;
+     ALTER TABLE runs ADD COLUMN request TEXT;
+     ALTER TABLE runs ADD COLUMN deadline INTEGER;
+     ALTER TABLE runs ADD COLUMN cancel_mode TEXT;
+     ALTER TABLE runs ADD COLUMN by_run_id TEXT;
+     ALTER TABLE runs ADD COLUMN node_id TEXT;
+     ALTER TABLE items ADD COLUMN run_id TEXT;
+     ALTER TABLE sessions ADD COLUMN seq_safe INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX runs_in_flight ON runs (status, created_at)
+        WHERE status IN ('running', 'queued', 'awaiting_approval');",
 ];
 
 /// The file's schema version (0 for a new, empty file).

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use rusqlite::params;
 
-use super::writer::{WriteOp, WriteOut};
+use super::writer::{SaveTurn, WriteOp, WriteOut};
 use super::SqliteStore;
 use crate::items::Item;
 use crate::session::records::TurnRecord;
@@ -99,7 +99,7 @@ impl Session for SqliteSession {
         let usage = serde_json::to_string(&turn.usage)
             .map_err(|e| SessionError::Store(format!("could not encode the usage: {e}")))?;
         self.store
-            .write(WriteOp::SaveTurn {
+            .write(WriteOp::SaveTurn(Box::new(SaveTurn {
                 tenant: self.tenant.clone(),
                 session: self.id.clone(),
                 items,
@@ -108,7 +108,10 @@ impl Session for SqliteSession {
                 agent: turn.agent.clone(),
                 usage,
                 seq_reserved: turn.seq_reserved.clone(),
-            })
+                state: turn.state.clone(),
+                seq_safe: turn.seq_safe,
+                pause: turn.pause,
+            })))
             .await
             .map(|_| ())
     }

@@ -10,7 +10,7 @@ use rusqlite::{params, Connection};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::items::Item;
-use crate::session::records::{now_ms, RunEnd, RunStart};
+use crate::session::records::{now_ms, RunEnd, RunStart, RunUpdate};
 use crate::session::SessionError;
 
 /// A write, applied inside the batch's transaction.
@@ -28,22 +28,25 @@ pub(crate) enum WriteOp {
         tenant: Arc<str>,
         session: Arc<str>,
     },
-    /// A turn's items with the run's progress and, when due, the session's seq reservation.
-    SaveTurn {
-        tenant: Arc<str>,
-        session: Arc<str>,
-        items: Vec<String>,
-        run_id: Arc<str>,
-        turn: u64,
-        agent: String,
-        usage: String,
-        seq_reserved: Option<(String, u64)>,
-    },
+    /// A turn's items with the run's progress and state and, when due, the session's seq
+    /// reservation; a pause (approval) sets the run's status.
+    SaveTurn(Box<SaveTurn>),
     SetMeta {
         tenant: Arc<str>,
         session: Arc<str>,
         epoch: String,
         seq_reserved: u64,
+        seq_safe: u64,
+    },
+    UpdateRun {
+        tenant: String,
+        run_id: String,
+        update: Box<RunUpdate>,
+    },
+    DeleteRunItems {
+        tenant: String,
+        session: String,
+        run_id: String,
     },
     RunStart(Box<RunStart>),
     RunEnd {
@@ -51,6 +54,21 @@ pub(crate) enum WriteOp {
         run_id: String,
         end: Box<RunEnd>,
     },
+}
+
+/// What a turn end writes (see [`WriteOp::SaveTurn`]).
+pub(crate) struct SaveTurn {
+    pub tenant: Arc<str>,
+    pub session: Arc<str>,
+    pub items: Vec<String>,
+    pub run_id: Arc<str>,
+    pub turn: u64,
+    pub agent: String,
+    pub usage: String,
+    pub seq_reserved: Option<(String, u64)>,
+    pub state: Option<Arc<str>>,
+    pub seq_safe: Option<u64>,
+    pub pause: Option<Option<i64>>,
 }
 
 /// What a write answers.
@@ -146,7 +164,8 @@ pub(crate) fn run(
 
 fn item_count(op: &WriteOp) -> u64 {
     match op {
-        WriteOp::AddItems { items, .. } | WriteOp::SaveTurn { items, .. } => items.len() as u64,
+        WriteOp::AddItems { items, .. } => items.len() as u64,
+        WriteOp::SaveTurn(t) => t.items.len() as u64,
         _ => 0,
     }
 }
@@ -236,21 +255,42 @@ fn touch_session(conn: &Connection, tenant: &str, session: &str, now: i64) -> ru
     Ok(())
 }
 
+/// Sets a session's reservation (never lowering `seq_safe` when `None`).
 fn set_meta(
     conn: &Connection,
     tenant: &str,
     session: &str,
     epoch: &str,
     seq_reserved: u64,
+    seq_safe: Option<u64>,
     now: i64,
 ) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "INSERT INTO sessions (tenant, session_id, created_at, updated_at, epoch, seq_reserved)
-         VALUES (?1, ?2, ?3, ?3, ?4, ?5)
+        "INSERT INTO sessions (tenant, session_id, created_at, updated_at, epoch, seq_reserved, seq_safe)
+         VALUES (?1, ?2, ?3, ?3, ?4, ?5, COALESCE(?6, 0))
          ON CONFLICT (tenant, session_id) DO UPDATE
-            SET epoch = excluded.epoch, seq_reserved = excluded.seq_reserved",
+            SET epoch = excluded.epoch, seq_reserved = excluded.seq_reserved,
+                seq_safe = COALESCE(?6, seq_safe)",
     )?
-    .execute(params![tenant, session, now, epoch, seq_reserved as i64])?;
+    .execute(params![
+        tenant,
+        session,
+        now,
+        epoch,
+        seq_reserved as i64,
+        seq_safe.map(|s| s as i64)
+    ])?;
+    Ok(())
+}
+
+fn set_seq_safe(
+    conn: &Connection,
+    tenant: &str,
+    session: &str,
+    seq_safe: u64,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE sessions SET seq_safe = ?3 WHERE tenant = ?1 AND session_id = ?2")?
+        .execute(params![tenant, session, seq_safe as i64])?;
     Ok(())
 }
 
@@ -259,6 +299,7 @@ fn insert_items(
     tenant: &str,
     session: &str,
     items: &[String],
+    run_id: Option<&str>,
     now: i64,
 ) -> rusqlite::Result<()> {
     if items.is_empty() {
@@ -266,10 +307,10 @@ fn insert_items(
     }
     touch_session(conn, tenant, session, now)?;
     let mut ins = conn.prepare_cached(
-        "INSERT INTO items (tenant, session_id, item, created_at) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO items (tenant, session_id, item, created_at, run_id) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
     for item in items {
-        ins.execute(params![tenant, session, item, now])?;
+        ins.execute(params![tenant, session, item, now, run_id])?;
     }
     Ok(())
 }
@@ -281,27 +322,38 @@ fn apply(conn: &Connection, op: WriteOp, now: i64) -> rusqlite::Result<WriteOut>
             session,
             items,
         } => {
-            insert_items(conn, &tenant, &session, &items, now)?;
+            insert_items(conn, &tenant, &session, &items, None, now)?;
             Ok(WriteOut::Done)
         }
-        WriteOp::SaveTurn {
-            tenant,
-            session,
-            items,
-            run_id,
-            turn,
-            agent,
-            usage,
-            seq_reserved,
-        } => {
-            insert_items(conn, &tenant, &session, &items, now)?;
+        WriteOp::SaveTurn(t) => {
+            insert_items(conn, &t.tenant, &t.session, &t.items, Some(&t.run_id), now)?;
+            let status = if t.pause.is_some() {
+                "awaiting_approval"
+            } else {
+                "running"
+            };
             conn.prepare_cached(
-                "UPDATE runs SET turn = ?3, last_agent = ?4, usage = ?5, updated_at = ?6
+                "UPDATE runs SET turn = ?3, last_agent = ?4, usage = ?5, updated_at = ?6,
+                    state = COALESCE(?7, state), status = ?8, deadline = ?9
                  WHERE tenant = ?1 AND run_id = ?2 AND status = 'running'",
             )?
-            .execute(params![&*tenant, &*run_id, turn as i64, agent, usage, now])?;
-            if let Some((epoch, upto)) = seq_reserved {
-                set_meta(conn, &tenant, &session, &epoch, upto, now)?;
+            .execute(params![
+                &*t.tenant,
+                &*t.run_id,
+                t.turn as i64,
+                t.agent,
+                t.usage,
+                now,
+                t.state.as_deref(),
+                status,
+                t.pause.flatten()
+            ])?;
+            match (&t.seq_reserved, t.seq_safe) {
+                (Some((epoch, upto)), safe) => {
+                    set_meta(conn, &t.tenant, &t.session, epoch, *upto, safe, now)?
+                }
+                (None, Some(safe)) => set_seq_safe(conn, &t.tenant, &t.session, safe)?,
+                (None, None) => {}
             }
             Ok(WriteOut::Done)
         }
@@ -310,9 +362,53 @@ fn apply(conn: &Connection, op: WriteOp, now: i64) -> rusqlite::Result<WriteOut>
             session,
             epoch,
             seq_reserved,
+            seq_safe,
         } => {
-            set_meta(conn, &tenant, &session, &epoch, seq_reserved, now)?;
+            set_meta(
+                conn,
+                &tenant,
+                &session,
+                &epoch,
+                seq_reserved,
+                Some(seq_safe),
+                now,
+            )?;
             Ok(WriteOut::Done)
+        }
+        WriteOp::UpdateRun {
+            tenant,
+            run_id,
+            update,
+        } => {
+            let n = conn
+                .prepare_cached(
+                    "UPDATE runs SET status = ?3, state = COALESCE(?4, state),
+                        node_id = COALESCE(?5, node_id), updated_at = ?6,
+                        deadline = CASE WHEN ?3 = 'awaiting_approval' THEN deadline ELSE NULL END
+                     WHERE tenant = ?1 AND run_id = ?2
+                       AND status IN ('running', 'queued', 'awaiting_approval')",
+                )?
+                .execute(params![
+                    tenant,
+                    run_id,
+                    update.status.as_str(),
+                    update.state,
+                    update.node_id,
+                    now
+                ])?;
+            Ok(WriteOut::Changed(n > 0))
+        }
+        WriteOp::DeleteRunItems {
+            tenant,
+            session,
+            run_id,
+        } => {
+            let n = conn
+                .prepare_cached(
+                    "DELETE FROM items WHERE tenant = ?1 AND session_id = ?2 AND run_id = ?3",
+                )?
+                .execute(params![tenant, session, run_id])?;
+            Ok(WriteOut::Changed(n > 0))
         }
         WriteOp::PopItem { tenant, session } => {
             // The newest row that parses; rows that do not (written by hand, damaged) are
@@ -358,20 +454,23 @@ fn apply(conn: &Connection, op: WriteOp, now: i64) -> rusqlite::Result<WriteOut>
         }
         WriteOp::RunStart(s) => {
             if let (Some(session), Some((epoch, upto))) = (&s.session_id, &s.seq_reserved) {
-                set_meta(conn, &s.tenant, session, epoch, *upto, now)?;
+                set_meta(conn, &s.tenant, session, epoch, *upto, None, now)?;
             }
             conn.prepare_cached(
                 "INSERT INTO runs (tenant, run_id, session_id, status, starting_agent,
-                                   last_agent, trace_id, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, 'running', ?4, ?4, ?5, ?6, ?6)",
+                                   last_agent, trace_id, created_at, updated_at, request, node_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?7, ?8, ?9)",
             )?
             .execute(params![
                 s.tenant,
                 s.run_id,
                 s.session_id,
+                s.status.as_str(),
                 s.starting_agent,
                 s.trace_id,
-                now
+                now,
+                s.request,
+                s.node_id
             ])?;
             Ok(WriteOut::Done)
         }
@@ -399,9 +498,11 @@ fn apply(conn: &Connection, op: WriteOp, now: i64) -> rusqlite::Result<WriteOut>
             let n = conn
                 .prepare_cached(
                     "UPDATE runs SET status = ?3, last_agent = COALESCE(?4, last_agent),
-                        final_output = ?5, usage = ?6, error_type = ?7, error_message = ?8,
-                        updated_at = ?9, finished_at = ?9
-                     WHERE tenant = ?1 AND run_id = ?2 AND status = 'running'",
+                        final_output = ?5, usage = COALESCE(?6, usage), error_type = ?7,
+                        error_message = ?8, updated_at = ?9, finished_at = ?9,
+                        cancel_mode = ?10, by_run_id = ?11, deadline = NULL
+                     WHERE tenant = ?1 AND run_id = ?2
+                       AND status IN ('running', 'queued', 'awaiting_approval')",
                 )?
                 .execute(params![
                     tenant,
@@ -412,8 +513,20 @@ fn apply(conn: &Connection, op: WriteOp, now: i64) -> rusqlite::Result<WriteOut>
                     usage,
                     etype,
                     emsg,
-                    now
+                    now,
+                    end.cancel_mode,
+                    end.by_run_id
                 ])?;
+            if n > 0 {
+                if let Some((epoch, safe)) = &end.seq_safe {
+                    conn.prepare_cached(
+                        "UPDATE sessions SET seq_safe = MAX(seq_safe, ?3)
+                         WHERE tenant = ?1 AND session_id = (SELECT session_id FROM runs
+                            WHERE tenant = ?1 AND run_id = ?2) AND epoch = ?4",
+                    )?
+                    .execute(params![tenant, run_id, *safe as i64, epoch])?;
+                }
+            }
             Ok(WriteOut::Changed(n > 0))
         }
     }
