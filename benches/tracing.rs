@@ -208,6 +208,27 @@ fn bench(c: &mut Criterion) {
         }
         return;
     }
+    // Instruction counts (deterministic where timings are noisy):
+    // `TRACING_BENCH_CALLGRIND=store:2000 valgrind --tool=callgrind target/release/deps/tracing-*`
+    // does 200 warm-up runs and then 2000 runs in that mode (off, spans, actor, null, store),
+    // flushing at the end; the difference of two counts (N and 0 runs) over N is the
+    // instructions per run.
+    if let Ok(v) = std::env::var("TRACING_BENCH_CALLGRIND") {
+        let (mode, n) = v.split_once(':').unwrap_or((v.as_str(), "1000"));
+        let mode = match mode {
+            "off" => Mode::Off,
+            "spans" => Mode::SpansOnly,
+            "actor" => Mode::ActorNoSink,
+            "null" => Mode::NullSink,
+            _ => Mode::Store,
+        };
+        let n: u64 = n.parse().unwrap_or(1000);
+        rt.block_on(async {
+            runs(&s, 200, mode).await;
+            runs(&s, n, mode).await;
+        });
+        return;
+    }
     // For profilers: `TRACING_BENCH_PROFILE=1` only does store-sink runs, then stops.
     if std::env::var("TRACING_BENCH_PROFILE").is_ok() {
         rt.block_on(async {
@@ -217,9 +238,12 @@ fn bench(c: &mut Criterion) {
         });
         return;
     }
-    // Under `cargo test` (criterion's test mode: no `--bench` argument) skip the long table.
+    // Under `cargo test` (criterion's test mode: no `--bench` argument) skip the long tables.
     if std::env::args().any(|a| a == "--bench") {
-        overhead_table(&rt, &s);
+        if std::env::var("TRACING_BENCH_LATENCY_ONLY").is_err() {
+            overhead_table(&rt, &s);
+        }
+        rt.block_on(visibility_latency(&s));
     }
     let mut g = c.benchmark_group("run_3_turns_cpu");
     g.measurement_time(Duration::from_secs(5));
@@ -246,6 +270,59 @@ fn bench(c: &mut Criterion) {
     s.actor.1.shutdown_blocking();
     s.null.1.shutdown_blocking();
     let _ = std::fs::remove_dir_all(&s.dir);
+}
+
+/// Spans of one run of [`cast`]: task, two agents, three turns, three responses, a function
+/// and a handoff.
+const SPANS_PER_RUN: usize = 11;
+
+/// How long a finished run's spans take to be readable in the store, with the default
+/// batching (`export_delay_ms` 100, `schedule_delay_ms` 5000): runs one at a time, each
+/// polled for (every 1 ms) until its trace has ended in the store with all 12 spans.
+async fn visibility_latency(s: &Setup) {
+    let store = TraceStore::open(s.dir.join("latency.db")).expect("store");
+    let (tracer, processor) = traced_into(vec![Arc::new(StoreSink::new(store.clone()))]);
+    let cfg = RunConfig::default().tracer(tracer.clone());
+    let mut ms = Vec::new();
+    for _ in 0..40 {
+        let r = s
+            .runner
+            .request(&s.agent, "weather?")
+            .config(cfg.clone())
+            .run()
+            .await
+            .expect("run");
+        let ended = std::time::Instant::now();
+        let id = r.trace_id.clone().expect("traced");
+        loop {
+            let done = store
+                .get_trace_full(&id, None)
+                .ok()
+                .flatten()
+                .is_some_and(|t| t.ended_at.is_some() && t.spans.len() == SPANS_PER_RUN);
+            if done {
+                break;
+            }
+            if ended.elapsed() > Duration::from_secs(30) {
+                let got = store.get_trace_full(&id, None).ok().flatten();
+                panic!(
+                    "never stored: {:?}",
+                    got.map(|t| (t.ended_at, t.spans.len()))
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        ms.push(ended.elapsed().as_secs_f64() * 1000.0);
+    }
+    ms.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "a finished run's spans readable in the store after: median {:.0} ms, min {:.0} ms, max {:.0} ms ({} runs, default batching)",
+        ms[ms.len() / 2],
+        ms[0],
+        ms[ms.len() - 1],
+        ms.len()
+    );
+    processor.shutdown_async().await;
 }
 
 /// CPU per run in each mode, alternating blocks of runs, side by side in one invocation.

@@ -376,6 +376,8 @@ pub struct Config {
     pub sessions: SessionsConfig,
     /// `[limits]`.
     pub limits: LimitsConfig,
+    /// `[logging]`.
+    pub logging: crate::logging::LoggingConfig,
     /// Whether this is the embedded default config.
     pub embedded: bool,
 }
@@ -402,6 +404,7 @@ const TOP_KEYS: &[&str] = &[
     "tracing",
     "sessions",
     "limits",
+    "logging",
 ];
 
 struct Collector {
@@ -498,6 +501,7 @@ impl Config {
         let tracing: TracingConfig = c.section("tracing", root.get("tracing"));
         let sessions: SessionsConfig = c.section("sessions", root.get("sessions"));
         let limits: LimitsConfig = c.section("limits", root.get("limits"));
+        let logging: crate::logging::LoggingConfig = c.section("logging", root.get("logging"));
         let mut models = BTreeMap::new();
         match root.get("models") {
             None => {}
@@ -524,6 +528,7 @@ impl Config {
             tracing,
             sessions,
             limits,
+            logging,
             embedded: false,
         };
         cfg.validate(&mut c);
@@ -752,6 +757,9 @@ impl Config {
         }
         for p in self.tracing.problems() {
             c.push("tracing", p.to_string());
+        }
+        for p in self.logging.problems() {
+            c.push("logging", p);
         }
         let l = &self.limits;
         for (k, v) in [

@@ -38,6 +38,8 @@
 //! - [`usage`], [`error`]: token usage and the SDK's errors.
 //! - [`demo`]: the demo cast used by the example and the server's defaults.
 //! - [`config`]: the server's TOML config and its validation.
+//! - [`logging`]: the service's own logs (`[logging]`, text or JSON) and the `run` span
+//!   that gives every line inside a run its ids.
 //! - [`wire`]: the wire formats, each an encoding of the bus's typed frames (SDK JSON,
 //!   chat relay, AI SDK UI message stream, AG-UI).
 //! - [`service`]: the service layer between the transports and the engine: sessions, runs,
@@ -60,6 +62,7 @@ pub mod handoff;
 pub mod hooks;
 pub mod hub;
 pub mod items;
+pub mod logging;
 pub mod mcp;
 pub mod model;
 pub mod run;

@@ -186,8 +186,11 @@ fn pipeline(sinks: Vec<Arc<dyn Sink>>, batch: BatchConfig) -> (Tracer, BatchTrac
     (t, p)
 }
 
+/// Exports on flush, shutdown and the trigger ratio only (the timer is a minute away and
+/// no export follows new items by itself), so tests see exactly the batches they cause.
 fn quick_batches() -> BatchConfig {
     BatchConfig {
+        export_delay_ms: 0,
         schedule_delay_ms: 60_000,
         export_timeout_ms: 2_000,
         shutdown_timeout_ms: 5_000,
@@ -647,6 +650,60 @@ async fn the_schedule_delay_flushes_on_a_timer() {
     assert_eq!(sink.count(ItemKind::TraceEnd), 1);
 }
 
+#[tokio::test]
+async fn a_finished_run_is_exported_soon_without_the_timer() {
+    let sink = Arc::new(Collect::default());
+    let (tracer, _p) = pipeline(
+        vec![sink.clone()],
+        BatchConfig {
+            export_delay_ms: 100,
+            ..quick_batches()
+        },
+    );
+    run_reference(&tracer, cfg(&tracer)).await;
+    // The timer is a minute away and the queue far from its trigger: the export delay
+    // sends it on.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while sink.count(ItemKind::TraceEnd) < 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(sink.count(ItemKind::TraceEnd), 1);
+    assert_eq!(sink.count(ItemKind::Span), 12);
+}
+
+#[tokio::test]
+async fn traces_ending_together_share_one_export() {
+    let sink = Arc::new(Collect::default());
+    let (tracer, p) = pipeline(
+        vec![sink.clone()],
+        BatchConfig {
+            export_delay_ms: 2_000,
+            ..quick_batches()
+        },
+    );
+    for _ in 0..300 {
+        let tr = tracer.start_trace(TraceOptions::default());
+        tr.span(
+            SpanData::Custom {
+                name: "x".into(),
+                data: json!({}),
+            },
+            None,
+        )
+        .finish();
+        tr.finish();
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while sink.count(ItemKind::TraceEnd) < 300 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(sink.count(ItemKind::TraceEnd), 300);
+    // 900 items in batches of 128: one export per trace end would make 300 batches.
+    let batches = sink.batches.load(Ordering::Relaxed);
+    assert!(batches < 50, "{batches} batches");
+    assert!(p.flush().await);
+}
+
 struct Misbehaving {
     name: &'static str,
     how: &'static str,
@@ -1040,8 +1097,27 @@ async fn otlp_sink_sends_genai_spans_over_otlp_http() {
         attr(tool, "gen_ai.tool.name").as_deref(),
         Some("get_weather")
     );
-    let chats: Vec<_> = spans.iter().filter(|s| s.name == "chat").collect();
+    let chats: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name.starts_with("chat"))
+        .collect();
     assert_eq!(chats.len(), 3);
+    let model = attr(chats[0], "gen_ai.request.model").expect("the model is named");
+    assert_eq!(chats[0].name, format!("chat {model}"));
+    assert_eq!(attr(chats[0], "llm.model_name"), Some(model));
+    for (name, kind) in [
+        ("turn 1", "CHAIN"),
+        ("invoke_agent A", "AGENT"),
+        ("execute_tool get_weather", "TOOL"),
+    ] {
+        assert_eq!(
+            attr(named(name), "openinference.span.kind").as_deref(),
+            Some(kind)
+        );
+    }
+    assert!(spans
+        .iter()
+        .all(|s| attr(s, "openinference.span.kind").is_some()));
     assert_eq!(
         attr(chats[0], "gen_ai.operation.name").as_deref(),
         Some("chat")
@@ -1082,8 +1158,8 @@ async fn config_builds_a_pipeline_that_feeds_the_store() {
     // Ingest of an SDK app's body.
     let sum = store
         .ingest(vec![
-            json!({"object":"trace","id":"trace_abc","workflow_name":"py","group_id":null,"metadata":null}),
-            json!({"object":"trace.span","id":"span_1","trace_id":"trace_abc","parent_id":null,"started_at":"2026-01-01T00:00:00+00:00","ended_at":"2026-01-01T00:00:01+00:00","span_data":{"type":"custom","name":"x","data":{}},"error":null}),
+            json!({"object":"trace","id":"trace_0000000000000000000000000000abcd","workflow_name":"py","group_id":null,"metadata":null}),
+            json!({"object":"trace.span","id":"span_000000000000000000000001","trace_id":"trace_0000000000000000000000000000abcd","parent_id":null,"started_at":"2026-01-01T00:00:00+00:00","ended_at":"2026-01-01T00:00:01+00:00","span_data":{"type":"custom","name":"x","data":{}},"error":null}),
         ])
         .unwrap();
     assert_eq!((sum.traces, sum.spans), (1, 1));

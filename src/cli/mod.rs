@@ -1,4 +1,5 @@
-//! The `callboard` command line (PROTOCOL.md section 4): `serve`, `run` and `check-config`.
+//! The `callboard` command line (PROTOCOL.md section 4): `serve`, `run`, `check-config`, and
+//! `traces list` / `traces show` (stored traces in the terminal, [`crate::trace::browse`]).
 //! `run --url` drives a run through a running server instead ([`remote`]).
 
 pub mod remote;
@@ -74,6 +75,66 @@ pub enum Command {
         /// The TOML config.
         file: PathBuf,
     },
+    /// Stored traces: list them, or show one as a span tree.
+    Traces {
+        /// `list` or `show`.
+        #[command(subcommand)]
+        command: TracesCommand,
+    },
+}
+
+/// `callboard traces ...`.
+#[derive(Debug, Subcommand)]
+pub enum TracesCommand {
+    /// Lists traces, newest first.
+    List {
+        /// Where to read them.
+        #[command(flatten)]
+        source: TraceSourceArgs,
+        /// Only this session's traces.
+        #[arg(long)]
+        session: Option<String>,
+        /// Only traces with errors.
+        #[arg(long)]
+        errors: bool,
+        /// Only traces in which this agent ran.
+        #[arg(long)]
+        agent: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// Print the listing as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shows a trace as an indented span tree with durations and errors.
+    Show {
+        /// Where to read it.
+        #[command(flatten)]
+        source: TraceSourceArgs,
+        /// The trace id.
+        id: String,
+        /// Print the trace and its spans as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where `callboard traces` reads: a running server (`--url`), or a store file.
+#[derive(Debug, clap::Args)]
+pub struct TraceSourceArgs {
+    /// A running server, e.g. http://127.0.0.1:7700 (its API; your key's tenant's traces).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// The API key for --url.
+    #[arg(long, env = "CALLBOARD_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+    /// The trace store file (default: the config's [tracing.store] path).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// The config whose [tracing.store] path to read (embedded defaults without it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 /// Loads `path`, or the embedded defaults.
@@ -121,6 +182,7 @@ pub fn main() -> i32 {
             }
         },
         Command::Serve { config } => rt.block_on(serve(config)),
+        Command::Traces { command } => rt.block_on(traces(command)),
         Command::Run {
             config,
             agent,
@@ -163,20 +225,12 @@ pub fn main() -> i32 {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CALLBOARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
-
 async fn serve(config: Option<PathBuf>) -> i32 {
-    init_logging();
     let cfg = match load_config(config.as_ref()) {
-        Ok(c) => c,
+        Ok(c) => {
+            c.logging.init();
+            c
+        }
         Err(e) => {
             eprint!("{e}");
             eprintln!("callboard: refusing to start with an invalid config");
@@ -239,6 +293,77 @@ async fn serve(config: Option<PathBuf>) -> i32 {
         }
         Err(e) => {
             eprintln!("callboard: server error: {e}");
+            1
+        }
+    }
+}
+
+/// `callboard traces list|show`.
+async fn traces(cmd: TracesCommand) -> i32 {
+    use crate::trace::browse::{self, ListFilter, Source};
+    let source_of = |a: &TraceSourceArgs| -> Result<Source, String> {
+        if let Some(url) = &a.url {
+            return Ok(Source::Server {
+                url: url.clone(),
+                key: a.key.clone(),
+            });
+        }
+        if let Some(p) = &a.store {
+            return Ok(Source::File(p.clone()));
+        }
+        let cfg = load_config(a.config.as_ref()).map_err(|e| e.to_string())?;
+        Ok(Source::File(cfg.tracing.store.path.clone()))
+    };
+    let result = match &cmd {
+        TracesCommand::List {
+            source,
+            session,
+            errors,
+            agent,
+            limit,
+            json,
+        } => match source_of(source) {
+            Err(e) => Err(e),
+            Ok(src) => {
+                let f = ListFilter {
+                    session: session.clone(),
+                    errors: *errors,
+                    agent: agent.clone(),
+                    limit: *limit,
+                };
+                browse::list(&src, &f)
+                    .await
+                    .map(|l| {
+                        if *json {
+                            serde_json::Value::Array(l).to_string() + "\n"
+                        } else {
+                            browse::render_list(&l)
+                        }
+                    })
+                    .map_err(|e| e.to_string())
+            }
+        },
+        TracesCommand::Show { source, id, json } => match source_of(source) {
+            Err(e) => Err(e),
+            Ok(src) => browse::show(&src, id)
+                .await
+                .map(|(t, spans)| {
+                    if *json {
+                        serde_json::json!({"trace": t, "spans": spans}).to_string() + "\n"
+                    } else {
+                        browse::render_trace(&t, &spans)
+                    }
+                })
+                .map_err(|e| e.to_string()),
+        },
+    };
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            0
+        }
+        Err(e) => {
+            eprintln!("callboard traces: {e}");
             1
         }
     }

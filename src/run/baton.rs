@@ -64,6 +64,8 @@ pub(crate) struct RunShared {
     pub done: watch::Sender<bool>,
     pub trace_id: Option<String>,
     pub finished: AtomicBool,
+    /// The `run` log span ([`crate::logging::run_span`]) the run's work happens in.
+    pub log_span: tracing::Span,
     /// The run's own event stream (the library's `stream_events`), bounded: when its reader
     /// falls behind by the whole buffer, the run waits for it (as the SDK's stream does when
     /// its consumer is slow), unless cancelled.
@@ -263,6 +265,8 @@ pub(crate) struct RunEnv<C: Send + Sync + 'static> {
     pub input_guardrails: Vec<InputGuardrail<C>>,
     pub output_guardrails: Vec<OutputGuardrail<C>>,
     pub include_sensitive: bool,
+    /// Reports model and tool calls (metrics).
+    pub observer: Option<Arc<dyn crate::run::RunObserver>>,
     pub settle: Option<Arc<dyn RunSettle>>,
     /// Save the run's state with every turn (the server's runs, for approvals, restarts
     /// and other nodes).

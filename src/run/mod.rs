@@ -5,6 +5,7 @@ pub(crate) mod baton;
 pub mod config;
 pub(crate) mod engine;
 pub mod nested;
+pub mod observer;
 pub mod result;
 pub mod settle;
 pub mod state;
@@ -19,6 +20,7 @@ pub use baton::RunOutcome;
 pub use config::{RunConfig, DEFAULT_MAX_TURNS};
 pub use engine::MULTIPLE_HANDOFFS_MESSAGE;
 pub use nested::{AgentTool, MAX_NESTING_DEPTH};
+pub use observer::{ModelCallStats, RunObserver, ToolCallStats};
 pub use result::{RunCanceller, RunResult, RunResultStreaming};
 pub use settle::{RunEnded, RunSettle};
 pub use state::{RunState, ToolApproval};
@@ -63,6 +65,7 @@ pub struct Runner<C: Send + Sync + 'static = ()> {
     stage: Stage<C>,
     bus: Bus,
     provider: Arc<dyn ModelProvider>,
+    observer: Option<Arc<dyn RunObserver>>,
 }
 
 impl<C: Send + Sync + 'static> Clone for Runner<C> {
@@ -71,6 +74,7 @@ impl<C: Send + Sync + 'static> Clone for Runner<C> {
             stage: self.stage.clone(),
             bus: self.bus.clone(),
             provider: self.provider.clone(),
+            observer: self.observer.clone(),
         }
     }
 }
@@ -88,7 +92,14 @@ impl<C: Send + Sync + 'static> Runner<C> {
             stage: Stage::new(),
             bus: Bus::new(BusLimits::default()),
             provider: Arc::new(ModelTable::new()),
+            observer: None,
         }
+    }
+
+    /// Reports every model and tool call of this runner's runs to `observer` (metrics).
+    pub fn with_observer(mut self, observer: Arc<dyn RunObserver>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// Uses `provider` to resolve agents' model names.
@@ -346,6 +357,7 @@ impl<C: Send + Sync + 'static> RunRequest<'_, C> {
             nest: None,
             keep_state: self.keep_state,
             resume: self.resume,
+            observer: runner.observer.clone(),
         })?;
         Ok(RunResultStreaming {
             shared,
@@ -380,6 +392,7 @@ pub(crate) struct Launch<C: Send + Sync + 'static> {
     pub nest: Option<NestSpec>,
     pub keep_state: bool,
     pub resume: Option<RunState>,
+    pub observer: Option<Arc<dyn RunObserver>>,
 }
 
 /// Starts a run: its trace (or the current one, for a run inside a traced one) and task
@@ -420,6 +433,20 @@ pub(crate) fn launch<C: Send + Sync + 'static>(
         parent.as_ref(),
     );
     let trace_id = trace.is_enabled().then(|| trace.trace_id().to_owned());
+    let meta = |k: &str| {
+        cfg.trace_metadata
+            .as_ref()
+            .and_then(|m| m.get(k))
+            .and_then(serde_json::Value::as_str)
+    };
+    // Every log line inside the run carries its ids (`[logging]`).
+    let log_span = crate::logging::run_span(
+        l.ctx.run_id(),
+        trace_id.as_deref(),
+        l.agent.name(),
+        meta("tenant"),
+        meta("session_id").or(Some(l.topic.session_id())),
+    );
     let input_items = l.input.to_items();
     let (done, _) = watch::channel(false);
     let shared = Arc::new(RunShared {
@@ -443,6 +470,7 @@ pub(crate) fn launch<C: Send + Sync + 'static>(
         done,
         trace_id,
         finished: AtomicBool::new(false),
+        log_span,
         listener: l.listener,
         turn_sync: Default::default(),
         cancelled_as: Mutex::new(None),
@@ -461,6 +489,7 @@ pub(crate) fn launch<C: Send + Sync + 'static>(
         include_sensitive,
         settle: l.settle,
         keep_state: l.keep_state,
+        observer: l.observer,
     });
     // A resumed run continues at its state's agent, turn, items, usage and decisions.
     let mut agent = l.agent;

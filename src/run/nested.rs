@@ -266,6 +266,7 @@ impl<C: Send + Sync + 'static> Tool<C> for AgentTool<C> {
                 cancel: caller.cancel.child_token(),
                 keep_state: false,
                 resume: None,
+                observer: call.env.observer.clone(),
                 nest: Some(NestSpec {
                     ancestors: caller.path(),
                     depth,

@@ -160,6 +160,12 @@ impl<C: Send + Sync + 'static> RunResultStreaming<C> {
         self.shared.trace_id.as_deref()
     }
 
+    /// The `run` log span the run's work happens in (its ids as fields); instrument work
+    /// done for the run elsewhere with it.
+    pub fn log_span(&self) -> &tracing::Span {
+        &self.shared.log_span
+    }
+
     /// The turn in progress (from 1).
     pub fn current_turn(&self) -> u64 {
         self.shared.current_turn.load(Ordering::Acquire)

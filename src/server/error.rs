@@ -14,9 +14,9 @@ pub fn status(e: &ApiError) -> StatusCode {
         ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
         ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
         ApiError::UnknownAgent(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-        ApiError::FrameTooLarge { .. } | ApiError::InputTooLarge { .. } => {
-            StatusCode::PAYLOAD_TOO_LARGE
-        }
+        ApiError::FrameTooLarge { .. }
+        | ApiError::InputTooLarge { .. }
+        | ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
         ApiError::SessionBusy(_) | ApiError::Conflict(_) => StatusCode::CONFLICT,
         ApiError::HistoryTruncated { .. } => StatusCode::GONE,

@@ -1,5 +1,5 @@
 //! HTTP handlers: runs as JSON or SSE, SSE resume, session items, agents, health, readiness,
-//! metrics, traces (not in this build yet) and the chat page.
+//! metrics and the chat page. The trace endpoints are in [`crate::server::traces`].
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -42,7 +42,7 @@ pub async fn readyz(State(st): State<AppState>) -> Response {
 /// `GET /metrics`: Prometheus text.
 pub async fn metrics(State(st): State<AppState>, _a: crate::server::auth::Admin) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(header::CONTENT_TYPE, crate::service::metrics::CONTENT_TYPE)],
         st.core.metrics_text(),
     )
         .into_response()
@@ -480,116 +480,6 @@ pub async fn delete_session(
 ) -> Result<StatusCode, ApiError> {
     st.core.delete_session(&tenant, &session_id).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-fn trace_store(st: &AppState) -> Result<crate::trace::sinks::store::TraceStore, ApiError> {
-    st.core.trace_store().ok_or_else(|| {
-        ApiError::NotImplemented(
-            "the trace store is off: add \"store\" to [tracing] sinks to keep traces here".into(),
-        )
-    })
-}
-
-/// Query of `GET /v1/traces`.
-#[derive(Debug, Default, serde::Deserialize)]
-pub struct TracesQuery {
-    /// Traces of this workflow.
-    pub workflow_name: Option<String>,
-    /// Traces of this group (a session by default).
-    pub group_id: Option<String>,
-    /// Traces started at or after this ISO-8601 time.
-    pub since: Option<String>,
-    /// Traces started before this ISO-8601 time.
-    pub until: Option<String>,
-    /// At most this many (newest first).
-    pub limit: Option<u32>,
-}
-
-/// `GET /v1/traces`: the tenant's stored traces, newest first.
-pub async fn list_traces(
-    State(st): State<AppState>,
-    Tenant(tenant): Tenant,
-    axum::extract::Query(q): axum::extract::Query<TracesQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let store = trace_store(&st)?;
-    let query = crate::trace::sinks::store::TraceQuery {
-        trace_id: None,
-        workflow_name: q.workflow_name,
-        group_id: q.group_id,
-        tenant: Some(tenant.to_string()),
-        since: q.since,
-        until: q.until,
-        limit: Some(q.limit.unwrap_or(100).min(1000)),
-    };
-    let list = tokio::task::spawn_blocking(move || store.list_traces(&query))
-        .await
-        .map_err(|_| ApiError::Internal)?
-        .map_err(|e| {
-            tracing::error!(error = %e, "trace store failed");
-            ApiError::Internal
-        })?;
-    Ok(Json(json!({ "traces": list })))
-}
-
-/// `GET /v1/traces/{trace_id}`: a trace and its spans (the SDK's export JSON).
-pub async fn get_trace(
-    State(st): State<AppState>,
-    Tenant(tenant): Tenant,
-    Path(trace_id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let store = trace_store(&st)?;
-    let id = trace_id.clone();
-    let found = tokio::task::spawn_blocking(move || store.get_trace(&id, Some(&tenant)))
-        .await
-        .map_err(|_| ApiError::Internal)?
-        .map_err(|e| {
-            tracing::error!(error = %e, "trace store failed");
-            ApiError::Internal
-        })?;
-    match found {
-        Some((trace, spans)) => Ok(Json(json!({ "trace": trace, "spans": spans }))),
-        None => Err(ApiError::NotFound(format!(
-            "no trace {trace_id}; GET /v1/traces lists yours"
-        ))),
-    }
-}
-
-/// `POST /v1/traces/ingest`: the OpenAI trace-ingest body `{"data": [...]}` from SDK apps;
-/// their traces are kept under the caller's tenant.
-pub async fn ingest_traces(
-    State(st): State<AppState>,
-    Tenant(tenant): Tenant,
-    body: axum::body::Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let store = trace_store(&st)?;
-    let mut v: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("the body is not JSON: {e}")))?;
-    let Some(data) = v.get_mut("data").and_then(|d| d.as_array_mut()) else {
-        return Err(ApiError::BadRequest(
-            "the body must be {\"data\": [trace and span exports]}".into(),
-        ));
-    };
-    let mut data = std::mem::take(data);
-    for item in &mut data {
-        if item.get("object").and_then(|o| o.as_str()) == Some("trace") {
-            if !item.get("metadata").is_some_and(|m| m.is_object()) {
-                item["metadata"] = json!({});
-            }
-            item["metadata"]["tenant"] = json!(tenant.to_string());
-        }
-    }
-    let summary = tokio::task::spawn_blocking(move || store.ingest(data))
-        .await
-        .map_err(|_| ApiError::Internal)?
-        .map_err(|e| {
-            tracing::error!(error = %e, "trace store failed");
-            ApiError::Internal
-        })?;
-    Ok(Json(json!({
-        "traces": summary.traces,
-        "spans": summary.spans,
-        "skipped": summary.skipped,
-    })))
 }
 
 /// Any other path.

@@ -4,6 +4,7 @@
 //! - [`auth`]: API keys to tenants.
 //! - [`error`]: the HTTP status and JSON answer of an `ApiError`.
 //! - [`http`]: the HTTP handlers (runs, SSE, sessions, agents, health, metrics, chat page).
+//! - [`traces`]: the trace API (`/v1/traces...`) and the trace browser (`/traces`).
 //! - [`ws`]: the WebSocket upgrade, handing sockets to the hub ([`crate::hub`]).
 //! - [`ai_sdk`], [`ag_ui`]: chat front ends in their own protocols (Vercel AI SDK `useChat`,
 //!   AG-UI), on [`ui_stream`]: a run followed on the bus as SSE in a wire encoder.
@@ -18,6 +19,7 @@ pub mod auth;
 pub mod error;
 pub mod http;
 pub mod listener;
+pub mod traces;
 pub(crate) mod ui_stream;
 pub mod ws;
 
@@ -67,9 +69,16 @@ pub fn app(state: AppState) -> Router {
             "/v1/sessions/{session_id}",
             axum::routing::delete(http::delete_session),
         )
-        .route("/v1/traces", get(http::list_traces))
-        .route("/v1/traces/ingest", post(http::ingest_traces))
-        .route("/v1/traces/{trace_id}", get(http::get_trace))
+        .route("/traces", get(traces::page))
+        .route("/v1/traces", get(traces::list))
+        .route(
+            "/v1/traces/ingest",
+            // Ingest bodies may be far larger than a frame: a limit of their own.
+            post(traces::ingest).layer(axum::extract::DefaultBodyLimit::max(
+                state.core.config.tracing.max_ingest_bytes,
+            )),
+        )
+        .route("/v1/traces/{trace_id}", get(traces::get))
         .fallback(http::not_found)
         .layer(axum::middleware::map_response_with_state(
             state.clone(),

@@ -33,6 +33,16 @@ pub enum ApiError {
         /// The limit.
         limit: usize,
     },
+    /// An HTTP request body over its endpoint's limit.
+    #[error(
+        "the request body is over the limit of {limit} bytes ({setting}); send smaller requests"
+    )]
+    BodyTooLarge {
+        /// The limit.
+        limit: usize,
+        /// The setting that raises it.
+        setting: &'static str,
+    },
     /// A run input over the input limit.
     #[error("the input has {size} bytes and the limit is {limit}; shorten it")]
     InputTooLarge {
@@ -83,6 +93,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::FrameTooLarge { .. } => "frame_too_large",
             ApiError::InputTooLarge { .. } => "input_too_large",
+            ApiError::BodyTooLarge { .. } => "body_too_large",
             ApiError::Overloaded(_) => "overloaded",
             ApiError::SessionBusy(_) => "session_busy",
             ApiError::Conflict(_) => "conflict",

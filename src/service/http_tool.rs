@@ -174,7 +174,7 @@ impl Tool<()> for HttpTool {
         } else {
             arguments
         };
-        let req = self
+        let mut req = self
             .client
             .post(&self.url)
             .header("content-type", "application/json")
@@ -183,6 +183,11 @@ impl Tool<()> for HttpTool {
                 "application/json, application/x-ndjson, text/plain",
             )
             .body(body);
+        // The tool's function span is current here: the service can nest its own spans
+        // under it (W3C traceparent, and the SDK ids for the ingest endpoint).
+        for (name, value) in crate::trace::context::current_headers() {
+            req = req.header(name, value);
+        }
         async move {
             let failed = |e: reqwest::Error| {
                 ToolError::Failed(format!("the request to the tool failed: {e}"))

@@ -137,11 +137,14 @@ impl Core {
         let calls = Arc::new(ClientCalls::default());
         let cast = build_cast(&config, calls.clone())?;
         let limits = config.limits.clone();
-        let runner: Runner = Runner::new().with_stage(Stage::with_limits(StageLimits {
-            mailbox: crate::actor::DEFAULT_MAILBOX.max(limits.agent_queue),
-            max_runs_per_agent: limits.max_runs_per_agent,
-            queue_per_agent: limits.agent_queue,
-        }));
+        let metrics = Metrics::default();
+        let runner: Runner = Runner::new()
+            .with_stage(Stage::with_limits(StageLimits {
+                mailbox: crate::actor::DEFAULT_MAILBOX.max(limits.agent_queue),
+                max_runs_per_agent: limits.max_runs_per_agent,
+                queue_per_agent: limits.agent_queue,
+            }))
+            .with_observer(metrics.calls.clone());
         for a in cast.agents.values() {
             runner.register(a);
         }
@@ -167,7 +170,7 @@ impl Core {
             calls,
             keys: config.key_table(),
             limits,
-            metrics: Metrics::default(),
+            metrics,
             draining: AtomicBool::new(false),
             stop_accepting: CancellationToken::new(),
             close_sockets: CancellationToken::new(),

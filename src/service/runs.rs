@@ -488,7 +488,13 @@ impl Core {
         if let Err(e) = store.update_run(&tenant, &run_id, update).await {
             return fail(format!("the session store failed: {e}")).await;
         }
-        let cfg = run_config(&tenant, owner.session_id(), &req, detail.record.trace_id);
+        let cfg = run_config(
+            &tenant,
+            owner.session_id(),
+            &run_id,
+            &req,
+            detail.record.trace_id,
+        );
         let slot = TenantSlot::forced(&self, &tenant);
         let _ = self
             .start_engine(
@@ -581,6 +587,7 @@ impl RunSettle for RunSettler {
         core.calls.finish_run(&rid);
         drop(self.slot.lock().unwrap_or_else(|e| e.into_inner()).take());
         core.metrics.runs_finished.fetch_add(1, Ordering::Relaxed);
+        core.metrics.run_ends.count(&ended.outcome);
         let done = self.owner.end_run(ended);
         core.after_end(&self.tenant, &self.owner, &rid, done);
     }
@@ -649,6 +656,23 @@ impl Core {
     ) -> Result<PreparedRun, ApiError> {
         check_session_id(session_id)?;
         let agent = self.check_run(&req)?;
+        // A given trace id must be new or this tenant's: never join another tenant's trace.
+        if let (Some(id), Some(store)) = (
+            req.trace.as_ref().and_then(|t| t.trace_id.as_deref()),
+            self.trace_store(),
+        ) {
+            use crate::trace::sinks::store::ClaimError;
+            match store.claim_async(id, tenant).await {
+                Ok(()) => {}
+                Err(e @ (ClaimError::Taken(_) | ClaimError::InvalidId(_))) => {
+                    return Err(ApiError::BadRequest(format!("trace.trace_id: {e}")))
+                }
+                Err(ClaimError::Store(e)) => {
+                    tracing::error!(error = %e, "trace store failed");
+                    return Err(ApiError::Internal);
+                }
+            }
+        }
         let owner = self.sessions.owner(tenant, session_id).await?;
         let run_id: Arc<str> = gen_run_id().into();
         let on_busy = req.on_busy.unwrap_or(self.config.sessions.on_busy);
@@ -689,7 +713,7 @@ impl Core {
                 }
             }
         };
-        let cfg = run_config(tenant, session_id, &req, None);
+        let cfg = run_config(tenant, session_id, &run_id, &req, None);
         Ok(PreparedRun {
             core: self.clone(),
             tenant: tenant.clone(),
@@ -790,6 +814,7 @@ pub(crate) fn check_session_id(session_id: &str) -> Result<(), ApiError> {
 fn run_config(
     tenant: &str,
     session_id: &str,
+    run_id: &str,
     req: &RunCreate,
     trace_id: Option<String>,
 ) -> RunConfig {
@@ -802,6 +827,9 @@ fn run_config(
     }
     // The trace store scopes traces by this key, so a tenant sees only its own.
     metadata.insert("tenant".into(), Value::String(tenant.to_string()));
+    // The trace browser links a trace to its session and run record by these.
+    metadata.insert("session_id".into(), Value::String(session_id.to_owned()));
+    metadata.insert("run_id".into(), Value::String(run_id.to_owned()));
     let mut cfg = RunConfig::default();
     if let Some(n) = req.max_turns {
         cfg.max_turns = n;

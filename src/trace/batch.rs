@@ -18,18 +18,19 @@
 //! this machine); the staging queue batches the hand-over itself.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::{Actor, Addr, AsyncContext, Context, Handler, Message};
 use futures::FutureExt;
 use serde::Deserialize;
-use serde_json::Value;
 use tokio::sync::mpsc;
 
+pub use super::item::{ExportItem, ItemFacts, ItemKind};
 use super::processor::TraceProcessor;
 use super::sinks::Sink;
+pub use super::stats::{SinkCounters, TraceStats, TraceStatsSnapshot};
 use super::{Span, Trace};
 
 /// Mailbox of the tracing actor: only wake-ups, flushes and shutdowns travel through it.
@@ -52,6 +53,12 @@ pub struct BatchConfig {
     pub export_timeout_ms: u64,
     /// Milliseconds `force_flush` and `shutdown` wait for the sinks before giving up (30000).
     pub shutdown_timeout_ms: u64,
+    /// Milliseconds from a new item (a trace starting or ending, a span ending) to the
+    /// export that takes it (100), so runs show in the sinks as they start, grow and end,
+    /// rather than at the next scheduled export. One export takes everything staged
+    /// meanwhile, so batches stay large under load. 0: no such export (the SDK's behaviour:
+    /// the timer and the trigger ratio only).
+    pub export_delay_ms: u64,
 }
 
 impl Default for BatchConfig {
@@ -63,6 +70,7 @@ impl Default for BatchConfig {
             export_trigger_ratio: 0.7,
             export_timeout_ms: 30_000,
             shutdown_timeout_ms: 30_000,
+            export_delay_ms: 100,
         }
     }
 }
@@ -96,198 +104,22 @@ impl BatchConfig {
     }
 }
 
-/// What an exported item is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ItemKind {
-    /// A trace, sent when it starts (as the SDK's batch processor does).
-    Trace,
-    /// A trace ended (sinks that print or close a trace use it; exporters skip it).
-    TraceEnd,
-    /// A finished span.
-    Span,
-}
-
-/// One item of a batch: its kind, its trace id and its SDK export as compact JSON text
-/// (made once, shared by every sink).
-#[derive(Clone, Debug, PartialEq)]
-pub struct ExportItem {
-    /// Trace, trace end or span.
-    pub kind: ItemKind,
-    /// The trace it belongs to.
-    pub trace_id: String,
-    /// The SDK's export object (`object: "trace"` or `"trace.span"`) as JSON text.
-    pub json: String,
-}
-
-impl ExportItem {
-    /// The export object as a JSON tree (parsed on each call).
-    pub fn value(&self) -> Value {
-        serde_json::from_str(&self.json).unwrap_or(Value::Null)
-    }
-
-    /// The item for a trace start or end, when the trace is enabled.
-    pub fn from_trace(trace: &Trace, kind: ItemKind) -> Option<Self> {
-        Some(ExportItem {
-            kind,
-            trace_id: trace.trace_id().to_owned(),
-            json: trace.export_json()?,
-        })
-    }
-
-    /// The item for a span, when the span is enabled.
-    pub fn from_span(span: &Span) -> Option<Self> {
-        Some(ExportItem {
-            kind: ItemKind::Span,
-            trace_id: span.trace_id()?.to_owned(),
-            json: span.export_json()?,
-        })
-    }
-
-    /// Items for bodies of `POST /v1/traces/ingest`: each object with `object: "trace"` or
-    /// `"trace.span"` and an id; anything else is skipped.
-    pub fn from_values(values: impl IntoIterator<Item = Value>) -> Vec<Self> {
-        values
-            .into_iter()
-            .filter_map(|v| {
-                let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
-                let (kind, trace_id) = match v.get("object").and_then(Value::as_str) {
-                    Some("trace") => (ItemKind::Trace, s("id")?),
-                    Some("trace.span") => {
-                        s("id")?;
-                        (ItemKind::Span, s("trace_id")?)
-                    }
-                    _ => return None,
-                };
-                Some(ExportItem {
-                    kind,
-                    trace_id,
-                    json: serde_json::to_string(&v).ok()?,
-                })
-            })
-            .collect()
-    }
-}
-
-/// Counters of one sink.
-#[derive(Debug, Default)]
-pub struct SinkCounters {
-    /// Items the sink took.
-    pub exported: AtomicU64,
-    /// Items never handed to the sink because its queue was full (it is slow or hung).
-    pub dropped: AtomicU64,
-    /// Items in batches the sink failed, panicked on, or timed out on.
-    pub failed: AtomicU64,
-}
-
-/// The tracing pipeline's counters, for logs and the server's `/metrics`.
-#[derive(Debug, Default)]
-pub struct TraceStats {
-    /// Items accepted from runs.
-    pub queued: AtomicU64,
-    /// Items refused because the queue was full or the processor shut down.
-    pub dropped: AtomicU64,
-    /// Per sink, in configuration order.
-    pub sinks: Vec<(String, SinkCounters)>,
-}
-
-/// A plain copy of [`TraceStats`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TraceStatsSnapshot {
-    /// Items accepted from runs.
-    pub queued: u64,
-    /// Items refused at the queue.
-    pub dropped: u64,
-    /// Per sink: name, exported, dropped, failed.
-    pub sinks: Vec<(String, u64, u64, u64)>,
-}
-
-impl TraceStatsSnapshot {
-    /// Items exported, summed over the sinks.
-    pub fn exported(&self) -> u64 {
-        self.sinks.iter().map(|s| s.1).sum()
-    }
-
-    /// Items dropped: at the queue, plus each sink's.
-    pub fn dropped_total(&self) -> u64 {
-        self.dropped + self.sinks.iter().map(|s| s.2).sum::<u64>()
-    }
-
-    /// Items whose export failed, summed over the sinks.
-    pub fn failed(&self) -> u64 {
-        self.sinks.iter().map(|s| s.3).sum()
-    }
-
-    /// The counters as Prometheus text.
-    pub fn prometheus(&self) -> String {
-        let mut s = String::new();
-        s.push_str("# HELP callboard_trace_items_queued_total Trace items accepted from runs.\n# TYPE callboard_trace_items_queued_total counter\n");
-        s.push_str(&format!(
-            "callboard_trace_items_queued_total {}\n",
-            self.queued
-        ));
-        s.push_str("# HELP callboard_trace_items_dropped_total Trace items dropped (queue full, or a sink's queue full).\n# TYPE callboard_trace_items_dropped_total counter\n");
-        s.push_str(&format!(
-            "callboard_trace_items_dropped_total{{sink=\"\"}} {}\n",
-            self.dropped
-        ));
-        for (name, _, d, _) in &self.sinks {
-            s.push_str(&format!(
-                "callboard_trace_items_dropped_total{{sink=\"{name}\"}} {d}\n"
-            ));
-        }
-        s.push_str("# HELP callboard_trace_items_exported_total Trace items a sink took.\n# TYPE callboard_trace_items_exported_total counter\n");
-        for (name, e, _, _) in &self.sinks {
-            s.push_str(&format!(
-                "callboard_trace_items_exported_total{{sink=\"{name}\"}} {e}\n"
-            ));
-        }
-        s.push_str("# HELP callboard_trace_items_failed_total Trace items in batches a sink failed.\n# TYPE callboard_trace_items_failed_total counter\n");
-        for (name, _, _, f) in &self.sinks {
-            s.push_str(&format!(
-                "callboard_trace_items_failed_total{{sink=\"{name}\"}} {f}\n"
-            ));
-        }
-        s
-    }
-}
-
-impl TraceStats {
-    /// A copy of the counters now.
-    pub fn snapshot(&self) -> TraceStatsSnapshot {
-        TraceStatsSnapshot {
-            queued: self.queued.load(Ordering::Relaxed),
-            dropped: self.dropped.load(Ordering::Relaxed),
-            sinks: self
-                .sinks
-                .iter()
-                .map(|(n, c)| {
-                    (
-                        n.clone(),
-                        c.exported.load(Ordering::Relaxed),
-                        c.dropped.load(Ordering::Relaxed),
-                        c.failed.load(Ordering::Relaxed),
-                    )
-                })
-                .collect(),
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Messages of the tracing actor.
 
-/// What a run hands over: cheap handles, exported to JSON on the actor's side.
+/// What a run hands over: cheap handles (and when a trace started or ended), exported to
+/// JSON on the actor's side.
 enum TraceEvent {
-    TraceStart(Trace),
-    TraceEnd(Trace),
+    TraceStart(Trace, String),
+    TraceEnd(Trace, String),
     SpanEnd(Span),
 }
 
 impl TraceEvent {
     fn export(&self) -> Option<ExportItem> {
         match self {
-            TraceEvent::TraceStart(t) => ExportItem::from_trace(t, ItemKind::Trace),
-            TraceEvent::TraceEnd(t) => ExportItem::from_trace(t, ItemKind::TraceEnd),
+            TraceEvent::TraceStart(t, at) => ExportItem::from_trace(t, ItemKind::Trace, Some(at)),
+            TraceEvent::TraceEnd(t, at) => ExportItem::from_trace(t, ItemKind::TraceEnd, Some(at)),
             TraceEvent::SpanEnd(s) => ExportItem::from_span(s),
         }
     }
@@ -297,6 +129,14 @@ impl TraceEvent {
 struct Wake;
 
 impl Message for Wake {
+    type Result = ();
+}
+
+/// Something was staged: export after `export_delay_ms`, together with whatever else is
+/// staged meanwhile.
+struct Soon;
+
+impl Message for Soon {
     type Result = ();
 }
 
@@ -342,6 +182,8 @@ struct SinkHandle {
 struct Staging {
     events: Mutex<Vec<TraceEvent>>,
     wake_pending: AtomicBool,
+    /// An export after `export_delay_ms` is scheduled.
+    soon_pending: AtomicBool,
 }
 
 /// The tracing actor: takes what runs staged and hands batches to the sink workers.
@@ -414,6 +256,19 @@ impl Handler<Wake> for TraceActor {
     /// The staging queue reached the trigger size: export now.
     fn handle(&mut self, _msg: Wake, _ctx: &mut Self::Context) {
         self.export_all(false);
+    }
+}
+
+impl Handler<Soon> for TraceActor {
+    type Result = ();
+
+    /// Something was staged: export after the delay (what is staged meanwhile rides along).
+    fn handle(&mut self, _msg: Soon, ctx: &mut Self::Context) {
+        let delay = Duration::from_millis(self.cfg.export_delay_ms);
+        ctx.run_later(delay, |act, _| {
+            act.staging.soon_pending.store(false, Ordering::Release);
+            act.export_all(false);
+        });
     }
 }
 
@@ -585,6 +440,7 @@ impl BatchTraceProcessor {
         let staging = Arc::new(Staging {
             events: Mutex::new(Vec::with_capacity(64)),
             wake_pending: AtomicBool::new(false),
+            soon_pending: AtomicBool::new(false),
         });
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<()>(1);
         let actor_cfg = cfg.clone();
@@ -654,6 +510,14 @@ impl BatchTraceProcessor {
             if self.addr.try_send(Wake).is_err() {
                 self.staging.wake_pending.store(false, Ordering::Release);
             }
+        }
+        // One export per `export_delay_ms` at most: a load and, rarely, a swap per item.
+        if self.cfg.export_delay_ms > 0
+            && !self.staging.soon_pending.load(Ordering::Acquire)
+            && !self.staging.soon_pending.swap(true, Ordering::AcqRel)
+            && self.addr.try_send(Soon).is_err()
+        {
+            self.staging.soon_pending.store(false, Ordering::Release);
         }
     }
 
@@ -726,11 +590,11 @@ impl BatchTraceProcessor {
 
 impl TraceProcessor for BatchTraceProcessor {
     fn on_trace_start(&self, trace: &Trace) {
-        self.enqueue(TraceEvent::TraceStart(trace.clone()));
+        self.enqueue(TraceEvent::TraceStart(trace.clone(), super::time_iso()));
     }
 
     fn on_trace_end(&self, trace: &Trace) {
-        self.enqueue(TraceEvent::TraceEnd(trace.clone()));
+        self.enqueue(TraceEvent::TraceEnd(trace.clone(), super::time_iso()));
     }
 
     /// Nothing: spans are sent when they end, as in the SDK.

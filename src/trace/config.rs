@@ -74,6 +74,9 @@ impl Default for StoreConfig {
     }
 }
 
+/// Default of `[tracing] max_ingest_bytes`.
+pub const DEFAULT_MAX_INGEST_BYTES: usize = 32 * 1024 * 1024;
+
 /// `[tracing]`: whether and where runs are traced.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -97,6 +100,9 @@ pub struct TracingConfig {
     pub openai: OpenAiSinkConfig,
     /// Options of the `otlp` sink.
     pub otlp: OtlpSinkConfig,
+    /// Largest body `POST /v1/traces/ingest` accepts (bytes; 32 MiB: the SDK's exporter
+    /// sends 128 spans a batch with inputs and outputs of up to 100 KB each).
+    pub max_ingest_bytes: usize,
 }
 
 impl Default for TracingConfig {
@@ -111,6 +117,7 @@ impl Default for TracingConfig {
             store: StoreConfig::default(),
             openai: OpenAiSinkConfig::default(),
             otlp: OtlpSinkConfig::default(),
+            max_ingest_bytes: DEFAULT_MAX_INGEST_BYTES,
         }
     }
 }

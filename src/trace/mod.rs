@@ -7,9 +7,15 @@
 //! does.
 
 pub mod batch;
+pub mod browse;
 pub mod config;
+pub mod context;
+pub mod ids;
+pub mod item;
 pub mod processor;
 pub mod sinks;
+pub mod stats;
+pub mod time;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -20,6 +26,7 @@ use serde_json::{json, Map, Value};
 pub use batch::{BatchConfig, BatchTraceProcessor, ExportItem, ItemKind, TraceStats};
 pub use config::{TracingConfig, TracingConfigError, TracingSetup};
 pub use sinks::{Sink, SinkError};
+pub use time::time_iso;
 
 pub use processor::{
     add_trace_processor, flush_traces, global_tracer, set_trace_processors, set_tracing_disabled,
@@ -53,47 +60,11 @@ pub fn gen_span_id() -> String {
     gen_id("span", 24)
 }
 
-fn is_id(s: &str, prefix: &str, hex: usize) -> bool {
-    s.strip_prefix(prefix).is_some_and(|h| {
-        h.len() == hex
-            && h.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
-}
-
-/// Whether `s` is a trace id as the SDK makes them: `trace_` and 32 lowercase hex digits.
-pub fn is_valid_trace_id(s: &str) -> bool {
-    is_id(s, "trace_", 32)
-}
-
-/// Whether `s` is a span id as the SDK makes them: `span_` and 24 lowercase hex digits.
-pub fn is_valid_span_id(s: &str) -> bool {
-    is_id(s, "span_", 24)
-}
+pub use ids::{is_span_id as is_valid_span_id, is_trace_id as is_valid_trace_id};
 
 /// A new group id: `group_` and 24 hex digits.
 pub fn gen_group_id() -> String {
     gen_id("group", 24)
-}
-
-/// Now as the SDK writes times: ISO-8601 with microseconds and `+00:00`.
-pub fn time_iso() -> String {
-    use chrono::{Datelike, Timelike};
-    use std::fmt::Write;
-    let t = chrono::Utc::now();
-    let mut s = String::with_capacity(32);
-    let _ = write!(
-        s,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}+00:00",
-        t.year(),
-        t.month(),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.nanosecond() % 1_000_000_000 / 1000
-    );
-    s
 }
 
 /// The data of a span, one variant per SDK span type.
@@ -132,6 +103,9 @@ pub enum SpanData {
         response_id: Option<String>,
         /// Usage of the call.
         usage: Option<Value>,
+        /// The model called. Not in the SDK's export JSON (its response span has none);
+        /// sinks get it from [`ItemFacts::model`](batch::ItemFacts::model).
+        model: Option<String>,
     },
     /// A Chat-Completions model call.
     Generation {
@@ -259,7 +233,9 @@ impl SpanData {
                     usage: usage.as_ref(),
                 },
             },
-            SpanData::Response { response_id, usage } => DataView::Response {
+            SpanData::Response {
+                response_id, usage, ..
+            } => DataView::Response {
                 response_id: response_id.as_deref(),
                 usage: usage.as_ref(),
             },
@@ -449,6 +425,8 @@ pub struct TraceInner {
     pub group_id: Option<String>,
     /// Metadata.
     pub metadata: Option<Map<String, Value>>,
+    /// The metadata's `tenant` (the server's runs carry one; stores scope traces by it).
+    pub tenant: Option<Arc<str>>,
     tracer: Tracer,
     ended: Mutex<bool>,
 }
@@ -565,6 +543,12 @@ impl Tracer {
                 .workflow_name
                 .unwrap_or_else(|| "Agent workflow".to_owned()),
             group_id: opts.group_id,
+            tenant: opts
+                .metadata
+                .as_ref()
+                .and_then(|m| m.get("tenant"))
+                .and_then(Value::as_str)
+                .map(Arc::from),
             metadata: opts.metadata,
             tracer: self.clone(),
             ended: Mutex::new(false),
@@ -592,6 +576,17 @@ pub struct SpanInner {
     /// Start time.
     pub started_at: String,
     state: Mutex<SpanState>,
+}
+
+/// See [`Span::index_facts`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct IndexFacts {
+    /// An agent span's agent.
+    pub agent: Option<String>,
+    /// A model call's model.
+    pub model: Option<String>,
+    /// Whether the span has an error.
+    pub error: bool,
 }
 
 /// A span handle (cheap to clone). A disabled span is a no-op.
@@ -713,7 +708,12 @@ impl Span {
 
     /// The SDK's span export as compact JSON text (one pass, no intermediate tree).
     pub fn export_json(&self) -> Option<String> {
-        self.with_view(|v| serde_json::to_string(v).ok())?
+        // Most exports are a few hundred bytes: one allocation instead of a few regrowths.
+        self.with_view(|v| {
+            let mut buf = Vec::with_capacity(512);
+            serde_json::to_writer(&mut buf, v).ok()?;
+            String::from_utf8(buf).ok()
+        })?
     }
 
     fn with_view<R>(&self, f: impl FnOnce(&SpanView<'_>) -> R) -> Option<R> {
@@ -736,6 +736,25 @@ impl Span {
             metadata,
         };
         Some(f(&view))
+    }
+
+    /// What sinks index, when enabled: the agent of an agent span, the model of a model
+    /// call, and whether the span has an error.
+    pub fn index_facts(&self) -> Option<IndexFacts> {
+        let s = self.0.as_ref()?;
+        let st = s.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (agent, model) = match &st.data {
+            SpanData::Agent { name, .. } => (Some(name.clone()), None),
+            SpanData::Response { model, .. } | SpanData::Generation { model, .. } => {
+                (None, model.clone())
+            }
+            _ => (None, None),
+        };
+        Some(IndexFacts {
+            agent,
+            model,
+            error: st.error.is_some(),
+        })
     }
 
     /// The span's type as exported (`agent`, `custom`, ...), when enabled.

@@ -2,6 +2,8 @@
 //! WebSocket client. Every wait has a timeout.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -274,6 +276,14 @@ impl Drop for Binary {
 
 /// Starts `callboard serve --config config_path` with `envs` and waits for its banner.
 pub fn spawn_binary(config_path: &std::path::Path, envs: &[(&str, &str)]) -> Binary {
+    spawn_binary_logged(config_path, envs).0
+}
+
+/// [`spawn_binary`], keeping every line the server writes to standard error (its logs).
+pub fn spawn_binary_logged(
+    config_path: &std::path::Path,
+    envs: &[(&str, &str)],
+) -> (Binary, Arc<std::sync::Mutex<Vec<String>>>) {
     use std::io::{BufRead, BufReader};
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_callboard"));
     cmd.args(["serve", "--config"])
@@ -288,14 +298,17 @@ pub fn spawn_binary(config_path: &std::path::Path, envs: &[(&str, &str)]) -> Bin
     }
     let mut child = cmd.spawn().expect("start the binary");
     let stderr = child.stderr.take().expect("stderr");
+    let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = lines.clone();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(rest) = line.split("listening on http://").nth(1) {
                 let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
             }
+            kept.lock().unwrap_or_else(|e| e.into_inner()).push(line);
         }
     });
     let addr = rx.recv_timeout(WAIT).expect("server start banner");
-    Binary { child, addr }
+    (Binary { child, addr }, lines)
 }

@@ -53,20 +53,28 @@ pub(crate) enum Step<C: Send + Sync + 'static> {
 
 /// Drives a baton's turns at its agent: the next turn on the same agent follows in this
 /// task; a handoff sends the baton to the target's mailbox; the end finishes the run.
-pub(crate) async fn drive<C: Send + Sync + 'static>(mut baton: Baton<C>, stage: Stage<C>) {
-    loop {
-        match run_turn(baton).await {
-            Step::Next(b) => {
-                b.shared.drain_turn().await;
-                baton = b;
+pub(crate) async fn drive<C: Send + Sync + 'static>(baton: Baton<C>, stage: Stage<C>) {
+    use tracing::Instrument;
+    // Everything logged while the run's turns run carries the run's ids.
+    let span = baton.shared.log_span.clone();
+    async move {
+        let mut baton = baton;
+        loop {
+            match run_turn(baton).await {
+                Step::Next(b) => {
+                    b.shared.drain_turn().await;
+                    baton = b;
+                }
+                Step::Handoff(b) => {
+                    b.shared.drain_turn().await;
+                    return stage.arrive(b);
+                }
+                Step::Done(b, outcome) => return finish(b, outcome).await,
             }
-            Step::Handoff(b) => {
-                b.shared.drain_turn().await;
-                return stage.arrive(b);
-            }
-            Step::Done(b, outcome) => return finish(b, outcome).await,
         }
     }
+    .instrument(span)
+    .await
 }
 
 fn fail<C: Send + Sync + 'static>(b: Baton<C>, e: AgentsError) -> Step<C> {
@@ -76,6 +84,7 @@ fn fail<C: Send + Sync + 'static>(b: Baton<C>, e: AgentsError) -> Step<C> {
 async fn start_agent<C: Send + Sync + 'static>(b: &mut Baton<C>) {
     let agent = b.agent.clone();
     b.shared.set_agent(agent.name());
+    b.shared.log_span.record("agent", agent.name());
     b.agent_span = b.task_span.child(SpanData::Agent {
         name: agent.name().to_owned(),
         handoffs: vec![],

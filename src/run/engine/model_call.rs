@@ -3,6 +3,7 @@
 //! arrives, with the first turn's parallel input guardrails alongside.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -19,6 +20,7 @@ use crate::model::{
     Model, ModelApi, ModelRequest, RawEvent, ResponseEvent, ResponseObject, ToolSpec,
 };
 use crate::run::baton::Baton;
+use crate::run::observer::ModelCallStats;
 use crate::trace::{self, Span, SpanData};
 
 /// Calls the model for this turn: the request, the stream onto the bus, usage and the model
@@ -40,17 +42,36 @@ pub(super) async fn call<C: Send + Sync + 'static>(
     )
     .await;
     let mspan = model_span(b, turn_span, model.as_ref(), &req);
-    let response = match stream_model(b, model.as_ref(), req, &mspan).await {
+    let started = Instant::now();
+    let mut first_token = None;
+    let end = stream_model(b, model.as_ref(), req, &mspan, &mut first_token).await;
+    let report = |r: Option<&ResponseObject>| {
+        if let Some(o) = &b.env.observer {
+            let usage = r.and_then(|r| r.usage.as_ref());
+            o.model_call(&ModelCallStats {
+                agent: agent.name(),
+                model: model.name(),
+                duration: started.elapsed(),
+                time_to_first_token: first_token.map(|t: Instant| t - started),
+                input_tokens: usage.map(|u| u.input_tokens),
+                output_tokens: usage.map(|u| u.output_tokens),
+                error: r.is_none(),
+            });
+        }
+    };
+    let response = match end {
         StreamEnd::Response(r) => r,
         StreamEnd::Cancelled => {
             mspan.finish();
             return Ok(None);
         }
         StreamEnd::Error(e) => {
+            report(None);
             mspan.finish();
             return Err(e);
         }
     };
+    report(Some(&response));
     b.ctx.with_usage(|u| match &response.usage {
         Some(r) => u.add_request(r),
         None => u.add_request_without_usage(),
@@ -62,7 +83,9 @@ pub(super) async fn call<C: Send + Sync + 'static>(
         None
     };
     mspan.update(|d| match d {
-        SpanData::Response { response_id, usage } => {
+        SpanData::Response {
+            response_id, usage, ..
+        } => {
             *response_id = Some(response.id.clone());
             *usage = usage_json.clone();
         }
@@ -164,6 +187,7 @@ fn model_span<C: Send + Sync + 'static>(
         ModelApi::Responses => turn_span.child(SpanData::Response {
             response_id: None,
             usage: None,
+            model: Some(model.name().to_owned()),
         }),
         ModelApi::ChatCompletions => {
             // As in the SDK, the input is filled in after the span's start.
@@ -231,6 +255,7 @@ async fn stream_model<C: Send + Sync + 'static>(
     model: &dyn Model,
     req: ModelRequest,
     mspan: &Span,
+    first_token: &mut Option<Instant>,
 ) -> StreamEnd {
     let shared = &b.shared;
     let mut stream = model.stream(req, shared.cancel.child_token());
@@ -267,6 +292,11 @@ async fn stream_model<C: Send + Sync + 'static>(
                     if let RawEvent::Typed(t) = ev.as_ref() {
                         match t {
                             ResponseEvent::Completed { response: r, .. } => response = Some(r.clone()),
+                            ResponseEvent::OutputTextDelta { .. }
+                            | ResponseEvent::RefusalDelta { .. }
+                            | ResponseEvent::FunctionCallArgumentsDelta { .. } => {
+                                first_token.get_or_insert_with(Instant::now);
+                            }
                             other => err = terminal_error(other),
                         }
                     }

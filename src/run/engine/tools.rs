@@ -104,11 +104,20 @@ async fn run_tool<C: Send + Sync + 'static>(
         };
         call_fut.await
     };
+    let started = std::time::Instant::now();
     let traced = trace::with_span(span.clone(), bounded);
     let result = match policy.and_then(|p| p.timeout) {
         None => Some(traced.await),
         Some(limit) => tokio::time::timeout(limit, traced).await.ok(),
     };
+    if let Some(o) = &b.env.observer {
+        o.tool_call(&crate::run::observer::ToolCallStats {
+            agent: b.agent.name(),
+            tool: tool.name(),
+            duration: started.elapsed(),
+            error: !matches!(result, Some(Ok(_))),
+        });
+    }
     let output = match result {
         None => {
             let p = policy.map(|p| (p.timeout, p.timeout_behavior));

@@ -60,7 +60,7 @@ fn millis_between(a: Option<&str>, b: Option<&str>) -> Option<f64> {
     Some((b - a).num_microseconds()? as f64 / 1000.0)
 }
 
-fn describe(span: &Value) -> String {
+fn describe(span: &Value, details: bool) -> String {
     let d = &span["span_data"];
     let ty = d["type"].as_str().unwrap_or("?");
     let mut s = match ty {
@@ -114,6 +114,19 @@ fn describe(span: &Value) -> String {
     }
     if let Some(msg) = span["error"]["message"].as_str() {
         s.push_str(&format!("  ERROR: {msg}"));
+        let data = &span["error"]["data"];
+        if details && !data.is_null() {
+            let mut text = data.to_string();
+            if text.len() > 300 {
+                let mut cut = 300;
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                text.truncate(cut);
+                text.push_str("...");
+            }
+            s.push_str(&format!(" {text}"));
+        }
     }
     s
 }
@@ -121,6 +134,11 @@ fn describe(span: &Value) -> String {
 /// The tree of one trace as text: a header line, then one line per span, children indented
 /// under their parent in start order.
 pub fn render_tree(trace: Option<&Value>, spans: &[Value]) -> String {
+    render_tree_with(trace, spans, false)
+}
+
+/// [`render_tree`], with each error's data after its message when `details`.
+pub fn render_tree_with(trace: Option<&Value>, spans: &[Value], details: bool) -> String {
     let mut out = String::new();
     let (id, name) = match trace {
         Some(t) => (
@@ -156,6 +174,7 @@ pub fn render_tree(trace: Option<&Value>, spans: &[Value]) -> String {
         children: &HashMap<Option<&str>, Vec<&Value>>,
         parent: Option<&str>,
         prefix: &str,
+        details: bool,
     ) {
         let Some(kids) = children.get(&parent) else {
             return;
@@ -164,13 +183,13 @@ pub fn render_tree(trace: Option<&Value>, spans: &[Value]) -> String {
             let last = i + 1 == kids.len();
             out.push_str(prefix);
             out.push_str(if last { "└─ " } else { "├─ " });
-            out.push_str(&describe(s));
+            out.push_str(&describe(s, details));
             out.push('\n');
             let next = format!("{prefix}{}", if last { "   " } else { "│  " });
-            walk(out, children, s["id"].as_str(), &next);
+            walk(out, children, s["id"].as_str(), &next, details);
         }
     }
-    walk(&mut out, &children, None, "");
+    walk(&mut out, &children, None, "", details);
     out
 }
 

@@ -62,7 +62,10 @@ impl Default for OtlpSinkConfig {
 #[derive(Clone, Debug, Default)]
 struct TraceInfo {
     workflow_name: Option<String>,
-    group_id: Option<String>,
+    /// The conversation: the trace metadata's `session_id` (the server's runs), else the
+    /// group id.
+    conversation: Option<String>,
+    metadata: Option<String>,
 }
 
 /// Sends finished spans to an OTLP/HTTP receiver.
@@ -131,7 +134,14 @@ impl OtlpSink {
                         item.trace_id.clone(),
                         TraceInfo {
                             workflow_name: value["workflow_name"].as_str().map(str::to_owned),
-                            group_id: value["group_id"].as_str().map(str::to_owned),
+                            conversation: value["metadata"]["session_id"]
+                                .as_str()
+                                .or(value["group_id"].as_str())
+                                .map(str::to_owned),
+                            metadata: value["metadata"]
+                                .as_object()
+                                .filter(|m| !m.is_empty())
+                                .map(|m| Value::Object(m.clone()).to_string()),
                         },
                     );
                 }
@@ -140,7 +150,11 @@ impl OtlpSink {
                 }
                 ItemKind::Span => {
                     let info = traces.get(&item.trace_id).cloned().unwrap_or_default();
-                    spans.push(to_otlp_span(&item.value(), &info));
+                    spans.push(to_otlp_span(
+                        &item.value(),
+                        item.facts.model.as_deref(),
+                        &info,
+                    ));
                 }
             }
         }
@@ -192,34 +206,9 @@ fn kv_strs(key: &str, v: &Value) -> Option<KeyValue> {
     Some(kv(key, any_value::Value::ArrayValue(ArrayValue { values })))
 }
 
-/// 64-bit FNV-1a, for ids that are not hex.
-fn fnv(bytes: &[u8], seed: u64) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
-/// `n` id bytes from `trace_<hex>` / `span_<hex>` (the leading hex digits), or a hash
-/// of the id when it is not hex.
+/// `n` id bytes from `trace_<hex>` / `span_<hex>` (see [`crate::trace::ids::otel_id_bytes`]).
 pub fn id_bytes(id: &str, n: usize) -> Vec<u8> {
-    let hex = id.split_once('_').map_or(id, |(_, h)| h).as_bytes();
-    if hex.len() >= n * 2 && hex[..n * 2].iter().all(u8::is_ascii_hexdigit) {
-        let val = |c: u8| match c {
-            b'0'..=b'9' => c - b'0',
-            b'a'..=b'f' => c - b'a' + 10,
-            _ => c - b'A' + 10,
-        };
-        return (0..n)
-            .map(|i| val(hex[2 * i]) << 4 | val(hex[2 * i + 1]))
-            .collect();
-    }
-    (0..n.div_ceil(8) as u64)
-        .flat_map(|i| fnv(id.as_bytes(), i).to_be_bytes())
-        .take(n)
-        .collect()
+    crate::trace::ids::otel_id_bytes(id, n)
 }
 
 fn nanos(t: &Value) -> u64 {
@@ -230,16 +219,55 @@ fn nanos(t: &Value) -> u64 {
 }
 
 fn usage_attrs(attrs: &mut Vec<KeyValue>, usage: &Value) {
-    if let Some(i) = usage["input_tokens"].as_i64() {
+    let (i, o) = (
+        usage["input_tokens"].as_i64(),
+        usage["output_tokens"].as_i64(),
+    );
+    if let Some(i) = i {
         attrs.push(kv_int("gen_ai.usage.input_tokens", i));
+        attrs.push(kv_int("llm.token_count.prompt", i));
     }
-    if let Some(o) = usage["output_tokens"].as_i64() {
+    if let Some(o) = o {
         attrs.push(kv_int("gen_ai.usage.output_tokens", o));
+        attrs.push(kv_int("llm.token_count.completion", o));
+    }
+    if let (Some(i), Some(o)) = (i, o) {
+        attrs.push(kv_int("llm.token_count.total", i + o));
     }
 }
 
-/// One SDK span export as an OTLP span with GenAI attributes.
-fn to_otlp_span(v: &Value, info: &TraceInfo) -> opentelemetry_proto::tonic::trace::v1::Span {
+/// OpenInference's span kinds, which Phoenix (and Arize) show; the GenAI conventions alone
+/// leave turn, handoff, guardrail and custom spans without one.
+fn oi_kind(attrs: &mut Vec<KeyValue>, kind: &str) {
+    attrs.push(kv_str("openinference.span.kind", kind));
+}
+
+/// A JSON text value as OpenInference's `input.value` / `output.value`.
+fn io_attrs(attrs: &mut Vec<KeyValue>, which: &str, v: &Value) {
+    let (text, mime) = match v {
+        Value::Null => return,
+        Value::String(s) => (
+            s.clone(),
+            if s.starts_with('{') || s.starts_with('[') {
+                "application/json"
+            } else {
+                "text/plain"
+            },
+        ),
+        other => (other.to_string(), "application/json"),
+    };
+    attrs.push(kv_str(&format!("{which}.value"), &text));
+    attrs.push(kv_str(&format!("{which}.mime_type"), mime));
+}
+
+/// One SDK span export as an OTLP span with GenAI attributes (and OpenInference's, for
+/// Phoenix). `model` is the model of a model call (the export does not name it for
+/// Responses-API calls).
+fn to_otlp_span(
+    v: &Value,
+    model: Option<&str>,
+    info: &TraceInfo,
+) -> opentelemetry_proto::tonic::trace::v1::Span {
     let d = &v["span_data"];
     let ty = d["type"].as_str().unwrap_or("custom");
     let s = |k: &str| d[k].as_str().unwrap_or("").to_owned();
@@ -248,8 +276,10 @@ fn to_otlp_span(v: &Value, info: &TraceInfo) -> opentelemetry_proto::tonic::trac
     let name = match ty {
         "agent" => {
             let n = s("name");
+            oi_kind(&mut attrs, "AGENT");
             attrs.push(kv_str("gen_ai.operation.name", "invoke_agent"));
             attrs.push(kv_str("gen_ai.agent.name", &n));
+            attrs.push(kv_str("agent.name", &n));
             attrs.extend(kv_strs("callboard.agent.tools", &d["tools"]));
             attrs.extend(kv_strs("callboard.agent.handoffs", &d["handoffs"]));
             if let Some(o) = d["output_type"].as_str() {
@@ -259,9 +289,11 @@ fn to_otlp_span(v: &Value, info: &TraceInfo) -> opentelemetry_proto::tonic::trac
         }
         "function" => {
             let n = s("name");
+            oi_kind(&mut attrs, "TOOL");
             attrs.push(kv_str("gen_ai.operation.name", "execute_tool"));
             attrs.push(kv_str("gen_ai.tool.name", &n));
             attrs.push(kv_str("gen_ai.tool.type", "function"));
+            attrs.push(kv_str("tool.name", &n));
             if let Some(id) = d["call_id"].as_str() {
                 attrs.push(kv_str("gen_ai.tool.call.id", id));
             }
@@ -271,19 +303,26 @@ fn to_otlp_span(v: &Value, info: &TraceInfo) -> opentelemetry_proto::tonic::trac
             if let Some(o) = d["output"].as_str() {
                 attrs.push(kv_str("gen_ai.tool.call.result", o));
             }
+            io_attrs(&mut attrs, "input", &d["input"]);
+            io_attrs(&mut attrs, "output", &d["output"]);
             format!("execute_tool {n}")
         }
         "response" | "generation" => {
             kind = span::SpanKind::Client;
+            oi_kind(&mut attrs, "LLM");
             attrs.push(kv_str("gen_ai.operation.name", "chat"));
             attrs.push(kv_str("gen_ai.provider.name", "openai"));
+            attrs.push(kv_str("llm.provider", "openai"));
             if let Some(id) = d["response_id"].as_str() {
                 attrs.push(kv_str("gen_ai.response.id", id));
             }
             usage_attrs(&mut attrs, &d["usage"]);
-            match d["model"].as_str() {
+            io_attrs(&mut attrs, "input", &d["input"]);
+            io_attrs(&mut attrs, "output", &d["output"]);
+            match model.or(d["model"].as_str()) {
                 Some(m) => {
                     attrs.push(kv_str("gen_ai.request.model", m));
+                    attrs.push(kv_str("llm.model_name", m));
                     format!("chat {m}")
                 }
                 None => "chat".to_owned(),
@@ -291,6 +330,7 @@ fn to_otlp_span(v: &Value, info: &TraceInfo) -> opentelemetry_proto::tonic::trac
         }
         "handoff" => {
             let (f, t) = (s("from_agent"), s("to_agent"));
+            oi_kind(&mut attrs, "CHAIN");
             attrs.push(kv_str("callboard.handoff.from_agent", &f));
             attrs.push(kv_str("callboard.handoff.to_agent", &t));
             if !f.is_empty() {
@@ -300,6 +340,7 @@ fn to_otlp_span(v: &Value, info: &TraceInfo) -> opentelemetry_proto::tonic::trac
         }
         "guardrail" => {
             let n = s("name");
+            oi_kind(&mut attrs, "GUARDRAIL");
             attrs.push(kv_str("callboard.guardrail.name", &n));
             attrs.push(kv(
                 "callboard.guardrail.triggered",
@@ -309,6 +350,7 @@ fn to_otlp_span(v: &Value, info: &TraceInfo) -> opentelemetry_proto::tonic::trac
         }
         _ => {
             let data = &d["data"];
+            oi_kind(&mut attrs, "CHAIN");
             match data["sdk_span_type"].as_str() {
                 Some("task") => {
                     attrs.push(kv_str("gen_ai.operation.name", "invoke_workflow"));
@@ -319,11 +361,12 @@ fn to_otlp_span(v: &Value, info: &TraceInfo) -> opentelemetry_proto::tonic::trac
                     if let Some(a) = data["agent_name"].as_str() {
                         attrs.push(kv_str("gen_ai.agent.name", a));
                     }
-                    if let Some(t) = data["turn"].as_i64() {
+                    let turn = data["turn"].as_i64();
+                    if let Some(t) = turn {
                         attrs.push(kv_int("callboard.turn", t));
                     }
                     usage_attrs(&mut attrs, &data["usage"]);
-                    "turn".to_owned()
+                    turn.map_or_else(|| "turn".to_owned(), |t| format!("turn {t}"))
                 }
                 _ => {
                     if !data.is_null() {
@@ -337,8 +380,12 @@ fn to_otlp_span(v: &Value, info: &TraceInfo) -> opentelemetry_proto::tonic::trac
     if let Some(w) = &info.workflow_name {
         attrs.push(kv_str("callboard.workflow.name", w));
     }
-    if let Some(g) = &info.group_id {
-        attrs.push(kv_str("gen_ai.conversation.id", g));
+    if let Some(c) = &info.conversation {
+        attrs.push(kv_str("gen_ai.conversation.id", c));
+        attrs.push(kv_str("session.id", c));
+    }
+    if let Some(m) = &info.metadata {
+        attrs.push(kv_str("metadata", m));
     }
     if let Some(Value::Object(md)) = v.get("metadata") {
         for (k, val) in md {
