@@ -297,6 +297,28 @@ impl Default for SessionsConfig {
     }
 }
 
+/// What a restarted server does with the runs the previous process left running.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRestart {
+    /// Take them up from their last completed turn, on the same session with seq
+    /// continuing (a turn whose tools had started runs them again only if they are all
+    /// `idempotent`; otherwise the run ends `interrupted`, saying so).
+    #[default]
+    Resume,
+    /// End them `interrupted`.
+    MarkInterrupted,
+}
+
+/// `[runs]`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RunsConfig {
+    /// `resume` (default) or `mark_interrupted`.
+    #[serde(default)]
+    pub on_restart: OnRestart,
+}
+
 /// `[limits]`: sizes and counts the server enforces.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -378,6 +400,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[logging]`.
     pub logging: crate::logging::LoggingConfig,
+    /// `[runs]`.
+    pub runs: RunsConfig,
     /// Whether this is the embedded default config.
     pub embedded: bool,
 }
@@ -405,6 +429,7 @@ const TOP_KEYS: &[&str] = &[
     "sessions",
     "limits",
     "logging",
+    "runs",
 ];
 
 struct Collector {
@@ -502,6 +527,7 @@ impl Config {
         let sessions: SessionsConfig = c.section("sessions", root.get("sessions"));
         let limits: LimitsConfig = c.section("limits", root.get("limits"));
         let logging: crate::logging::LoggingConfig = c.section("logging", root.get("logging"));
+        let runs: RunsConfig = c.section("runs", root.get("runs"));
         let mut models = BTreeMap::new();
         match root.get("models") {
             None => {}
@@ -529,6 +555,7 @@ impl Config {
             sessions,
             limits,
             logging,
+            runs,
             embedded: false,
         };
         cfg.validate(&mut c);

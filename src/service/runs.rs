@@ -770,10 +770,18 @@ impl Core {
                 tracing::error!(error = %e, "session store failed");
                 ApiError::Internal
             })?;
-        match rec {
-            Some(r) => serde_json::to_value(r).map_err(|_| ApiError::Internal),
-            None => Err(not_found_run(run_id)),
+        let Some(r) = rec else {
+            return Err(not_found_run(run_id));
+        };
+        let paused = r.status == RunStatus::AwaitingApproval;
+        let mut v = serde_json::to_value(r).map_err(|_| ApiError::Internal)?;
+        if paused {
+            // A paused run lists the calls waiting for a decision.
+            if let Ok(state) = self.run_state(tenant, run_id).await {
+                v["interruptions"] = state["interruptions"].clone();
+            }
         }
+        Ok(v)
     }
 
     /// A tenant's runs, newest first, filtered by session and status.
@@ -851,23 +859,24 @@ fn run_config(
 
 impl Core {
     /// Takes up what a previous process left in flight (call once, before serving): runs that
-    /// were running are ended as interrupted, their sessions told with a `run.failed` frame of
+    /// were running resume from their last completed turn (`[runs] on_restart = "resume"`,
+    /// the default), or end as interrupted, their sessions told with a `run.failed` frame of
     /// type `Interrupted` (so a client resuming after the restart learns the run's fate);
     /// queued runs start in order once their session is free; paused runs stay paused.
-    /// Answers how many runs were interrupted.
-    pub async fn recover(self: &Arc<Self>) -> usize {
+    /// Answers how many runs were resumed and how many interrupted.
+    pub async fn recover(self: &Arc<Self>) -> (usize, usize) {
         let store = self.sessions.store().clone();
         let runs = match store.runs_in_flight().await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "could not read the runs left in flight");
-                return 0;
+                return (0, 0);
             }
         };
-        let mut interrupted = 0;
+        let (mut resumed, mut interrupted) = (0, 0);
         let mut sessions = Vec::new();
         for d in runs {
-            let r = d.record;
+            let r = &d.record;
             let (Some(sid), tenant) = (r.session_id.clone(), Arc::<str>::from(r.tenant.as_str()))
             else {
                 continue;
@@ -878,25 +887,40 @@ impl Core {
             if r.status != RunStatus::Running {
                 continue;
             }
-            let reason = format!(
-                "the server stopped while this run was in progress (its last completed turn: {})",
-                r.turn
-            );
-            let end = RunEnd::interrupted(reason.clone());
-            if let Err(e) = store.record_run_end(&tenant, &r.run_id, end).await {
-                tracing::error!(run_id = %r.run_id, error = %e, "could not record an interrupted run");
+            let Ok(owner) = self.sessions.owner(&tenant, &sid).await else {
                 continue;
-            }
-            interrupted += 1;
-            if let Ok(owner) = self.sessions.owner(&tenant, &sid).await {
-                let run_id: Arc<str> = r.run_id.as_str().into();
-                owner.publish(
-                    &run_id,
-                    FrameBody::RunFailed {
-                        error_type: crate::session::records::INTERRUPTED_ERROR_TYPE.into(),
-                        message: reason,
-                    },
-                );
+            };
+            let run_id: Arc<str> = r.run_id.as_str().into();
+            let why_not = match self.config.runs.on_restart {
+                crate::config::OnRestart::MarkInterrupted => Err(format!(
+                    "the server stopped while this run was in progress (its last completed turn: {}); [runs] on_restart = \"mark_interrupted\"",
+                    r.turn
+                )),
+                crate::config::OnRestart::Resume => self.resumable(&d),
+            };
+            match why_not {
+                Ok(state) if owner.claim(&run_id).is_ok() => {
+                    tracing::info!(run_id = %run_id, turn = state.current_turn, "resuming a run the previous process left running");
+                    if self.start_from_state(&tenant, &owner, state).await.is_ok() {
+                        resumed += 1;
+                    }
+                }
+                Ok(_) => {}
+                Err(reason) => {
+                    let end = RunEnd::interrupted(reason.clone());
+                    if let Err(e) = store.record_run_end(&tenant, &r.run_id, end).await {
+                        tracing::error!(run_id = %r.run_id, error = %e, "could not record an interrupted run");
+                        continue;
+                    }
+                    interrupted += 1;
+                    owner.publish(
+                        &run_id,
+                        FrameBody::RunFailed {
+                            error_type: crate::session::records::INTERRUPTED_ERROR_TYPE.into(),
+                            message: reason,
+                        },
+                    );
+                }
             }
         }
         // Sessions with queued runs and nothing holding them: the first queued run starts.
@@ -908,13 +932,46 @@ impl Core {
                 }
             }
         }
-        if interrupted > 0 {
+        if resumed + interrupted > 0 {
             tracing::warn!(
-                runs = interrupted,
-                "runs left running by the previous process are marked interrupted"
+                resumed,
+                interrupted,
+                "took up the runs the previous process left running"
             );
         }
-        interrupted
+        (resumed, interrupted)
+    }
+
+    /// A run left running can resume from its state, unless it has none, or it died while
+    /// tools that are not idempotent ran (running them twice could do harm): then the reason.
+    fn resumable(&self, d: &crate::session::RunDetail) -> Result<crate::run::RunState, String> {
+        let r = &d.record;
+        let state = d
+            .state
+            .as_deref()
+            .ok_or_else(|| "the server stopped before this run saved any state".to_owned())
+            .and_then(|t| {
+                crate::run::RunState::from_text(t)
+                    .map_err(|e| format!("its saved state cannot be read: {e}"))
+            })?;
+        if let Some(p) = &state.pending_turn {
+            if p.reason == crate::run::state::PendingReason::ToolsStarted {
+                let agent = self.agents.get(&state.current_agent.name);
+                for call in &p.tool_calls {
+                    let idempotent = agent
+                        .and_then(|a| a.tools().iter().find(|t| t.name() == call.name).cloned())
+                        .is_some_and(|t| t.policy().is_some_and(|p| p.idempotent));
+                    if !idempotent {
+                        return Err(format!(
+                            "the server stopped while tool `{}` was running (turn {}); it is not marked idempotent, so it is not run again",
+                            call.name,
+                            r.turn + 1
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(state)
     }
 }
 
