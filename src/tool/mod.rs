@@ -328,6 +328,42 @@ impl<C: Send + Sync + 'static> FunctionTool<C> {
         self.policy = Some(self.policy.take().unwrap_or_default().max_concurrency(n));
         self
     }
+
+    /// Every call waits for a person's approval first (the SDK's `needs_approval=True`):
+    /// the run pauses with the call in `interruptions` until it is approved or rejected.
+    pub fn needs_approval(mut self, yes: bool) -> Self {
+        self.policy = Some(self.policy.take().unwrap_or_default().needs_approval(yes));
+        self
+    }
+
+    /// Calls whose parsed arguments `predicate` picks wait for approval (the SDK's
+    /// `needs_approval` callable); arguments that are not a JSON object always do.
+    pub fn needs_approval_when(
+        mut self,
+        predicate: impl Fn(&Value) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.policy = Some(
+            self.policy
+                .take()
+                .unwrap_or_default()
+                .needs_approval_when(predicate),
+        );
+        self
+    }
+
+    /// A call no one decided on within `timeout` is rejected (the model reads the SDK's
+    /// rejection message).
+    pub fn approval_timeout(mut self, timeout: Duration) -> Self {
+        self.policy = Some(self.policy.take().unwrap_or_default().approval_timeout(timeout));
+        self
+    }
+
+    /// Running a call twice does no harm: a run whose process died while this tool ran
+    /// runs it again on restart instead of ending `interrupted`.
+    pub fn idempotent(mut self, yes: bool) -> Self {
+        self.policy = Some(self.policy.take().unwrap_or_default().idempotent(yes));
+        self
+    }
 }
 
 impl<C: Send + Sync + 'static> Tool<C> for FunctionTool<C> {
