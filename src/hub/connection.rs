@@ -298,7 +298,7 @@ impl Conn {
                 }
             }
             ClientFrame::RunCancel(c) => {
-                if let Err(e) = self.core.cancel_run(&self.tenant, &c.run_id, c.mode) {
+                if let Err(e) = self.core.cancel_any(&self.tenant, &c.run_id, c.mode).await {
                     self.error(c.id.as_ref(), e).await;
                 }
             }
