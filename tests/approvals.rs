@@ -115,7 +115,11 @@ async fn the_stream_stops_after_tool_called_and_resumes_like_the_sdk() {
     let rest = items(&mut resumed).await;
     assert_eq!(
         rest,
-        ["agent:Ops", "item:tool_output", "item:message_output_created"]
+        [
+            "agent:Ops",
+            "item:tool_output",
+            "item:message_output_created"
+        ]
     );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert_eq!(resumed.final_output(), Some(json!("done")));
@@ -137,7 +141,10 @@ async fn the_stream_stops_after_tool_called_and_resumes_like_the_sdk() {
 async fn a_rejected_call_never_runs_and_the_model_reads_the_sdk_message() {
     for (message, expected) in [
         (None, "Tool execution was not approved."),
-        (Some("Not in production, please."), "Not in production, please."),
+        (
+            Some("Not in production, please."),
+            "Not in production, please.",
+        ),
     ] {
         let calls = Arc::new(AtomicUsize::new(0));
         let agent = Agent::new("Ops")
@@ -153,7 +160,11 @@ async fn a_rejected_call_never_runs_and_the_model_reads_the_sdk_message() {
         let rest = items(&mut resumed).await;
         assert_eq!(
             rest,
-            ["agent:Ops", "item:tool_output", "item:message_output_created"]
+            [
+                "agent:Ops",
+                "item:tool_output",
+                "item:message_output_created"
+            ]
         );
         assert_eq!(calls.load(Ordering::SeqCst), 0);
         assert_eq!(tool_outputs(&resumed), [expected]);
@@ -184,7 +195,11 @@ async fn a_predicate_picks_the_calls_and_the_others_of_the_turn_run_once() {
     state.approve(&id, false).unwrap();
     let mut resumed = runner.resume(&agent, state).unwrap();
     items(&mut resumed).await;
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "each call ran exactly once");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "each call ran exactly once"
+    );
     assert_eq!(resumed.final_output(), Some(json!("done")));
     let mut outs = tool_outputs(&resumed);
     outs.sort();
@@ -269,7 +284,10 @@ async fn a_state_written_by_schema_1_0_is_read_and_resumed() {
     let state = RunState::from_text(&text).unwrap();
     assert_eq!(state.schema_version, "1.1");
     assert_eq!(state.interruptions().len(), 1);
-    assert!(state.is_decided(), "the 1.0 approval list became call decisions");
+    assert!(
+        state.is_decided(),
+        "the 1.0 approval list became call decisions"
+    );
     let calls = Arc::new(AtomicUsize::new(0));
     let agent = Agent::new("Ops")
         .model_instance(two_turns())
@@ -285,4 +303,3 @@ async fn a_state_written_by_schema_1_0_is_read_and_resumed() {
     let e = RunState::from_json(v).unwrap_err().to_string();
     assert!(e.contains("9.0") && e.contains("upgrade"), "{e}");
 }
-

@@ -99,7 +99,10 @@ async fn paused_run(ws: &mut Ws, session: &str) -> (String, String, Vec<Value>) 
     let frames = recv_until(ws, &["run.interrupted", "run.completed", "run.failed"]).await;
     let int = frames.last().unwrap();
     assert_eq!(int["type"], "run.interrupted", "{frames:?}");
-    let call_id = int["interruptions"][0]["call_id"].as_str().unwrap().to_owned();
+    let call_id = int["interruptions"][0]["call_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     (run_id, call_id, frames)
 }
 

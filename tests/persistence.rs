@@ -43,6 +43,11 @@ handoff_description = "Billing questions."
 
 [sessions]
 store = "sqlite://{}"
+
+# These tests are about runs a dead process leaves: they end `interrupted` here (the default,
+# `resume`, is tested in tests/recovery.rs).
+[runs]
+on_restart = "mark_interrupted"
 "#,
         db.display()
     )

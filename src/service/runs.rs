@@ -17,7 +17,7 @@ use crate::items::RunInput;
 use crate::run::{gen_run_id, RunCanceller, RunConfig, RunEnded, RunOutcome, RunSettle};
 use crate::service::error::ApiError;
 use crate::service::request::{OnBusy, RunCreate};
-use crate::service::sessions::{ClaimOrQueue, Claimed, NextRun, SessionOwner};
+use crate::service::sessions::{ClaimOrQueue, Claimed, NextRun, SessionOwner, StoredRequest};
 use crate::service::Core;
 use crate::session::{RunEnd, RunQuery, RunStart, RunStatus, RunUpdate};
 use tokio::sync::oneshot;
@@ -131,6 +131,7 @@ enum Place {
         epoch: String,
         topic: Arc<Topic>,
         queued: QueuedGuard,
+        order: i64,
     },
 }
 
@@ -273,6 +274,7 @@ impl PreparedRun {
                 epoch,
                 topic,
                 mut queued,
+                order,
             } => {
                 let start = RunStart {
                     run_id: run_id.to_string(),
@@ -282,7 +284,11 @@ impl PreparedRun {
                     trace_id: cfg.trace_id.clone(),
                     seq_reserved: None,
                     status: RunStatus::Queued,
-                    request: serde_json::to_string(&req).ok(),
+                    request: serde_json::to_string(&StoredRequest {
+                        queue_order: order,
+                        request: req.clone(),
+                    })
+                    .ok(),
                     node_id: None,
                 };
                 if let Err(e) = store.record_run_start(start).await {
@@ -463,12 +469,8 @@ impl Core {
         };
         let req = match request {
             Some(r) => (*r).clone(),
-            None => match detail
-                .request
-                .as_deref()
-                .and_then(|r| serde_json::from_str::<RunCreate>(r).ok())
-            {
-                Some(r) => r,
+            None => match detail.request.as_deref().and_then(StoredRequest::parse) {
+                Some(r) => r.request,
                 None => return fail("its stored request cannot be read".into()).await,
             },
         };
@@ -696,7 +698,11 @@ impl Core {
                     claim,
                 }
             }
-            ClaimOrQueue::Queued { position, stop } => {
+            ClaimOrQueue::Queued {
+                position,
+                stop,
+                order,
+            } => {
                 let queued = QueuedGuard {
                     owner: owner.clone(),
                     run_id: run_id.clone(),
@@ -710,6 +716,7 @@ impl Core {
                     epoch: owner.epoch(),
                     topic,
                     queued,
+                    order,
                 }
             }
         };

@@ -96,6 +96,34 @@ struct Queued {
     ready: bool,
     /// Its request, when this process took it (else it is read from the store).
     request: Option<Arc<RunCreate>>,
+    /// Its place in the durable order (stored with the request): smaller starts first.
+    order: i64,
+}
+
+/// A queued run's stored request: the request and its place in the session's queue (the
+/// queue's order survives a restart exactly, whatever order the records were written in).
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+pub struct StoredRequest {
+    /// Smaller starts first.
+    pub queue_order: i64,
+    /// The request.
+    pub request: RunCreate,
+}
+
+impl StoredRequest {
+    /// Reads a stored request (a bare request, without an order, reads as order 0).
+    pub fn parse(text: &str) -> Option<StoredRequest> {
+        serde_json::from_str::<StoredRequest>(text)
+            .ok()
+            .or_else(|| {
+                serde_json::from_str::<RunCreate>(text)
+                    .ok()
+                    .map(|request| StoredRequest {
+                        queue_order: 0,
+                        request,
+                    })
+            })
+    }
 }
 
 /// A queued run that now has the session: its id and (when known here) its request.
@@ -111,6 +139,8 @@ pub enum ClaimOrQueue {
         position: usize,
         /// The run to stop for it (`interrupt` / `rollback`), and whether it is paused.
         stop: Option<(Arc<str>, bool)>,
+        /// Its place in the durable order (see [`StoredRequest`]).
+        order: i64,
     },
 }
 
@@ -219,15 +249,27 @@ impl SessionOwner {
                 for r in runs {
                     match status {
                         RunStatus::AwaitingApproval => paused = Some(Arc::from(r.run_id)),
-                        _ => queue.push_back(Queued {
-                            run_id: Arc::from(r.run_id),
-                            ready: true,
-                            request: None,
-                        }),
+                        _ => {
+                            // The stored order, not the records' times, says which starts
+                            // first (records of one burst share a millisecond).
+                            let stored = store
+                                .run_detail(&self.tenant, &r.run_id)
+                                .await
+                                .map_err(store_failed)?
+                                .and_then(|d| d.request)
+                                .and_then(|t| StoredRequest::parse(&t));
+                            queue.push_back(Queued {
+                                run_id: Arc::from(r.run_id),
+                                ready: true,
+                                order: stored.as_ref().map_or(0, |s| s.queue_order),
+                                request: stored.map(|s| Arc::new(s.request)),
+                            });
+                        }
                     }
                 }
             }
         }
+        queue.make_contiguous().sort_by_key(|q| q.order);
         let mut st = self.lock();
         let (epoch, after, safe, stored) = match meta {
             Some(m) if !m.epoch.is_empty() => (m.epoch, m.seq_reserved, m.seq_safe, true),
@@ -279,23 +321,35 @@ impl SessionOwner {
                 st.queue.len()
             ))),
             OnBusy::Enqueue | OnBusy::Interrupt | OnBusy::Rollback => {
-                let entry = Queued {
+                let mut entry = Queued {
                     run_id: run_id.clone(),
                     ready: false,
                     request: Some(Arc::new(request.clone())),
+                    order: 0,
                 };
                 let (position, stop) = if on_busy == OnBusy::Enqueue {
+                    entry.order = st.queue.back().map_or(0, |q| q.order.saturating_add(1));
                     st.queue.push_back(entry);
                     (st.queue.len(), None)
                 } else {
+                    entry.order = st.queue.front().map_or(0, |q| q.order.saturating_sub(1));
                     st.queue.push_front(entry);
                     (1, st.run.clone().map(|r| (r, st.paused)))
                 };
+                let order = st
+                    .queue
+                    .iter()
+                    .find(|q| &q.run_id == run_id)
+                    .map_or(0, |q| q.order);
                 // Announced in queue order, under the lock that ordered it.
                 if let Some(t) = &st.topic {
                     t.publish(run_id, crate::bus::FrameBody::RunQueued { position });
                 }
-                Ok(ClaimOrQueue::Queued { position, stop })
+                Ok(ClaimOrQueue::Queued {
+                    position,
+                    stop,
+                    order,
+                })
             }
         }
     }

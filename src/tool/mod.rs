@@ -354,7 +354,12 @@ impl<C: Send + Sync + 'static> FunctionTool<C> {
     /// A call no one decided on within `timeout` is rejected (the model reads the SDK's
     /// rejection message).
     pub fn approval_timeout(mut self, timeout: Duration) -> Self {
-        self.policy = Some(self.policy.take().unwrap_or_default().approval_timeout(timeout));
+        self.policy = Some(
+            self.policy
+                .take()
+                .unwrap_or_default()
+                .approval_timeout(timeout),
+        );
         self
     }
 
