@@ -158,3 +158,81 @@ agent = "Helper"
     let text = cdp.eval("document.getElementById('log').innerText").await;
     assert!(text.as_str().unwrap().contains("All done."), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chat_page_asks_for_approval_and_goes_on_when_approved() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let Some((_browser, mut cdp)) = Browser::launch("chat-approval", 1200, 800).await else {
+        return;
+    };
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let tool_app = axum::Router::new().route(
+        "/refund",
+        axum::routing::post(move || {
+            let c = c.clone();
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                "refunded"
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tool_addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, tool_app).await });
+    let cfg = format!(
+        r#"
+[models.default]
+provider = "scripted"
+[[models.default.script]]
+outputs = [{{ kind = "call", name = "refund", arguments = '{{"order":"A-17"}}' }}]
+[[models.default.script]]
+outputs = [{{ kind = "message", text = "Your refund is on its way.", deltas = 3 }}]
+
+[[agents]]
+name = "Clerk"
+tools = ["refund"]
+
+[[tools]]
+name = "refund"
+kind = "http"
+url = "http://{tool_addr}/refund"
+needs_approval = true
+"#
+    );
+    let srv = start(&cfg).await;
+    let url = format!("http://{}/?session=browser-3&agent=Clerk", srv.addr);
+    cdp.navigate(&url).await;
+    cdp.wait_for(
+        "document.getElementById('status') && document.getElementById('status').textContent === 'connected' && document.getElementById('agent').options.length > 0",
+        "the page to connect",
+    )
+    .await;
+    cdp.eval(
+        "document.getElementById('agent').value = 'Clerk'; document.getElementById('input').value = 'refund my order'; document.getElementById('send').click(); true",
+    )
+    .await;
+    cdp.wait_for(
+        "document.body.dataset.state === 'awaiting_approval' && !!document.querySelector('.approval button.approve')",
+        "the approval prompt",
+    )
+    .await;
+    let ask = cdp
+        .eval("document.querySelector('.approval').innerText")
+        .await;
+    let ask = ask.as_str().unwrap();
+    assert!(ask.contains("Clerk wants to run refund"), "{ask}");
+    assert!(ask.contains(r#"{"order":"A-17"}"#), "{ask}");
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    cdp.eval("document.querySelector('.approval button.approve').click(); true")
+        .await;
+    cdp.wait_for("document.body.dataset.state === 'done'", "the run's end")
+        .await;
+    let text = cdp.eval("document.getElementById('log').innerText").await;
+    let text = text.as_str().unwrap();
+    assert!(text.contains("approved"), "{text}");
+    assert!(text.contains("[resumed]"), "{text}");
+    assert!(text.contains("Your refund is on its way."), "{text}");
+    assert!(text.contains("[done by Clerk]"), "{text}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
