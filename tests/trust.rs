@@ -232,6 +232,46 @@ async fn idle_sessions_leave_memory_and_history_stays_in_its_budget() {
     assert!(end["seq"].as_u64().unwrap() > 20, "numbering continues: {end}");
 }
 
+async fn idle_sessions_leave_memory_while_history_stays_over_budget_under_load() {
+    // Every run pushes retained history over its budget, so the budget wakes the janitor
+    // constantly; its housekeeping must still run (a soak once grew without bound here).
+    let srv = start(
+        "[models.default]\nprovider = \"scripted\"\n[limits]\nsession_idle_ms = 300\nhistory_bytes = 20000\n",
+    )
+    .await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (stop2, done2, addr) = (stop.clone(), done.clone(), srv.addr);
+    let load = tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let mut i = 0;
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            let r = http
+                .post(format!("http://{addr}/v1/sessions/load-{i}/runs"))
+                .json(&json!({"agent": "Triage", "input": "weather in Oslo"}))
+                .timeout(WAIT)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            i += 1;
+            done2.store(i, std::sync::atomic::Ordering::Relaxed);
+        }
+        i
+    });
+    wait_for("the load to start", async || done.load(std::sync::atomic::Ordering::Relaxed) >= 3).await;
+    let core = srv.core.clone();
+    wait_for("the first sessions passivated while the load goes on", async || {
+        core.sessions.active_owner(callboard::session::DEFAULT_TENANT, "load-0").is_none()
+            && core.sessions.active_owner(callboard::session::DEFAULT_TENANT, "load-1").is_none()
+    })
+    .await;
+    assert!(!load.is_finished(), "the load was still going");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let runs = load.await.unwrap();
+    assert!(runs > 2, "{runs}");
+}
+
 async fn sse_streams_are_first_class_subscribers() {
     let srv = start("[models.default]\nprovider = \"scripted\"\n[limits]\nmax_connections = 3\n").await;
     let http = reqwest::Client::new();

@@ -338,10 +338,14 @@ impl Core {
             .min(sessions::EMPTY_IDLE / 2)
             .clamp(Duration::from_millis(10), Duration::from_secs(30));
         let budget = self.sessions.budget().clone();
+        // One clock for the housekeeping: the budget's wake-ups (as often as every publish
+        // under load) must not restart it, or idle sessions would never be passivated.
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(period) => {
+                _ = tick.tick() => {
                     self.reject_due_approvals().await;
                     self.sessions.release_idle_rings();
                     let n = self.sessions.passivate_idle().await;
