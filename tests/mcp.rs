@@ -375,7 +375,9 @@ async fn tools_are_listed_again_on_list_changed() {
     let python = mcp_support::python();
     let server = McpServer::start(McpServerConfig::stdio("changing", python, &[script])).unwrap();
     server.wait_ready(READY).await.unwrap();
-    assert_eq!(server.status().tools, vec!["unlock"]);
+    let mut tools = server.status().tools;
+    tools.sort();
+    assert_eq!(tools, vec!["trace_context", "unlock"]);
     let unlock = tool_named(&server, "unlock").await;
     let out = unlock.invoke(ctx("unlock"), "{}".into()).await.unwrap();
     assert_eq!(out, "unlocked");
@@ -391,5 +393,44 @@ async fn tools_are_listed_again_on_list_changed() {
         secret.invoke(ctx("secret"), "{}".into()).await.unwrap(),
         "42"
     );
+    server.shutdown();
+}
+
+#[tokio::test]
+async fn calls_carry_the_calling_spans_trace_context_in_meta() {
+    use callboard::trace::{with_span, SpanData, TraceOptions, Tracer};
+    if mcp_support::time_server().is_none() {
+        return;
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/mcp-servers/changing_tools.py"
+    );
+    let python = mcp_support::python();
+    let server = McpServer::start(McpServerConfig::stdio("changing", python, &[script])).unwrap();
+    server.wait_ready(READY).await.unwrap();
+    let tool = tool_named(&server, "trace_context").await;
+    // Outside a traced run: no trace context.
+    let out = tool
+        .invoke(ctx("trace_context"), "{}".into())
+        .await
+        .unwrap();
+    assert_eq!(out, "none");
+    // Inside a tool's span: the W3C traceparent of that span.
+    let tracer = Tracer::new();
+    tracer.set_disabled(false);
+    let t = tracer.start_trace(TraceOptions::default());
+    let span = t.span(
+        SpanData::Custom {
+            name: "tool".into(),
+            data: serde_json::Value::Null,
+        },
+        None,
+    );
+    let (tid, sid) = (t.trace_id().to_owned(), span.span_id().unwrap().to_owned());
+    let out = with_span(span, tool.invoke(ctx("trace_context"), "{}".into()))
+        .await
+        .unwrap();
+    assert_eq!(out, format!("00-{}-{}-01", &tid[6..], &sid[5..21]));
     server.shutdown();
 }

@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResult, CancelledNotificationParam,
-    ClientRequest, ContentBlock, JsonObject, RequestId, ServerResult,
+    ClientRequest, ContentBlock, JsonObject, RequestId, RequestMetaObject, ServerResult,
 };
 use rmcp::service::{PeerRequestOptions, RoleClient};
 use rmcp::Peer;
@@ -167,7 +167,7 @@ impl<C: Send + Sync + 'static> Tool<C> for McpTool {
             ));
             let handle = conn
                 .peer
-                .send_request_with_option(request, PeerRequestOptions::no_options())
+                .send_request_with_option(request, trace_meta())
                 .await
                 .map_err(|e| {
                     ToolError::Failed(format!("the MCP server {server} is unreachable: {e}"))
@@ -201,6 +201,22 @@ impl<C: Send + Sync + 'static> Tool<C> for McpTool {
         }
         .boxed()
     }
+}
+
+/// Request options carrying the calling span's trace context in `_meta` (`traceparent`, as
+/// OpenTelemetry's MCP conventions put it, and callboard's own trace and span ids), so an MCP
+/// server's spans join the run's trace as an HTTP tool's do from its headers.
+fn trace_meta() -> PeerRequestOptions {
+    let mut options = PeerRequestOptions::no_options();
+    let headers = trace::context::current_headers();
+    if !headers.is_empty() {
+        let mut meta = RequestMetaObject::new();
+        for (name, value) in headers {
+            meta.0 .0.insert(name.to_owned(), Value::String(value));
+        }
+        options.meta = Some(meta);
+    }
+    options
 }
 
 #[cfg(test)]
