@@ -185,7 +185,8 @@ fn commit_batch(conn: &mut Connection, writes: &mut Vec<(WriteOp, Reply)>) -> (u
     let single = writes.len() == 1;
     let mut results: Vec<(Reply, u64, Result<WriteOut, rusqlite::Error>)> =
         Vec::with_capacity(writes.len());
-    for (op, reply) in writes.drain(..) {
+    let mut pending = writes.drain(..);
+    for (op, reply) in pending.by_ref() {
         let items = item_count(&op);
         let r = if single {
             apply(conn, op, now)
@@ -193,8 +194,25 @@ fn commit_batch(conn: &mut Connection, writes: &mut Vec<(WriteOp, Reply)>) -> (u
             // Each write in its own savepoint: one failing write does not undo the others.
             in_savepoint(conn, |c| apply(c, op, now))
         };
+        let failed = r.is_err();
         results.push((reply, items, r));
+        if failed && conn.is_autocommit() {
+            // SQLite rolled the whole transaction back (a full disk, an I/O error): the
+            // writes before are undone, and the ones after must not run outside it.
+            let msg = "the write transaction was rolled back by SQLite (is the disk full?); nothing of it was saved";
+            let mut failed = 0;
+            for (reply, _, r) in results
+                .drain(..)
+                .chain(pending.map(|(_, reply)| (reply, 0, Ok(WriteOut::Done))))
+            {
+                let detail = r.err().map(|e| format!(": {e}")).unwrap_or_default();
+                let _ = reply.send(Err(SessionError::Store(format!("{msg}{detail}"))));
+                failed += 1;
+            }
+            return (0, failed);
+        }
     }
+    drop(pending);
     if single && results.iter().any(|(_, _, r)| r.is_err()) {
         let _ = conn.execute_batch("ROLLBACK");
         for (reply, _, r) in results {
@@ -529,5 +547,85 @@ fn apply(conn: &Connection, op: WriteOp, now: i64) -> rusqlite::Result<WriteOut>
             }
             Ok(WriteOut::Changed(n > 0))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn add(
+        session: &str,
+        text: String,
+    ) -> (
+        WriteOp,
+        Reply,
+        oneshot::Receiver<Result<WriteOut, SessionError>>,
+    ) {
+        let (tx, rx) = oneshot::channel();
+        let op = WriteOp::AddItems {
+            tenant: "t".into(),
+            session: session.into(),
+            items: vec![serde_json::json!({"role": "user", "content": text}).to_string()],
+        };
+        (op, tx, rx)
+    }
+
+    fn saved(conn: &Connection, session: &str) -> i64 {
+        conn.query_row(
+            "SELECT COUNT(*) FROM items WHERE tenant = 't' AND session_id = ?1",
+            [session],
+            |r| r.get(0),
+        )
+        .unwrap_or(0)
+    }
+
+    /// A full database (here `max_page_count`) fails writes of a batch: every write answered
+    /// OK is saved and every write answered with an error is not, whatever SQLite rolled back.
+    #[test]
+    fn answers_match_what_was_saved_when_the_database_is_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("full.db")).unwrap();
+        super::super::schema::migrate_to(&mut conn, i64::MAX, 0).unwrap();
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        conn.pragma_update(None, "max_page_count", pages + 3)
+            .unwrap();
+        let big = "x".repeat(64 * 1024);
+        let mut writes = Vec::new();
+        let mut answers = Vec::new();
+        for (i, text) in [
+            "small".to_owned(),
+            big.clone(),
+            "small".to_owned(),
+            big,
+            "small".to_owned(),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (op, tx, rx) = add(&format!("s{i}"), text);
+            writes.push((op, tx));
+            answers.push(rx);
+        }
+        let (_, failed) = commit_batch(&mut conn, &mut writes);
+        assert!(failed >= 2, "the big writes cannot fit");
+        for (i, mut rx) in answers.into_iter().enumerate() {
+            let ok = matches!(rx.try_recv(), Ok(Ok(_)));
+            assert_eq!(
+                saved(&conn, &format!("s{i}")),
+                i64::from(ok),
+                "write {i} (answered ok: {ok})"
+            );
+        }
+        // The writer goes on once there is room.
+        conn.pragma_update(None, "max_page_count", 1_000_000)
+            .unwrap();
+        let (op, tx, mut rx) = add("after", "fits".into());
+        let mut writes = vec![(op, tx)];
+        commit_batch(&mut conn, &mut writes);
+        assert!(matches!(rx.try_recv(), Ok(Ok(_))));
+        assert_eq!(saved(&conn, "after"), 1);
     }
 }
