@@ -46,7 +46,9 @@
 //!   limits, metrics, the cast built from config.
 //! - [`server`]: the HTTP API (axum), auth, graceful shutdown.
 //! - [`hub`]: the WebSocket hub fanning the bus out to clients.
-//! - [`cli`]: the `callboard` command line (`serve`, `run`, `check-config`).
+//! - [`cli`]: the `callboard` command line (`serve`, `run`, `check-config`, `loadtest`).
+//! - [`loadtest`]: WebSocket load clients, frame checks and the load report (`callboard
+//!   loadtest` and the load harness).
 
 pub mod actor;
 pub mod agent;
@@ -62,6 +64,7 @@ pub mod handoff;
 pub mod hooks;
 pub mod hub;
 pub mod items;
+pub mod loadtest;
 pub mod logging;
 pub mod mcp;
 pub mod model;
