@@ -30,7 +30,10 @@
 //!   endpoints, the WebSocket upgrade, graceful shutdown.
 //! - [`hub`]: the WebSocket protocol: client frames, and one loop per connection (a reader,
 //!   one forwarder per followed session, a writer draining the bounded outbound queue).
-//! - [`cli`]: the `callboard` command line (`serve`, `run`, `check-config`, `traces`).
+//! - [`cli`]: the `callboard` command line (`serve`, `run`, `check-config`, `traces`,
+//!   `loadtest`).
+//! - [`loadtest`]: WebSocket load clients, frame checks and the load report (`callboard
+//!   loadtest` and the load harness).
 //!
 //! The service, between the transports and the engine:
 //! - [`service`]: `Core`, shared by every transport: session owners, runs from request to
@@ -88,6 +91,7 @@ pub mod handoff;
 pub mod hooks;
 pub mod hub;
 pub mod items;
+pub mod loadtest;
 pub mod logging;
 pub mod mcp;
 pub mod model;
