@@ -272,6 +272,14 @@ pub struct SessionsConfig {
     /// Runs that may wait in one session's queue; past it `overloaded`. Default 64.
     #[serde(default = "default_session_queue")]
     pub max_queued_runs: usize,
+    /// With a PostgreSQL store: the most connections open at once (more calls wait for
+    /// one, at most 10 s). Default 16.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_max_connections() -> usize {
+    16
 }
 
 fn default_session_queue() -> usize {
@@ -293,6 +301,7 @@ impl Default for SessionsConfig {
             memory_max_runs: default_memory_runs(),
             on_busy: Default::default(),
             max_queued_runs: default_session_queue(),
+            max_connections: default_max_connections(),
         }
     }
 }

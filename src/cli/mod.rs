@@ -370,7 +370,7 @@ async fn serve(config: Option<PathBuf>) -> i32 {
             return 2;
         }
     };
-    let store = match crate::service::open_store(&cfg) {
+    let store = match crate::service::open_store(&cfg).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
@@ -585,7 +585,7 @@ async fn run_once(a: RunArgs) -> i32 {
     // process (one writer per file): then run through it with --url.
     let mut store = None;
     if let Some(s) = &a.session {
-        match crate::service::open_store(&cfg) {
+        match crate::service::open_store(&cfg).await {
             Ok(st) => {
                 req = req.session(st.session(crate::server::auth::OPEN_TENANT, s));
                 store = Some(st);

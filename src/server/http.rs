@@ -30,10 +30,26 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: ready for work (503 while shutting down).
+/// `GET /readyz`: ready for work (503 while shutting down, or while the session store's
+/// database does not answer).
 pub async fn readyz(State(st): State<AppState>) -> Response {
     if st.core.is_draining() {
         ApiError::ShuttingDown.into_response()
+    } else if let Err(e) = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        st.core.sessions.store().ready(),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(crate::session::SessionError::Store(
+            "the session store did not answer within 2 s".into(),
+        ))
+    }) {
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reason": e.to_string()})),
+        )
+            .into_response()
     } else {
         Json(json!({"status": "ready", "agents": st.core.agent_infos.len()})).into_response()
     }

@@ -24,6 +24,7 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{Notify, OnceCell};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 use crate::bus::{BusLimits, HistoryBudget, Subscription, Topic};
 use crate::items::Item;
@@ -591,6 +592,8 @@ pub struct Sessions {
     limits: BusLimits,
     budget: Arc<HistoryBudget>,
     idle: Duration,
+    /// How long turn saves take (items, run record and run state in one store write).
+    save_latency: Histogram,
 }
 
 impl Sessions {
@@ -612,6 +615,7 @@ impl Sessions {
             limits,
             budget,
             idle,
+            save_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
         }
     }
 
@@ -690,7 +694,13 @@ impl Sessions {
         Arc::new(OwnedSession {
             inner: self.store.session(&owner.tenant, &owner.session_id),
             owner: owner.clone(),
+            latency: self.save_latency.clone(),
         })
+    }
+
+    /// Turn saves' durations in seconds (for `/metrics`).
+    pub fn save_latency(&self) -> &Histogram {
+        &self.save_latency
     }
 
     /// Deletes a session: refused with `session_busy` while a run holds it; otherwise its
@@ -844,6 +854,7 @@ impl Sessions {
 struct OwnedSession {
     inner: Arc<dyn Session>,
     owner: Arc<SessionOwner>,
+    latency: Histogram,
 }
 
 #[async_trait]
@@ -863,7 +874,10 @@ impl Session for OwnedSession {
         record.seq_reserved = reserve.clone();
         // Everything published so far belongs to the turns this save completes.
         record.seq_safe = Some(self.owner.last_seq());
-        self.inner.save_turn(items, &record).await?;
+        let started = Instant::now();
+        let saved = self.inner.save_turn(items, &record).await;
+        self.latency.observe(started.elapsed().as_secs_f64());
+        saved?;
         if let Some((epoch, upto)) = reserve {
             self.owner.reserved(&epoch, upto);
         }

@@ -5,10 +5,13 @@
 //! - [`records`]: run records, session numbering, turn records.
 //! - [`memory`]: [`MemorySession`] and the bounded in-memory [`MemoryStore`].
 //! - [`sqlite`]: the embedded SQLite store (the server's default).
+//! - [`postgres`]: the PostgreSQL store, shared by a cluster's nodes (feature `postgres`).
 //! - [`claim`]: one run at a time per session, for library programs.
 
 pub mod claim;
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod records;
 pub mod sqlite;
 pub mod store;
@@ -17,6 +20,8 @@ use async_trait::async_trait;
 
 pub use claim::{SessionClaim, SessionLocks};
 pub use memory::{MemorySession, MemoryStore};
+#[cfg(feature = "postgres")]
+pub use postgres::{PgOptions, PgSession, PgStore};
 pub use records::{
     RunDetail, RunEnd, RunErrorInfo, RunQuery, RunRecord, RunStart, RunStatus, RunUpdate,
     SessionInfo, SessionMeta, TurnRecord,

@@ -83,6 +83,11 @@ pub trait Store: Send + Sync + 'static {
         session_id: &str,
         run_id: &str,
     ) -> Result<bool, SessionError>;
+    /// Answers `Ok` when the store can serve calls now (a database server answers); the
+    /// server's `/readyz` asks. Embedded stores are always ready.
+    async fn ready(&self) -> Result<(), SessionError> {
+        Ok(())
+    }
     /// Finishes pending writes; later calls answer [`SessionError::Closed`].
     async fn close(&self) -> Result<(), SessionError>;
 }

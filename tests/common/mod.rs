@@ -28,6 +28,8 @@ pub struct TestServer {
     stop: Option<oneshot::Sender<()>>,
     pub handle: tokio::task::JoinHandle<std::io::Result<()>>,
     _dir: Option<tempfile::TempDir>,
+    /// The PostgreSQL schema of its store, dropped with the server.
+    _schema: Option<PgSchema>,
 }
 
 impl TestServer {
@@ -71,6 +73,125 @@ pub enum StoreKind {
     Memory,
     /// An SQLite file in a temporary folder.
     Sqlite,
+    /// A schema of its own in the test PostgreSQL database (see [`postgres_url`]).
+    Postgres,
+}
+
+/// The PostgreSQL database the tests use: `CALLBOARD_TEST_POSTGRES`, by default
+/// `postgres://postgres@127.0.0.1:5432/test` (trust auth).
+pub fn postgres_url() -> String {
+    std::env::var("CALLBOARD_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// Whether the test PostgreSQL answers. When it does not, the test is skipped with a message
+/// saying how to get it, unless `CALLBOARD_REQUIRE_POSTGRES=1`, which makes it a failure.
+pub async fn postgres_ready() -> bool {
+    if cfg!(not(feature = "postgres")) {
+        eprintln!("skipped: callboard was built without the `postgres` feature (on by default)");
+        return false;
+    }
+    let url = postgres_url();
+    let authority = url
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .map(|a| a.rsplit('@').next().unwrap_or(a).to_owned())
+        .unwrap_or_default();
+    let reachable = matches!(
+        tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio::net::TcpStream::connect(authority.as_str())
+        )
+        .await,
+        Ok(Ok(_))
+    );
+    if reachable {
+        return true;
+    }
+    let msg = format!(
+        "PostgreSQL is not reachable at {url}: install and start it (Debian: apt-get install postgresql; service postgresql start) or set CALLBOARD_TEST_POSTGRES"
+    );
+    if std::env::var("CALLBOARD_REQUIRE_POSTGRES").as_deref() == Ok("1") {
+        panic!("{msg} (CALLBOARD_REQUIRE_POSTGRES=1)");
+    }
+    eprintln!("skipped: {msg}");
+    false
+}
+
+/// A fresh schema name for one test's PostgreSQL store.
+pub fn fresh_schema() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "t_{}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        rand::random::<u32>()
+    )
+}
+
+/// Runs `sql` on the test database at `url` (a schema's URL runs it in that schema).
+#[cfg(feature = "postgres")]
+pub async fn pg_execute(url: &str, sql: &str) {
+    tokio::time::timeout(WAIT, callboard::session::postgres::__execute(url, sql))
+        .await
+        .expect("PostgreSQL answered in time")
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// A test's PostgreSQL schema, dropped (with its tables) when this is dropped.
+pub struct PgSchema {
+    /// The schema's name.
+    pub name: String,
+}
+
+impl PgSchema {
+    /// A new schema name (created by the store that opens it).
+    pub fn new() -> Self {
+        PgSchema {
+            name: fresh_schema(),
+        }
+    }
+    /// The store URL that keeps its tables in this schema.
+    pub fn url(&self) -> String {
+        format!("{}?schema={}", postgres_url(), self.name)
+    }
+}
+
+impl Default for PgSchema {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // On a thread of its own: Drop may run inside the test's runtime.
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                #[cfg(feature = "postgres")]
+                {
+                    let r = rt.block_on(async {
+                        tokio::time::timeout(
+                            WAIT,
+                            callboard::session::postgres::__drop_schema(&postgres_url(), &name),
+                        )
+                        .await
+                    });
+                    if !matches!(r, Ok(Ok(()))) {
+                        eprintln!("could not drop the test schema {name}: {r:?}");
+                    }
+                }
+                let _ = (rt, name);
+            }
+        })
+        .join();
+    }
 }
 
 thread_local! {
@@ -87,8 +208,10 @@ pub fn store_kind() -> StoreKind {
     STORE.with(|s| s.get())
 }
 
-/// Each test inside runs twice: on the memory store and on an SQLite store
-/// (`NAME::memory`, `NAME::sqlite`), so every rule is checked on both.
+/// Each test inside runs on every store: memory, an SQLite file and a PostgreSQL schema of its
+/// own (`NAME::memory`, `NAME::sqlite`, `NAME::postgres`), so every rule is checked on each.
+/// The PostgreSQL run is skipped when PostgreSQL is not reachable, unless
+/// `CALLBOARD_REQUIRE_POSTGRES=1`.
 #[macro_export]
 macro_rules! on_both_stores {
     ($(async fn $name:ident() $body:block)*) => {$(
@@ -105,6 +228,14 @@ macro_rules! on_both_stores {
                 $crate::common::set_store($crate::common::StoreKind::Sqlite);
                 $body
             }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if !$crate::common::postgres_ready().await {
+                    return;
+                }
+                $crate::common::set_store($crate::common::StoreKind::Postgres);
+                $body
+            }
         }
     )*};
 }
@@ -112,8 +243,23 @@ macro_rules! on_both_stores {
 /// Starts a server on `toml`, its sessions in this thread's store kind.
 pub async fn start(toml: &str) -> TestServer {
     let cfg = Config::parse("test.toml", toml).unwrap_or_else(|e| panic!("{e}"));
+    let mut schema = None;
     let (core, dir) = match store_kind() {
         StoreKind::Memory => (Core::new(cfg).unwrap_or_else(|e| panic!("{e}")), None),
+        #[cfg(not(feature = "postgres"))]
+        StoreKind::Postgres => panic!("built without the `postgres` feature"),
+        #[cfg(feature = "postgres")]
+        StoreKind::Postgres => {
+            let s = PgSchema::new();
+            let store = tokio::time::timeout(WAIT, callboard::session::PgStore::open(&s.url()))
+                .await
+                .expect("PostgreSQL store opened in time")
+                .unwrap_or_else(|e| panic!("{e}"));
+            schema = Some(s);
+            let core =
+                Core::with_store(cfg, std::sync::Arc::new(store)).unwrap_or_else(|e| panic!("{e}"));
+            (core, None)
+        }
         StoreKind::Sqlite => {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("sessions.db");
@@ -136,6 +282,7 @@ pub async fn start(toml: &str) -> TestServer {
         stop: Some(tx),
         handle,
         _dir: dir,
+        _schema: schema,
     }
 }
 
