@@ -47,6 +47,7 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(http::chat_page))
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))
+        .route("/v1/cluster", get(http::cluster))
         .route("/metrics", get(http::metrics))
         .route("/v1/ws", get(ws::ws_upgrade))
         .route("/v1/agents", get(http::agents))

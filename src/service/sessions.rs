@@ -591,6 +591,19 @@ pub struct Sessions {
     limits: BusLimits,
     budget: Arc<HistoryBudget>,
     idle: Duration,
+    /// Gives each session's topic a mirror (the cluster's bus stream), when set.
+    mirrors: std::sync::OnceLock<Arc<dyn MirrorFactory>>,
+}
+
+/// Makes the mirror of a session's topic (see [`crate::bus::TopicMirror`]).
+pub trait MirrorFactory: Send + Sync {
+    /// The mirror of `tenant`'s session `session_id`, whose numbering is `epoch`.
+    fn mirror(
+        &self,
+        tenant: &Arc<str>,
+        session_id: &Arc<str>,
+        epoch: &str,
+    ) -> Arc<dyn crate::bus::TopicMirror>;
 }
 
 impl Sessions {
@@ -612,6 +625,23 @@ impl Sessions {
             limits,
             budget,
             idle,
+            mirrors: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Mirrors every session topic made from now on (once; later calls are ignored).
+    pub fn set_mirrors(&self, factory: Arc<dyn MirrorFactory>) {
+        let _ = self.mirrors.set(factory);
+    }
+
+    fn attach_mirror(&self, owner: &SessionOwner) {
+        let Some(f) = self.mirrors.get() else { return };
+        let (topic, epoch) = {
+            let st = owner.lock();
+            (st.topic.clone(), st.epoch.clone())
+        };
+        if let Some(t) = topic.filter(|t| !t.has_mirror()) {
+            t.set_mirror(f.mirror(&owner.tenant, &owner.session_id, &epoch));
         }
     }
 
@@ -657,6 +687,7 @@ impl Sessions {
                 self.owners.remove_if(&key, |_, o| Arc::ptr_eq(o, &owner));
                 continue;
             }
+            self.attach_mirror(&owner);
             return Ok(owner);
         }
     }
@@ -728,6 +759,7 @@ impl Sessions {
             st.reserved = 0;
             st.last_used = Instant::now();
         }
+        self.attach_mirror(&owner);
         // Subscribers of the old numbering are told (history_truncated, the new epoch).
         claimed.topic.reset(&new_epoch);
         Ok(true)
