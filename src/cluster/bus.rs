@@ -79,7 +79,12 @@ pub struct BusMirrors {
 }
 
 impl MirrorFactory for BusMirrors {
-    fn mirror(&self, tenant: &Arc<str>, session_id: &Arc<str>, epoch: &str) -> Arc<dyn TopicMirror> {
+    fn mirror(
+        &self,
+        tenant: &Arc<str>,
+        session_id: &Arc<str>,
+        epoch: &str,
+    ) -> Arc<dyn TopicMirror> {
         let (tx, rx) = mpsc::channel(self.cluster.config.bus_queue.max(1));
         let m = Arc::new(SessionMirror {
             tx,
@@ -199,7 +204,8 @@ async fn publish_one(
             }
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
                 // Another node wrote the session since: go on only after older frames.
-                let (s, their_seq, _) = cluster.last_on(subject).await.map_err(|e| e.to_string())?;
+                let (s, their_seq, _) =
+                    cluster.last_on(subject).await.map_err(|e| e.to_string())?;
                 if their_seq >= frame.seq {
                     return Err(format!(
                         "another node publishes this session (its frame {their_seq} is not older than this node's {}); two nodes never write one session",
@@ -259,7 +265,10 @@ impl Relayed {
         let has_chat = h.get(CHAT).is_some_and(|v| v.as_str() == "1");
         Some(Relayed {
             seq: header_u64(h, SEQ),
-            run_id: h.get(RUN).map(|v| v.as_str().to_owned()).unwrap_or_default(),
+            run_id: h
+                .get(RUN)
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default(),
             depth: header_u64(h, DEPTH) as u32,
             sdk: p.slice(4..4 + n),
             chat: has_chat.then(|| p.slice(4 + n..)),
@@ -322,10 +331,13 @@ impl Cluster {
                 what: "follow a session".into(),
                 reason: e.to_string(),
             })?;
-        let messages = consumer.messages().await.map_err(|e| ClusterError::JetStream {
-            what: "follow a session".into(),
-            reason: e.to_string(),
-        })?;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| ClusterError::JetStream {
+                what: "follow a session".into(),
+                reason: e.to_string(),
+            })?;
         Ok(Followed {
             follow: RemoteFollow {
                 messages,

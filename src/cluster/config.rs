@@ -83,7 +83,10 @@ impl ClusterConfig {
         if !self.nats_url.starts_with("nats://") && !self.nats_url.starts_with("tls://") {
             v.push((
                 "cluster.nats_url".into(),
-                format!("`{}` is not a NATS URL such as nats://127.0.0.1:4222", self.nats_url),
+                format!(
+                    "`{}` is not a NATS URL such as nats://127.0.0.1:4222",
+                    self.nats_url
+                ),
             ));
         }
         if let Some(id) = &self.node_id {
@@ -112,7 +115,8 @@ impl ClusterConfig {
                 "bus_queue, bus_max_per_session and bus_max_bytes must be above 0".into(),
             ));
         }
-        let shared = store.is_some_and(|s| s.starts_with("postgres://") || s.starts_with("postgresql://"));
+        let shared =
+            store.is_some_and(|s| s.starts_with("postgres://") || s.starts_with("postgresql://"));
         if !shared {
             v.push((
                 "sessions.store".into(),
@@ -149,11 +153,29 @@ mod tests {
         let c = cfg("nats_url = \"nats://127.0.0.1:4222\"");
         assert_eq!(c.prefix, "callboard");
         assert!(c.issues(Some("postgres://h/db")).is_empty());
-        let keys: Vec<String> = c.issues(Some("sqlite://x.db")).into_iter().map(|i| i.0).collect();
+        let keys: Vec<String> = c
+            .issues(Some("sqlite://x.db"))
+            .into_iter()
+            .map(|i| i.0)
+            .collect();
         assert_eq!(keys, ["sessions.store"]);
         let c = cfg("nats_url = \"http://x\"\nnode_id = \"a.b\"\nheartbeat_ms = 1000\nnode_timeout_ms = 1500");
-        let keys: Vec<String> = c.issues(Some("postgres://h/db")).into_iter().map(|i| i.0).collect();
-        assert_eq!(keys, ["cluster.nats_url", "cluster.node_id", "cluster.node_timeout_ms"]);
-        assert_eq!(cfg("nats_url = \"nats://x\"\nnode_id = \"n1\"").node_id(7), "n1");
+        let keys: Vec<String> = c
+            .issues(Some("postgres://h/db"))
+            .into_iter()
+            .map(|i| i.0)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "cluster.nats_url",
+                "cluster.node_id",
+                "cluster.node_timeout_ms"
+            ]
+        );
+        assert_eq!(
+            cfg("nats_url = \"nats://x\"\nnode_id = \"n1\"").node_id(7),
+            "n1"
+        );
     }
 }

@@ -65,6 +65,7 @@ pub struct Cluster {
     pub(crate) js: jetstream::Context,
     pub(crate) bus: stream::Stream,
     nodes: kv::Store,
+    nodes_stream: stream::Stream,
     addr: String,
     started_at: i64,
 }
@@ -109,16 +110,29 @@ impl Cluster {
             })
             .await
             .map_err(|e| js_err("create the bus stream", e))?;
-        let nodes = js
-            .create_or_update_key_value(kv::Config {
-                bucket: format!("{}_nodes", config.prefix),
-                history: 1,
+        // The bucket's stream made here, as a key-value bucket's: `create_key_value` first
+        // asks for account details that older servers (2.9) answer in another shape.
+        let bucket = format!("{}_nodes", config.prefix);
+        let nodes_stream = js
+            .get_or_create_stream(stream::Config {
+                name: format!("KV_{bucket}"),
+                subjects: vec![format!("$KV.{bucket}.>")],
+                max_messages_per_subject: 1,
                 max_age: Duration::from_millis(config.node_timeout_ms.max(1)),
                 storage: stream::StorageType::Memory,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: stream::DiscardPolicy::New,
+                num_replicas: 1,
                 ..Default::default()
             })
             .await
             .map_err(|e| js_err("create the nodes bucket", e))?;
+        let nodes = js
+            .get_key_value(bucket.as_str())
+            .await
+            .map_err(|e| js_err("open the nodes bucket", e))?;
         Ok(Arc::new(Cluster {
             node_id,
             config: config.clone(),
@@ -126,6 +140,7 @@ impl Cluster {
             js,
             bus,
             nodes,
+            nodes_stream,
             addr,
             started_at: crate::session::records::now_ms(),
         }))
@@ -186,33 +201,58 @@ impl Cluster {
         })
     }
 
-    /// The nodes whose heartbeat is fresh (within `node_timeout_ms`), by id.
+    /// The nodes whose heartbeat is fresh (within `node_timeout_ms`), by id; at most
+    /// [`MAX_NODES`] are read.
     pub async fn live_nodes(&self) -> Result<Vec<NodeInfo>, ClusterError> {
+        use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
         let now = crate::session::records::now_ms();
         let timeout = i64::try_from(self.config.node_timeout_ms).unwrap_or(i64::MAX);
-        let mut keys = self
-            .nodes
-            .keys()
+        // The last heartbeat of each node, read once (a pull that ends when the bucket has
+        // nothing more), rather than a watch that waits for a quiet bucket.
+        let consumer = self
+            .nodes_stream
+            .create_consumer(pull::Config {
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                filter_subject: format!("$KV.{}_nodes.>", self.config.prefix),
+                ack_policy: AckPolicy::None,
+                inactive_threshold: Duration::from_secs(10),
+                memory_storage: true,
+                ..Default::default()
+            })
             .await
             .map_err(|e| js_err("list the nodes", e))?;
+        let name = consumer.cached_info().name.clone();
         let mut out = Vec::new();
-        while let Some(k) = keys.next().await {
-            let k = k.map_err(|e| js_err("list the nodes", e))?;
-            let Some(v) = self
-                .nodes
-                .get(&k)
+        let listed = async {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(MAX_NODES)
+                .messages()
                 .await
-                .map_err(|e| js_err("read a heartbeat", e))?
-            else {
-                continue;
-            };
-            match serde_json::from_slice::<NodeInfo>(&v) {
-                Ok(n) if now - n.heartbeat_at <= timeout => out.push(n),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(key = %k, "a heartbeat that does not parse: {e}"),
+                .map_err(|e| js_err("list the nodes", e))?;
+            while let Some(m) = batch.next().await {
+                let m = m.map_err(|e| js_err("list the nodes", e))?;
+                if m.payload.is_empty() {
+                    // A node that left (its key purged).
+                    continue;
+                }
+                match serde_json::from_slice::<NodeInfo>(&m.payload) {
+                    Ok(n) if now - n.heartbeat_at <= timeout => out.push(n),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(subject = %m.subject, "a heartbeat that does not parse: {e}")
+                    }
+                }
             }
+            Ok::<(), ClusterError>(())
         }
+        .await;
+        let _ = self.nodes_stream.delete_consumer(&name).await;
+        listed?;
         out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         Ok(out)
     }
 }
+
+/// The most nodes [`Cluster::live_nodes`] reads.
+pub const MAX_NODES: usize = 256;

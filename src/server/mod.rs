@@ -125,12 +125,8 @@ pub fn banner(core: &Core, addr: std::net::SocketAddr) -> Vec<String> {
     ));
     v.push(if core.has_durable_store() {
         format!(
-            "callboard: sessions and run records: {} (SQLite, WAL)",
-            core.config
-                .sessions
-                .store
-                .as_deref()
-                .unwrap_or("sqlite://callboard.db")
+            "callboard: sessions and run records: {}",
+            core.sessions.store().describe()
         )
     } else {
         "callboard: sessions: in memory (lost at exit)".to_owned()

@@ -94,13 +94,10 @@ impl Core {
         let Some(c) = self.cluster.get() else {
             return Err(ApiError::Internal);
         };
-        let followed = c
-            .follow(tenant, session_id, after_seq)
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "could not follow a session on the bus stream");
-                ApiError::Internal
-            })?;
+        let followed = c.follow(tenant, session_id, after_seq).await.map_err(|e| {
+            tracing::error!(error = %e, "could not follow a session on the bus stream");
+            ApiError::Internal
+        })?;
         let current = match &followed.epoch {
             Some(e) => e.clone(),
             None => self.sessions.owner(tenant, session_id).await?.epoch(),

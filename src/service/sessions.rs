@@ -634,6 +634,26 @@ impl Sessions {
         let _ = self.mirrors.set(factory);
     }
 
+    /// In a cluster: whether an idle owner's numbering is behind the store's (another node
+    /// ran the session since), so it must be loaded again before use.
+    async fn moved(&self, owner: &SessionOwner) -> Result<bool, ApiError> {
+        let (epoch, reserved) = {
+            let st = owner.lock();
+            if st.run.is_some() || !st.queue.is_empty() {
+                return Ok(false);
+            }
+            (st.epoch.clone(), st.reserved)
+        };
+        let meta = self
+            .store
+            .session_meta(&owner.tenant, &owner.session_id)
+            .await
+            .map_err(store_failed)?;
+        Ok(meta.is_some_and(|m| {
+            !m.epoch.is_empty() && (m.epoch != epoch || m.seq_reserved > reserved)
+        }))
+    }
+
     fn attach_mirror(&self, owner: &SessionOwner) {
         let Some(f) = self.mirrors.get() else { return };
         let (topic, epoch) = {
@@ -684,6 +704,11 @@ impl Sessions {
             if owner.lock().passivated {
                 // Being passivated: once its numbering is saved, activate a fresh one.
                 owner.wait_saved().await;
+                self.owners.remove_if(&key, |_, o| Arc::ptr_eq(o, &owner));
+                continue;
+            }
+            if self.mirrors.get().is_some() && self.moved(&owner).await? {
+                // Another node numbered the session since this owner loaded it.
                 self.owners.remove_if(&key, |_, o| Arc::ptr_eq(o, &owner));
                 continue;
             }
