@@ -118,6 +118,11 @@ impl Nodes {
 
 /// Starts nodes `a`, `b`, `c`, ... on one schema and prefix, each in a folder of its own.
 fn start_nodes(n: usize, delay: u64) -> Nodes {
+    start_nodes_on(NATS, n, delay)
+}
+
+/// [`start_nodes`] on the NATS at `nats`.
+fn start_nodes_on(nats: &str, n: usize, delay: u64) -> Nodes {
     let schema = PgSchema::new();
     let prefix = Prefix::new();
     let mut nodes = Vec::new();
@@ -126,7 +131,7 @@ fn start_nodes(n: usize, delay: u64) -> Nodes {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("callboard.toml");
         let cfg = format!(
-            "[server]\nbind = \"127.0.0.1:0\"\n\n[sessions]\nstore = \"{}\"\n\n[cluster]\nnats_url = \"{NATS}\"\nnode_id = \"{}\"\nprefix = \"{}\"\nheartbeat_ms = 250\nnode_timeout_ms = 1500\n{}",
+            "[server]\nbind = \"127.0.0.1:0\"\n\n[sessions]\nstore = \"{}\"\n\n[cluster]\nnats_url = \"{nats}\"\nnode_id = \"{}\"\nprefix = \"{}\"\nheartbeat_ms = 250\nnode_timeout_ms = 1500\n{}",
             schema.url(),
             (b'a' + i as u8) as char,
             prefix.0,
@@ -357,4 +362,138 @@ async fn frames_stay_in_order_under_200_sessions_over_three_nodes() {
             .expect("every session in time")
             .expect("session checks");
     }
+}
+
+/// A nats-server of the test's own (its port and store folder), restartable; killed when
+/// dropped. The machine's NATS is never touched.
+struct PrivateNats {
+    child: Option<std::process::Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateNats {
+    fn start() -> Option<PrivateNats> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let mut n = PrivateNats {
+            child: None,
+            port,
+            dir: tempfile::tempdir().ok()?,
+        };
+        n.up()?;
+        Some(n)
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn up(&mut self) -> Option<()> {
+        let child = std::process::Command::new("nats-server")
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(())
+    }
+
+    fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restarted_during_a_run_the_run_completes_and_nothing_is_lost() {
+    if !cluster_ready().await {
+        return;
+    }
+    let Some(mut nats) = PrivateNats::start() else {
+        let msg = "cannot start a private nats-server (Debian: apt-get install nats-server)";
+        if std::env::var("CALLBOARD_REQUIRE_CLUSTER").as_deref() == Ok("1") {
+            panic!("{msg}");
+        }
+        eprintln!("skipped: {msg}");
+        return;
+    };
+    let nodes = start_nodes_on(&nats.url(), 2, 150);
+    let mut on_b = follow(nodes.addr(1), "s3").await;
+    let mut on_a = ws(nodes.addr(0)).await;
+    send(
+        &mut on_a,
+        json!({"type":"run.create","id":1,"session_id":"s3","agent":"A","input":"hi"}),
+    )
+    .await;
+    let accepted = recv(&mut on_a).await;
+    let run_id = accepted["run_id"]
+        .as_str()
+        .expect("run.accepted")
+        .to_owned();
+    // NATS goes away for a second while the run is between its turns.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let st = get(nodes.addr(1), &format!("/v1/runs/{run_id}/state")).await;
+        if st["current_turn"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first turn was never stored: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    nats.down();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ready = get(nodes.addr(0), "/readyz").await;
+    assert_eq!(
+        ready["status"], "not_ready",
+        "readyz says NATS is away: {ready}"
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    nats.up().expect("nats-server starts again");
+    let a = frames_until_end(&mut on_a).await;
+    let b = frames_until_end(&mut on_b).await;
+    assert_eq!(a.last().unwrap()["type"], "run.completed", "{a:?}");
+    assert_eq!(a, b, "the follower on B lost nothing");
+    let s = seqs(&a);
+    assert_eq!(
+        s,
+        (s[0]..s[0] + s.len() as u64).collect::<Vec<_>>(),
+        "gapless"
+    );
+    let rec = get(nodes.addr(1), &format!("/v1/runs/{run_id}")).await;
+    assert_eq!(rec["status"], "completed", "{rec}");
+    assert_eq!(
+        rec["node_id"], "a",
+        "not taken over: A was alive all along: {rec}"
+    );
 }

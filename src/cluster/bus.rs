@@ -288,9 +288,15 @@ pub enum RemoteDelivery {
     },
 }
 
-/// A session followed through the bus stream from any node.
+/// A session followed through the bus stream from any node. The ordered consumer is made
+/// again from the last frame delivered when it fails or stays quiet while the subject has
+/// newer frames (a NATS restart loses the consumer).
 pub struct RemoteFollow {
-    messages: pull::Ordered,
+    cluster: Arc<Cluster>,
+    subject: String,
+    messages: Option<pull::Ordered>,
+    /// The stream sequence of the last message read.
+    stream_seq: u64,
     after: u64,
     first: bool,
 }
@@ -305,42 +311,52 @@ pub struct Followed {
     pub epoch: Option<String>,
 }
 
+/// How long a follow waits for a frame before it checks the subject for newer ones.
+const QUIET_CHECK: Duration = Duration::from_secs(2);
+
 impl Cluster {
+    async fn ordered(
+        &self,
+        subject: &str,
+        deliver_policy: DeliverPolicy,
+    ) -> Result<pull::Ordered, ClusterError> {
+        let err = |e: &dyn std::fmt::Display| ClusterError::JetStream {
+            what: "follow a session".into(),
+            reason: e.to_string(),
+        };
+        let consumer = self
+            .bus
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: subject.to_owned(),
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err(&e))?;
+        consumer.messages().await.map_err(|e| err(&e))
+    }
+
     /// Follows `tenant`'s session: the retained frames after `after_seq`, then live ones
     /// (live only when `None`).
     pub async fn follow(
-        &self,
+        self: &Arc<Self>,
         tenant: &str,
         session_id: &str,
         after_seq: Option<u64>,
     ) -> Result<Followed, ClusterError> {
         let subject = self.bus_subject(tenant, session_id);
-        let (_, last_seq, epoch) = self.last_on(&subject).await?;
-        let consumer = self
-            .bus
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: subject,
-                deliver_policy: match after_seq {
-                    Some(_) => DeliverPolicy::All,
-                    None => DeliverPolicy::New,
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| ClusterError::JetStream {
-                what: "follow a session".into(),
-                reason: e.to_string(),
-            })?;
-        let messages = consumer
-            .messages()
-            .await
-            .map_err(|e| ClusterError::JetStream {
-                what: "follow a session".into(),
-                reason: e.to_string(),
-            })?;
+        let (stream_seq, last_seq, epoch) = self.last_on(&subject).await?;
+        let policy = match after_seq {
+            Some(_) => DeliverPolicy::All,
+            None => DeliverPolicy::New,
+        };
+        let messages = self.ordered(&subject, policy).await?;
         Ok(Followed {
             follow: RemoteFollow {
-                messages,
+                cluster: self.clone(),
+                subject,
+                messages: Some(messages),
+                stream_seq: if after_seq.is_some() { 0 } else { stream_seq },
                 after: after_seq.unwrap_or(0),
                 first: after_seq.is_some(),
             },
@@ -351,16 +367,42 @@ impl Cluster {
 }
 
 impl RemoteFollow {
-    /// The next delivery; `None` when the bus stream cannot be read any more.
+    /// The next delivery; `None` when the bus stream cannot be read again within
+    /// `cluster.outage_wait_ms`.
     pub async fn recv(&mut self) -> Option<RemoteDelivery> {
+        let mut failing_since: Option<Instant> = None;
         loop {
-            let m = match self.messages.next().await? {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, "a session follow over the bus stream ended");
-                    return None;
+            let next = match self.messages.as_mut() {
+                Some(m) => tokio::time::timeout(QUIET_CHECK, m.next()).await,
+                None => Ok(None),
+            };
+            let m = match next {
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(_))) | Ok(None) => {
+                    self.messages = None;
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > Duration::from_millis(self.cluster.config.outage_wait_ms) {
+                        tracing::warn!(subject = %self.subject, "a session follow over the bus stream ended: NATS stayed away");
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    self.restart().await;
+                    continue;
+                }
+                Err(_) => {
+                    // Quiet: fine, unless the subject has frames past the last one read.
+                    if let Ok((s, _, _)) = self.cluster.last_on(&self.subject).await {
+                        if s > self.stream_seq {
+                            self.restart().await;
+                        }
+                    }
+                    continue;
                 }
             };
+            failing_since = None;
+            if let Ok(info) = m.info() {
+                self.stream_seq = self.stream_seq.max(info.stream_sequence);
+            }
             let Some(f) = Relayed::parse(&m) else {
                 continue;
             };
@@ -374,6 +416,20 @@ impl RemoteFollow {
             }
             self.after = f.seq;
             return Some(RemoteDelivery::Frame(f));
+        }
+    }
+
+    /// Makes the consumer again, from the message after the last one read.
+    async fn restart(&mut self) {
+        let policy = DeliverPolicy::ByStartSequence {
+            start_sequence: self.stream_seq + 1,
+        };
+        match self.cluster.ordered(&self.subject, policy).await {
+            Ok(m) => self.messages = Some(m),
+            Err(e) => {
+                tracing::debug!(error = %e, "could not follow the session again yet");
+                self.messages = None;
+            }
         }
     }
 }

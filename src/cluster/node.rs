@@ -96,41 +96,9 @@ impl Cluster {
                 reason: e.to_string(),
             })?;
         let js = jetstream::new(client.clone());
-        let bus = js
-            .get_or_create_stream(stream::Config {
-                name: format!("{}_bus", config.prefix),
-                subjects: vec![format!("{}.bus.>", config.prefix)],
-                max_age: Duration::from_secs(config.bus_max_age_s.max(1)),
-                max_bytes: config.bus_max_bytes,
-                max_messages_per_subject: config.bus_max_per_session,
-                discard: stream::DiscardPolicy::Old,
-                storage: stream::StorageType::File,
-                duplicate_window: Duration::from_secs(60),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| js_err("create the bus stream", e))?;
-        // The bucket's stream made here, as a key-value bucket's: `create_key_value` first
-        // asks for account details that older servers (2.9) answer in another shape.
-        let bucket = format!("{}_nodes", config.prefix);
-        let nodes_stream = js
-            .get_or_create_stream(stream::Config {
-                name: format!("KV_{bucket}"),
-                subjects: vec![format!("$KV.{bucket}.>")],
-                max_messages_per_subject: 1,
-                max_age: Duration::from_millis(config.node_timeout_ms.max(1)),
-                storage: stream::StorageType::Memory,
-                allow_rollup: true,
-                deny_delete: true,
-                allow_direct: true,
-                discard: stream::DiscardPolicy::New,
-                num_replicas: 1,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| js_err("create the nodes bucket", e))?;
+        let (bus, nodes_stream) = make_streams(&js, config).await?;
         let nodes = js
-            .get_key_value(bucket.as_str())
+            .get_key_value(format!("{}_nodes", config.prefix))
             .await
             .map_err(|e| js_err("open the nodes bucket", e))?;
         Ok(Arc::new(Cluster {
@@ -168,10 +136,15 @@ impl Cluster {
             runs,
         };
         let body = serde_json::to_vec(&info).map_err(|e| js_err("encode a heartbeat", e))?;
-        self.nodes
-            .put(&self.node_id, body.into())
-            .await
-            .map_err(|e| js_err("write the heartbeat", e))?;
+        if let Err(e) = self.nodes.put(&self.node_id, body.clone().into()).await {
+            // A NATS restarted without its memory streams: make them again, then beat.
+            tracing::debug!(error = %e, "heartbeat failed; making the cluster's streams again");
+            make_streams(&self.js, &self.config).await?;
+            self.nodes
+                .put(&self.node_id, body.into())
+                .await
+                .map_err(|e| js_err("write the heartbeat", e))?;
+        }
         Ok(())
     }
 
@@ -252,6 +225,47 @@ impl Cluster {
         out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         Ok(out)
     }
+}
+
+/// Makes (or opens) the bus stream and the nodes bucket's stream. The bucket's stream is
+/// made here as a key-value bucket's: `create_key_value` first asks for account details that
+/// older servers (2.9) answer in another shape.
+async fn make_streams(
+    js: &jetstream::Context,
+    config: &ClusterConfig,
+) -> Result<(stream::Stream, stream::Stream), ClusterError> {
+    let bus = js
+        .get_or_create_stream(stream::Config {
+            name: format!("{}_bus", config.prefix),
+            subjects: vec![format!("{}.bus.>", config.prefix)],
+            max_age: Duration::from_secs(config.bus_max_age_s.max(1)),
+            max_bytes: config.bus_max_bytes,
+            max_messages_per_subject: config.bus_max_per_session,
+            discard: stream::DiscardPolicy::Old,
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(60),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| js_err("create the bus stream", e))?;
+    let bucket = format!("{}_nodes", config.prefix);
+    let nodes = js
+        .get_or_create_stream(stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age: Duration::from_millis(config.node_timeout_ms.max(1)),
+            storage: stream::StorageType::Memory,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            num_replicas: 1,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| js_err("create the nodes bucket", e))?;
+    Ok((bus, nodes))
 }
 
 /// The most nodes [`Cluster::live_nodes`] reads.

@@ -112,36 +112,78 @@ impl Core {
         Ok((followed, current))
     }
 
-    /// Takes over the runs of nodes that are gone (no fresh heartbeat) every heartbeat, until
-    /// `stop`; a run is resumed here from its last stored turn by exactly one node.
+    /// Takes over the runs of nodes that are gone every heartbeat, until `stop`; a run is
+    /// resumed here from its last stored turn by exactly one node. A node counts as gone only
+    /// once this node has seen it missing for `node_timeout_ms` while seeing the cluster
+    /// itself (after an outage of NATS every node first beats again before any is judged).
     #[cfg(feature = "nats")]
     pub async fn take_over_runs(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        use std::collections::HashMap;
+        use std::time::{Duration, Instant};
         let Some(c) = self.cluster.get().cloned() else {
             return;
         };
-        let every = std::time::Duration::from_millis(c.config.heartbeat_ms.max(1));
+        let every = Duration::from_millis(c.config.heartbeat_ms.max(1));
+        let timeout = Duration::from_millis(c.config.node_timeout_ms);
+        let mut seeing_since = Instant::now();
+        let mut missing: HashMap<String, Instant> = HashMap::new();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
             let live = match c.live_nodes().await {
-                Ok(n) => n,
+                Ok(n) if n.iter().any(|l| l.node_id == c.node_id) => n,
+                Ok(_) => {
+                    // This node's own heartbeat is missing (an outage): it cannot tell who is gone.
+                    seeing_since = Instant::now();
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot see the nodes; no runs are taken over meanwhile");
+                    seeing_since = Instant::now();
                     continue;
                 }
             };
-            if !live.iter().any(|n| n.node_id == c.node_id) {
-                // This node's own heartbeat is missing (an outage): it cannot tell who is gone.
+            if seeing_since.elapsed() < timeout {
                 continue;
             }
-            let me = c.node_id.clone();
-            let gone = move |r: &crate::session::RunRecord| match r.node_id.as_deref() {
-                Some(n) => n != me && !live.iter().any(|l| l.node_id == n),
-                None => false,
+            let in_flight = match self.sessions.store().runs_in_flight().await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the runs in flight");
+                    continue;
+                }
             };
-            let (resumed, interrupted) = self.recover_where(&gone).await;
+            let now = Instant::now();
+            let mut gone = Vec::new();
+            for d in &in_flight {
+                let Some(n) = d.record.node_id.as_deref() else {
+                    continue;
+                };
+                if n == c.node_id || live.iter().any(|l| l.node_id == n) {
+                    missing.remove(n);
+                    continue;
+                }
+                let since = *missing.entry(n.to_owned()).or_insert(now);
+                if now.duration_since(since) >= timeout && !gone.iter().any(|g: &String| g == n) {
+                    gone.push(n.to_owned());
+                }
+            }
+            missing.retain(|n, _| {
+                in_flight
+                    .iter()
+                    .any(|d| d.record.node_id.as_deref() == Some(n))
+            });
+            if gone.is_empty() {
+                continue;
+            }
+            let is_gone = move |r: &crate::session::RunRecord| {
+                r.node_id
+                    .as_deref()
+                    .is_some_and(|n| gone.iter().any(|g| g == n))
+            };
+            let (resumed, interrupted) = self.recover_where(&is_gone).await;
             if resumed + interrupted > 0 {
                 tracing::warn!(resumed, interrupted, node = %c.node_id, "took over the runs of nodes that are gone");
             }
