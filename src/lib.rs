@@ -81,6 +81,7 @@ pub mod actor;
 pub mod agent;
 pub mod bus;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod context;
 pub mod demo;

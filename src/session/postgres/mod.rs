@@ -440,6 +440,15 @@ impl Store for PgStore {
     async fn ready(&self) -> Result<(), SessionError> {
         self.ping().await
     }
+    async fn take_over_run(
+        &self,
+        tenant: &str,
+        run_id: &str,
+        from: Option<&str>,
+        to: &str,
+    ) -> Result<bool, SessionError> {
+        self.take_over(tenant, run_id, from, to).await
+    }
     async fn close(&self) -> Result<(), SessionError> {
         PgStore::close(self).await
     }
