@@ -9,6 +9,8 @@
 //!   record and, with `state`, the state text in the same transaction), acknowledged after
 //!   its commit.
 //!
+//! The engine and store rows are this process's CPU time (all threads), not wall time: one run
+//! at a time spends most of its wall time waiting for threads to wake.
 //! `cargo bench --bench run_state` prints the state sizes first, then criterion's numbers.
 
 use std::sync::Arc;
@@ -131,16 +133,24 @@ fn bench(c: &mut Criterion) {
     for keep in [false, true] {
         let name = if keep { "state" } else { "no_state" };
         g.bench_function(BenchmarkId::new("engine_three_turns", name), |b| {
-            b.to_async(&rt).iter(|| {
-                let session: Arc<dyn Session> = Arc::new(MemorySession::new("s"));
-                let req = runner
-                    .request(&agent, "weather?")
-                    .session(session)
-                    .keep_state(keep);
-                async move {
-                    let r = req.start().expect("start").wait().await.expect("a run");
-                    assert!(!r.final_output.is_null());
-                }
+            b.iter_custom(|iters| {
+                cpu_time(|| {
+                    rt.block_on(async {
+                        for _ in 0..iters {
+                            let session: Arc<dyn Session> = Arc::new(MemorySession::new("s"));
+                            let r = runner
+                                .request(&agent, "weather?")
+                                .session(session)
+                                .keep_state(keep)
+                                .start()
+                                .expect("start")
+                                .wait()
+                                .await
+                                .expect("a run");
+                            assert!(!r.final_output.is_null());
+                        }
+                    })
+                })
             })
         });
     }
@@ -173,34 +183,53 @@ fn bench(c: &mut Criterion) {
         .expect("a run record");
         let mut turn = 0u64;
         g.bench_function(BenchmarkId::new("sqlite_turn_end", name), |b| {
-            b.to_async(&rt).iter(|| {
-                turn += 1;
-                let rec = TurnRecord {
-                    run_id: run_id.clone(),
-                    turn,
-                    agent: "Weather".into(),
-                    usage: Usage::default(),
-                    seq_reserved: None,
-                    state: keep.then(|| text.clone()),
-                    seq_safe: Some(turn),
-                    pause: None,
-                };
-                let items = vec![
-                    Item::Other(
-                        json!({"type": "function_call", "call_id": format!("call_{turn}"),
-                        "name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}),
-                    ),
-                    Item::Other(
-                        json!({"type": "function_call_output", "call_id": format!("call_{turn}"),
-                        "output": "Sunny, 21 C"}),
-                    ),
-                ];
-                let session = session.clone();
-                async move { session.save_turn(items, &rec).await.expect("saved") }
+            b.iter_custom(|iters| {
+                cpu_time(|| {
+                    rt.block_on(async {
+                        for _ in 0..iters {
+                            turn += 1;
+                            let rec = TurnRecord {
+                                run_id: run_id.clone(),
+                                turn,
+                                agent: "Weather".into(),
+                                usage: Usage::default(),
+                                seq_reserved: None,
+                                state: keep.then(|| text.clone()),
+                                seq_safe: Some(turn),
+                                pause: None,
+                            };
+                            let items = vec![
+                                Item::Other(json!({"type": "function_call",
+                                    "call_id": format!("call_{turn}"), "name": "get_weather",
+                                    "arguments": "{\"city\":\"Oslo\"}"})),
+                                Item::Other(json!({"type": "function_call_output",
+                                    "call_id": format!("call_{turn}"), "output": "Sunny, 21 C"})),
+                            ];
+                            session.save_turn(items, &rec).await.expect("saved");
+                        }
+                    })
+                })
             })
         });
     }
     g.finish();
+}
+
+/// The CPU time of this process (every thread: the runtime's, the actors', the store's
+/// writer) while `f` runs: wall time would mostly measure thread wake-ups.
+fn cpu_time(f: impl FnOnce()) -> Duration {
+    let now = || {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the timespec we own.
+        unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    };
+    let t0 = now();
+    f();
+    now().saturating_sub(t0)
 }
 
 fn main() {

@@ -19,34 +19,63 @@
 //! ```
 //!
 //! ## Layout
+//!
+//! One module per concept, named in the order a request meets them; each file opens with a
+//! line saying its role. `docs/architecture.md` follows one WebSocket run through them in
+//! eight steps and gives the import rules.
+//!
+//! Transports, what a client talks to:
+//! - [`server`]: the HTTP API on axum (`app()` builds the router that `serve` runs and the
+//!   tests use): auth, runs as JSON or SSE, sessions, health, traces, the AI SDK and AG-UI
+//!   endpoints, the WebSocket upgrade, graceful shutdown.
+//! - [`hub`]: the WebSocket protocol: client frames, and one loop per connection (a reader,
+//!   one forwarder per followed session, a writer draining the bounded outbound queue).
+//! - [`cli`]: the `callboard` command line (`serve`, `run`, `check-config`, `traces`,
+//!   `loadtest`).
+//! - [`loadtest`]: WebSocket load clients, frame checks and the load report (`callboard
+//!   loadtest` and the load harness).
+//!
+//! The service, between the transports and the engine:
+//! - [`service`]: `Core`, shared by every transport: session owners, runs from request to
+//!   settlement, approvals, limits, the one `ApiError`, metrics and telemetry events, the cast
+//!   built from config, `http` and `client` tools.
+//! - [`wire`]: the wire formats, each an encoding of the bus's typed frames (SDK JSON, chat
+//!   relay, AI SDK UI message stream, AG-UI).
+//! - [`config`]: the server's TOML config and its validation.
+//! - [`logging`]: the service's own logs (`[logging]`, text or JSON) and the `run` span that
+//!   gives every line inside a run its ids.
+//!
+//! The engine, a run turn by turn:
+//! - [`run`]: the `Runner`, `RunConfig`, results, the baton and its serialisable state
+//!   (`RunState`), agents as tools, and the one engine (model call, items, tools, handoffs,
+//!   guardrails, approvals, finish).
+//! - [`actor`]: agent actors with bounded mailboxes and admission, and the `Stage` that holds
+//!   them; the actix system the library hosts on its own thread.
+//! - [`bus`]: session topics: typed frames with a gapless `seq`, bounded history, a live ring,
+//!   `lagged` for subscribers that fall behind.
+//! - [`session`]: conversation memory (the SDK's `Session`), the `Store` trait, run records,
+//!   the memory store and the SQLite store.
+//!
+//! What agents are made of:
 //! - [`agent`]: `Agent` and its parts (instructions, output type, tool-use behaviour).
-//! - [`tool`]: function tools with schemas derived from their argument types.
+//! - [`tool`]: function tools with schemas derived from their argument types, timeouts and
+//!   concurrency limits.
 //! - [`handoff`]: `transfer_to_<agent>` handoffs and input filters.
 //! - [`guardrail`]: input and output guardrails.
 //! - [`hooks`]: run and agent lifecycle hooks.
 //! - [`context`]: the run context handed to tools, guardrails and hooks.
-//! - [`model`]: the `Model` trait, Responses-API raw events, and the providers.
 //! - [`items`]: conversation items and the SDK's run items.
-//! - [`mcp`]: MCP servers as tool sources (`rmcp`; the `mcp` feature), each owned by an actor.
 //! - [`events`]: the three stream event kinds.
-//! - [`run`]: the `Runner`, `RunConfig`, results, and the one engine.
-//! - [`actor`]: agent actors, their mailboxes, and the stage that holds them.
-//! - [`bus`]: session topics with gapless `seq`, history and lag handling.
-//! - [`trace`]: traces, spans, processors, the tracing actor (`trace::batch`), the sinks
-//!   (`trace::sinks`: console, jsonl, store, openai, otlp) and the `[tracing]` config.
-//! - [`session`]: conversation memory.
 //! - [`usage`], [`error`]: token usage and the SDK's errors.
-//! - [`demo`]: the demo cast used by the example and the server's defaults.
-//! - [`config`]: the server's TOML config and its validation.
-//! - [`logging`]: the service's own logs (`[logging]`, text or JSON) and the `run` span
-//!   that gives every line inside a run its ids.
-//! - [`wire`]: the wire formats, each an encoding of the bus's typed frames (SDK JSON,
-//!   chat relay, AI SDK UI message stream, AG-UI).
-//! - [`service`]: the service layer between the transports and the engine: sessions, runs,
-//!   limits, metrics, the cast built from config.
-//! - [`server`]: the HTTP API (axum), auth, graceful shutdown.
-//! - [`hub`]: the WebSocket hub fanning the bus out to clients.
-//! - [`cli`]: the `callboard` command line (`serve`, `run`, `check-config`).
+//! - [`demo`]: the demo cast used by the examples and the server's defaults.
+//!
+//! Outside the run:
+//! - [`model`]: the `Model` trait, the Responses-API event types, and the providers
+//!   (`openai_responses`, `openai_chat_completions`, `scripted`) with their HTTP plumbing.
+//! - [`mcp`]: MCP servers as tool sources (`rmcp`; the `mcp` feature), each owned by an actor.
+//! - [`trace`]: traces and spans in the SDK's shape, processors, the tracing actor
+//!   (`trace::batch`), the sinks (`trace::sinks`: console, jsonl, store, openai, otlp) and the
+//!   `[tracing]` config.
 
 pub mod actor;
 pub mod agent;
@@ -63,6 +92,7 @@ pub mod handoff;
 pub mod hooks;
 pub mod hub;
 pub mod items;
+pub mod loadtest;
 pub mod logging;
 pub mod mcp;
 pub mod model;

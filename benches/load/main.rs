@@ -2,18 +2,16 @@
 //! WebSocket clients, and the same workload through the Python OpenAI Agents SDK.
 //!
 //! ```text
-//! cargo bench --bench load -- [--preset quick|full] [--reps N] [--out DIR] [--only a,b] [--no-python]
+//! cargo bench --bench load -- [--preset quick|full|compare] [--reps N] [--out DIR] [--only a,b] [--no-python]
 //! ```
 //!
-//! See docs/load.md. Under `cargo test --all-targets` (unoptimised) it runs the quick preset
+//! The clients, checks and report are the library's (`callboard::loadtest`, also behind
+//! `callboard loadtest`); this harness adds the processes and scenarios. See
+//! docs/performance.md. Under `cargo test --all-targets` (unoptimised) it runs the quick preset
 //! without the Python SDK and fails on any lost, duplicated or reordered frame or error.
 
-mod check;
 mod model;
-mod procfs;
-mod report;
 mod scenarios;
-mod ws;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -54,6 +52,10 @@ pub struct Preset {
     pub soak_secs: u64,
     /// Longest any scenario may take.
     pub scenario_timeout: Duration,
+    /// The sessions scenario on the server's defaults as well as lean (the compare preset).
+    pub both_modes: bool,
+    /// The scenarios run when `--only` is not given (all when `None`).
+    pub scenarios: Option<&'static [&'static str]>,
 }
 
 impl Preset {
@@ -79,6 +81,8 @@ impl Preset {
             soak_rate: 50.0,
             soak_secs: 10,
             scenario_timeout: Duration::from_secs(60),
+            both_modes: false,
+            scenarios: None,
         }
     }
 
@@ -104,6 +108,28 @@ impl Preset {
             soak_rate: 100.0,
             soak_secs: 600,
             scenario_timeout: Duration::from_secs(900),
+            both_modes: false,
+            scenarios: None,
+        }
+    }
+
+    /// Issue 17's comparison: 200 sessions at once, one run each, the server on its defaults
+    /// and lean, the Python SDK at the same concurrency; idle connections (10,000, then up to
+    /// the file limit); fan-out of one session to 1,000 subscribers.
+    fn compare() -> Preset {
+        Preset {
+            name: "compare",
+            concurrency: 200,
+            python_runs: 1000,
+            sessions: 2000,
+            idle_conns: 10_000,
+            fan_subs: 1000,
+            fan_runs: 3,
+            fan_tokens: 500,
+            scenario_timeout: Duration::from_secs(600),
+            both_modes: true,
+            scenarios: Some(&["python", "sessions", "idle", "idle-max", "fanout"]),
+            ..Preset::full()
         }
     }
 }
@@ -139,16 +165,53 @@ pub enum ServerMode {
 
 impl Opts {
     pub fn wants(&self, scenario: &str) -> bool {
-        self.only
-            .as_ref()
-            .is_none_or(|o| o.iter().any(|s| s == scenario))
+        match (&self.only, self.preset.scenarios) {
+            (Some(o), _) => o.iter().any(|s| s == scenario),
+            (None, Some(d)) => d.contains(&scenario),
+            (None, None) => true,
+        }
+    }
+}
+
+impl ServerMode {
+    /// `lean` or `defaults`.
+    pub fn short(self) -> &'static str {
+        match self {
+            ServerMode::Lean => "lean",
+            ServerMode::Defaults => "defaults",
+        }
+    }
+}
+
+/// Raises this process's open-file limit to its hard limit (children inherit it); returns
+/// the limit in force.
+pub fn fd_limit() -> usize {
+    // SAFETY: getrlimit/setrlimit on a valid, initialised struct.
+    unsafe {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 1024;
+        }
+        if r.rlim_cur < r.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: r.rlim_max,
+                rlim_max: r.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                r.rlim_cur = r.rlim_max;
+            }
+        }
+        r.rlim_cur as usize
     }
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: cargo bench --bench load -- [--preset quick|full] [--reps N] [--out DIR] \
-         [--only engine,python,idle,ws-runs,ws-latency,fanout,fanout-paced,sessions,soak] [--no-python] [--api chat|responses] \
+        "usage: cargo bench --bench load -- [--preset quick|full|compare] [--reps N] [--out DIR] \
+         [--only engine,python,idle,idle-max,ws-runs,ws-latency,fanout,fanout-paced,sessions,soak] [--no-python] [--api chat|responses] \
          [--tokens K] [--fan-tokens K] [--callboard-bin PATH] [--scripted-server] [--server lean|defaults] \
          [--sessions N] [--soak-rate R] [--soak-secs S] [--history-bytes B]\n       load fake-model [--port P] [--tokens K] [--delay-ms D]"
     );
@@ -206,6 +269,7 @@ fn main() {
             "--preset" => match it.next().map(String::as_str) {
                 Some("quick") => opts.preset = Preset::quick(),
                 Some("full") => opts.preset = Preset::full(),
+                Some("compare") => opts.preset = Preset::compare(),
                 _ => usage(),
             },
             "--reps" => {
@@ -260,10 +324,7 @@ fn main() {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or_else(|| usage())
             }
-            "--scripted-server" => {
-                opts.scripted_server = true;
-                check::SCRIPTED_DELTAS.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
+            "--scripted-server" => opts.scripted_server = true,
             "--api" => match it.next().map(String::as_str) {
                 Some(a @ ("chat" | "responses")) => opts.api = a.to_owned(),
                 _ => usage(),
@@ -276,6 +337,11 @@ fn main() {
             _ => {}
         }
     }
+    if opts.preset.name == "compare" {
+        // Medians of at least three repetitions.
+        opts.reps = opts.reps.max(3);
+    }
+    fd_limit();
     let code = match scenarios::run_all(&opts) {
         Ok(clean) => {
             if clean {

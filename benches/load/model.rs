@@ -24,12 +24,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 /// Unix time in nanoseconds (the clock both processes share).
-pub fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-}
+pub use callboard::loadtest::check::now_ns;
 
 /// How the fake model behaves.
 #[derive(Clone, Copy, Debug)]

@@ -13,11 +13,15 @@ use callboard::model::{RawEvent, ResponseEvent};
 use callboard::tool::{FunctionTool, ToolContext};
 use callboard::{Agent, RunConfig, RunItem, Runner, StreamEvent};
 use futures::StreamExt;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
-use crate::check::{histogram, Counters, RunCheck};
-use crate::report::{fold, Report, Sample, Scenario};
-use crate::{procfs, ws, Opts};
+use callboard::loadtest::check::{self as ws_check, histogram, Counters, Expect, RunCheck};
+use callboard::loadtest::client::{self as ws, Queue, RunSpec, Target, Workload};
+use callboard::loadtest::procfs;
+use callboard::loadtest::progress::Sampler;
+use callboard::loadtest::report::{fold, Report, Scenario};
+
+use crate::Opts;
 
 /// A child process that is killed when dropped.
 pub struct Proc {
@@ -212,66 +216,35 @@ fn spawn_server(opts: &Opts, model: SocketAddr) -> Result<Option<(Proc, SocketAd
     }
 }
 
-/// Samples the counters every 250 ms (timeline and progress bar) until stopped.
-fn sampler(
-    name: &str,
-    total: u64,
-    frames_mode: bool,
-    c: Arc<Counters>,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Vec<Sample>> {
-    let pb = ProgressBar::new(total);
-    pb.set_style(
-        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    pb.set_prefix(name.to_owned());
-    std::thread::spawn(move || {
-        let t0 = Instant::now();
-        let mut tl = vec![Sample::default()];
-        while !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(250));
-            let t = t0.elapsed().as_secs_f64();
-            let runs = c.get(&c.runs);
-            let frames = c.get(&c.frames);
-            pb.set_position(if frames_mode { frames } else { runs });
-            pb.set_message(format!(
-                "{:.0} runs/s, {:.0} frames/s, {} errors",
-                runs as f64 / t,
-                frames as f64 / t,
-                c.get(&c.errors)
-            ));
-            tl.push(Sample {
-                t_s: t,
-                runs,
-                frames,
-                rss_kib: None,
-            });
-            if tl.len() > 100_000 {
-                break;
-            }
-        }
-        pb.finish_and_clear();
-        tl
-    })
+/// What the WebSocket scenarios' latency is: per delta, unless the server's scripted model
+/// plays the script (its deltas carry no send time).
+fn latency_of(opts: &Opts) -> &'static str {
+    if opts.scripted_server {
+        "run"
+    } else {
+        "delta"
+    }
 }
 
-fn fill(sc: &mut Scenario, c: &Counters, elapsed: f64, timeline: Vec<Sample>) {
-    sc.runs = c.get(&c.runs);
-    sc.errors = c.get(&c.errors);
-    sc.frames = c.get(&c.frames);
-    sc.lost = c.get(&c.lost);
-    sc.duplicated = c.get(&c.duplicated);
-    sc.reordered = c.get(&c.reordered);
-    sc.lagged = c.get(&c.lagged);
-    sc.first_error = c.first_error.lock().ok().and_then(|g| g.clone());
-    sc.elapsed_s = elapsed;
-    sc.runs_per_s = sc.runs as f64 / elapsed.max(1e-9);
-    sc.frames_per_s = sc.frames as f64 / elapsed.max(1e-9);
-    let h = c.latency.lock().ok().and_then(|g| g.clone());
-    sc.set_latency(h.as_ref());
-    sc.timeline = timeline;
+/// What each run's content must be: the fake model's script, or the server's scripted one.
+fn expect(opts: &Opts, tokens: usize) -> Expect {
+    if opts.scripted_server {
+        Expect::Scripted { tokens }
+    } else {
+        Expect::FakeModel { tokens }
+    }
+}
+
+/// The run every WebSocket client sends: the harness's cast, its prompt asking for `tokens`
+/// deltas `delay_ms` apart. Tracing is left to the server's config (off when lean).
+fn run_spec(opts: &Opts, tokens: usize, delay_ms: u64) -> RunSpec {
+    RunSpec {
+        agent: "Triage".into(),
+        input: format!("weather in Oslo please tokens={tokens} delay_ms={delay_ms}"),
+        expect: expect(opts, tokens),
+        trace_disabled: false,
+        frame_wait: ws::FRAME_WAIT,
+    }
 }
 
 // ------------------------------------------------------------------ engine (library)
@@ -313,7 +286,7 @@ async fn engine_run(
     runner: &Runner,
     triage: &Agent,
     prompt: &str,
-    tokens: usize,
+    expect: Expect,
     c: &Counters,
     lat: &mut hdrhistogram::Histogram<u64>,
 ) -> Result<(), String> {
@@ -333,7 +306,7 @@ async fn engine_run(
         match &ev {
             StreamEvent::RawResponse(r) => {
                 if let RawEvent::Typed(ResponseEvent::OutputTextDelta { delta, .. }) = r.as_ref() {
-                    run.delta(delta, lat)?;
+                    run.delta(expect, delta, lat).map_err(|e| e.to_string())?;
                 }
             }
             StreamEvent::RunItem(item) => match item.as_ref() {
@@ -349,7 +322,8 @@ async fn engine_run(
     }
     let out = h.final_output();
     let text = out.as_ref().and_then(|v| v.as_str()).unwrap_or("");
-    run.finish(tokens, text, &last_agent)
+    run.finish(expect, text, &last_agent)
+        .map_err(|e| e.to_string())
 }
 
 fn engine(
@@ -362,13 +336,14 @@ fn engine(
     let runner = Arc::new(rt.block_on(async { Runner::new() }));
     let tokens = p.tokens;
     let prompt = format!("weather in Oslo please tokens={tokens}");
+    let expect = Expect::FakeModel { tokens };
     // Warm up: connection pool, actors.
     let warm = Arc::new(Counters::default());
     rt.block_on(async {
         let mut lat = histogram();
         for _ in 0..5 {
-            if let Err(e) = engine_run(&runner, &triage, &prompt, tokens, &warm, &mut lat).await {
-                warm.error(e);
+            if let Err(e) = engine_run(&runner, &triage, &prompt, expect, &warm, &mut lat).await {
+                warm.error("engine", e);
             }
         }
     });
@@ -376,14 +351,7 @@ fn engine(
         return Err(format!("engine warm-up: {e}"));
     }
     let c = Arc::new(Counters::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let sam = sampler(
-        "engine",
-        p.engine_runs as u64,
-        false,
-        c.clone(),
-        stop.clone(),
-    );
+    let sam = Sampler::start("engine", p.engine_runs as u64, false, c.clone());
     let cpu0 = procfs::cpu_seconds(None);
     let t0 = Instant::now();
     let deadline = t0 + p.scenario_timeout;
@@ -397,14 +365,14 @@ fn engine(
                 let mut lat = histogram();
                 for _ in 0..n {
                     if Instant::now() > deadline {
-                        c.error("engine: deadline reached");
+                        c.error("deadline", "engine: deadline reached");
                         break;
                     }
-                    match engine_run(&runner, &triage, &prompt, tokens, &c, &mut lat).await {
+                    match engine_run(&runner, &triage, &prompt, expect, &c, &mut lat).await {
                         Ok(()) => {
                             c.runs.fetch_add(1, Ordering::Relaxed);
                         }
-                        Err(e) => c.error(e),
+                        Err(e) => c.error("engine", e),
                     }
                 }
                 c.merge_latency(&lat);
@@ -416,8 +384,7 @@ fn engine(
     });
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu1 = procfs::cpu_seconds(None);
-    stop.store(true, Ordering::Relaxed);
-    let tl = sam.join().unwrap_or_default();
+    let tl = sam.finish();
     let mut sc = Scenario {
         name: "engine".into(),
         description: format!(
@@ -427,9 +394,10 @@ fn engine(
             p.concurrency, opts.api
         ),
         concurrency: p.concurrency,
+        latency_of: "delta".into(),
         ..Default::default()
     };
-    fill(&mut sc, &c, elapsed, tl);
+    sc.fill(&c, elapsed, tl);
     if let (Some(a), Some(b)) = (cpu0, cpu1) {
         sc.cpu_s = Some(b - a);
         sc.cpu_ms_per_run = Some(1000.0 * (b - a) / sc.runs.max(1) as f64);
@@ -531,7 +499,7 @@ fn python_scenario(opts: &Opts, model_addr: SocketAddr) -> Result<Scenario, Stri
 
 struct Server {
     proc: Proc,
-    url: String,
+    target: Target,
 }
 
 impl Server {
@@ -619,8 +587,12 @@ fn ws_conversations_full(
     let tokens = tokens_for(opts, tokens);
     let c = Arc::new(Counters::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let total = (sessions * runs_each) as u64;
-    let sam = sampler(name, total, false, c.clone(), stop.clone());
+    // `sessions` clients sharing the runs: `per_session` runs on each session.
+    let clients = sessions;
+    let per_session = per_session.min(runs_each).max(1);
+    let total_sessions = (clients * runs_each).div_ceil(per_session);
+    let total = (total_sessions * per_session) as u64;
+    let sam = Sampler::start(name, total, false, c.clone());
     let rss0 = srv.rss();
     let cpu0 = srv.cpu();
     let t0 = Instant::now();
@@ -636,39 +608,34 @@ fn ws_conversations_full(
             std::thread::sleep(Duration::from_millis(100));
         }
     });
-    let stop_rss = Arc::new(AtomicBool::new(false));
-    rt.block_on(async {
-        let mut tasks = Vec::new();
-        for i in 0..sessions {
-            tasks.push(tokio::spawn(ws::conversation_client(
-                srv.url.clone(),
-                format!("{name}-{rep}"),
-                i,
-                runs_each,
-                per_session,
-                tokens,
-                delay_ms,
-                c.clone(),
-                deadline,
-            )));
-        }
-        for t in tasks {
-            let _ = t.await;
-        }
+    let q = Queue::new(Workload {
+        prefix: format!("{name}-{rep}-{}", callboard::loadtest::check::now_ns()),
+        sessions: Some(total_sessions as u64),
+        runs_per_session: per_session as u64,
+        rate: None,
+        until: Some(deadline),
     });
+    let spec = run_spec(opts, tokens, delay_ms);
+    rt.block_on(ws::run_workload(&srv.target, &spec, q, clients, c.clone()));
+    if c.get(&c.runs) + c.get(&c.errors) < total {
+        c.error(
+            "deadline",
+            format!("{name}: the scenario's deadline passed"),
+        );
+    }
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu1 = srv.cpu();
     stop.store(true, Ordering::Relaxed);
-    stop_rss.store(true, Ordering::Relaxed);
     let _ = rss_thread.join();
-    let tl = sam.join().unwrap_or_default();
+    let tl = sam.finish();
     let mut sc = Scenario {
         name: name.into(),
         description,
-        concurrency: sessions,
+        concurrency: clients,
+        latency_of: latency_of(opts).into(),
         ..Default::default()
     };
-    fill(&mut sc, &c, elapsed, tl);
+    sc.fill(&c, elapsed, tl);
     if let (Some(a), Some(b)) = (cpu0, cpu1) {
         sc.cpu_s = Some(b - a);
         sc.cpu_ms_per_run = Some(1000.0 * (b - a) / sc.runs.max(1) as f64);
@@ -678,7 +645,7 @@ fn ws_conversations_full(
         if pk > r0 {
             sc.memory_kib.insert(
                 "server_rss_per_active_session".into(),
-                (pk - r0) as f64 / sessions.max(1) as f64,
+                (pk - r0) as f64 / clients.max(1) as f64,
             );
         }
         sc.memory_kib.insert("server_rss_peak".into(), pk as f64);
@@ -687,30 +654,32 @@ fn ws_conversations_full(
     sc
 }
 
-fn idle(opts: &Opts, rt: &tokio::runtime::Runtime, srv: &Server) -> Scenario {
-    let n = opts.preset.idle_conns;
+/// File descriptors kept free for everything but the idle connections.
+const FD_HEADROOM: usize = 200;
+
+/// `n` idle connections held; then each answers a ping.
+fn idle(rt: &tokio::runtime::Runtime, srv: &Server, n: usize, name: &str) -> Scenario {
     let c = Arc::new(Counters::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let sam = sampler("idle", n as u64, true, c.clone(), stop.clone());
+    let sam = Sampler::start(name, n as u64, true, c.clone());
     std::thread::sleep(Duration::from_millis(300));
     let rss0 = srv.rss();
     let t0 = Instant::now();
-    let url = srv.url.clone();
+    let target = srv.target.clone();
     let conns = rt.block_on(async {
         // At most 64 handshakes in flight.
         let sem = Arc::new(tokio::sync::Semaphore::new(64));
         let mut tasks = Vec::new();
         for _ in 0..n {
-            let (sem, url, c) = (sem.clone(), url.clone(), c.clone());
+            let (sem, target, c) = (sem.clone(), target.clone(), c.clone());
             tasks.push(tokio::spawn(async move {
                 let _permit = sem.acquire_owned().await.ok()?;
-                match ws::connect(&url).await {
+                match ws::connect(&target).await {
                     Ok(w) => {
                         c.frames.fetch_add(1, Ordering::Relaxed);
                         Some(w)
                     }
                     Err(e) => {
-                        c.error(e);
+                        c.fail(e);
                         None
                     }
                 }
@@ -727,21 +696,58 @@ fn idle(opts: &Opts, rt: &tokio::runtime::Runtime, srv: &Server) -> Scenario {
     let setup = t0.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(1));
     let rss1 = srv.rss();
-    stop.store(true, Ordering::Relaxed);
-    let tl = sam.join().unwrap_or_default();
+    let tl = sam.finish();
     let open = conns.len();
+    // Every held connection still answers: a ping each, 256 at a time.
+    let (conns, answered) = rt.block_on(async move {
+        let sem = Arc::new(tokio::sync::Semaphore::new(256));
+        let mut tasks = Vec::new();
+        for mut w in conns {
+            let sem = sem.clone();
+            tasks.push(tokio::spawn(async move {
+                let _permit = sem.acquire_owned().await.ok();
+                let sent = ws::send(&mut w, serde_json::json!({"type": "ping"})).await;
+                let got = match sent {
+                    Ok(()) => ws::next_text(&mut w, Duration::from_secs(30)).await.ok(),
+                    Err(_) => None,
+                };
+                let ok = got.as_deref().and_then(ws_check::scan::frame_type) == Some("pong");
+                (w, ok)
+            }));
+        }
+        let mut kept = Vec::new();
+        let mut answered = 0usize;
+        for t in tasks {
+            if let Ok((w, ok)) = t.await {
+                answered += usize::from(ok);
+                kept.push(w);
+            }
+        }
+        (kept, answered)
+    });
+    if answered < open {
+        c.error(
+            "ping",
+            format!(
+                "{} of {open} idle connections did not answer a ping",
+                open - answered
+            ),
+        );
+    }
     let mut sc = Scenario {
-        name: "idle".into(),
+        name: name.into(),
         description: format!(
-            "{n} WebSocket connections opened (64 handshakes at a time) and held idle; server RSS before and after."
+            "{n} WebSocket connections opened (64 handshakes at a time) and held idle; server RSS before and after; \
+             then every connection answers a ping."
         ),
         concurrency: n,
         ..Default::default()
     };
-    fill(&mut sc, &c, setup, tl);
+    sc.fill(&c, setup, tl);
     sc.frames = 0;
     sc.frames_per_s = 0.0;
     sc.figures.insert("connections_open".into(), open as f64);
+    sc.figures.insert("pings_answered".into(), answered as f64);
     sc.figures
         .insert("connections_per_s".into(), open as f64 / setup.max(1e-9));
     if let (Some(a), Some(b)) = (rss0, rss1) {
@@ -804,11 +810,10 @@ fn server_mode_name(opts: &Opts) -> &'static str {
 fn soak(opts: &Opts, rt: &tokio::runtime::Runtime, srv: &Server, rep: usize) -> Scenario {
     let p = &opts.preset;
     let clients = (p.soak_rate / 5.0).ceil().clamp(1.0, 200.0) as usize;
-    let per_client = p.soak_rate / clients as f64;
     let c = Arc::new(Counters::default());
     let stop = Arc::new(AtomicBool::new(false));
     let total = (p.soak_rate * p.soak_secs as f64) as u64;
-    let sam = sampler("soak", total, false, c.clone(), stop.clone());
+    let sam = Sampler::start("soak", total, false, c.clone());
     let rss0 = srv.rss();
     let cpu0 = srv.cpu();
     let t0 = Instant::now();
@@ -826,28 +831,22 @@ fn soak(opts: &Opts, rt: &tokio::runtime::Runtime, srv: &Server, rep: usize) -> 
         v
     });
     let tokens = tokens_for(opts, p.tokens);
-    rt.block_on(async {
-        let mut tasks = Vec::new();
-        for i in 0..clients {
-            tasks.push(tokio::spawn(ws::paced_sessions(
-                srv.url.clone(),
-                format!("soak-{rep}"),
-                i,
-                per_client,
-                until,
-                tokens,
-                c.clone(),
-            )));
-        }
-        for t in tasks {
-            let _ = t.await;
-        }
+    // One-run sessions started at the rate over all clients, the pace kept from the start (a
+    // slow run makes the next ones start sooner, not the rate drift).
+    let q = Queue::new(Workload {
+        prefix: format!("soak-{rep}-{}", callboard::loadtest::check::now_ns()),
+        sessions: None,
+        runs_per_session: 1,
+        rate: Some(p.soak_rate),
+        until: Some(until),
     });
+    let spec = run_spec(opts, tokens, 0);
+    rt.block_on(ws::run_workload(&srv.target, &spec, q, clients, c.clone()));
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu1 = srv.cpu();
     stop.store(true, Ordering::Relaxed);
     let rss = rss_thread.join().unwrap_or_default();
-    let mut tl = sam.join().unwrap_or_default();
+    let mut tl = sam.finish();
     for s in tl.iter_mut() {
         s.rss_kib = rss
             .iter()
@@ -863,9 +862,10 @@ fn soak(opts: &Opts, rt: &tokio::runtime::Runtime, srv: &Server, rep: usize) -> 
             server_mode_name(opts)
         ),
         concurrency: clients,
+        latency_of: latency_of(opts).into(),
         ..Default::default()
     };
-    fill(&mut sc, &c, elapsed, tl);
+    sc.fill(&c, elapsed, tl);
     if let (Some(a), Some(b)) = (cpu0, cpu1) {
         sc.cpu_s = Some(b - a);
         sc.cpu_ms_per_run = Some(1000.0 * (b - a) / sc.runs.max(1) as f64);
@@ -910,28 +910,32 @@ fn fanout(
         ("fanout", p.fan_runs, p.fan_tokens, 0)
     };
     let tokens = tokens_for(opts, tokens);
-    let session = format!("{name}-{rep}-{}", crate::model::now_ns());
+    let session = format!("{name}-{rep}-{}", callboard::loadtest::check::now_ns());
     let c = Arc::new(Counters::default());
     let deadline = Instant::now() + p.scenario_timeout;
-    let url = srv.url.clone();
-    let prompt = format!("weather in Oslo please tokens={tokens} delay_ms={delay}");
+    let target = srv.target.clone();
+    let spec = run_spec(opts, tokens, delay);
     // The session exists once a run was created on it: one run first, then everyone
     // subscribes after its last seq.
-    let (mut driver, after) = rt.block_on(async {
-        let mut driver = ws::connect(&url).await?;
-        ws::start_run(&mut driver, &session, &prompt, 0).await?;
-        let after = ws::wait_end(&mut driver).await?;
-        Ok::<_, String>((driver, after))
-    })?;
+    let (mut driver, after) = rt
+        .block_on(async {
+            let mut driver = ws::connect(&target).await?;
+            ws::start_run(&mut driver, &spec, &session, 0).await?;
+            let after = ws::wait_end(&mut driver, spec.frame_wait).await?;
+            Ok::<_, ws_check::Failure>((driver, after))
+        })
+        .map_err(|e| e.to_string())?;
     let subs = rt.block_on(async {
         let sem = Arc::new(tokio::sync::Semaphore::new(64));
         let mut tasks = Vec::new();
         for _ in 0..p.fan_subs {
-            let (sem, url, session) = (sem.clone(), url.clone(), session.clone());
+            let (sem, target, session) = (sem.clone(), target.clone(), session.clone());
             tasks.push(tokio::spawn(async move {
                 let _permit = sem.acquire_owned().await.map_err(|e| e.to_string())?;
-                let mut w = ws::connect(&url).await?;
-                ws::subscribe(&mut w, &session, Some(after)).await?;
+                let mut w = ws::connect(&target).await.map_err(|e| e.to_string())?;
+                ws::subscribe(&mut w, &session, Some(after))
+                    .await
+                    .map_err(|e| e.to_string())?;
                 Ok::<_, String>(w)
             }));
         }
@@ -945,9 +949,8 @@ fn fanout(
         }
         Ok(subs)
     })?;
-    let stop = Arc::new(AtomicBool::new(false));
     let expected = (p.fan_subs * runs * (tokens + 40)) as u64;
-    let sam = sampler(name, expected, true, c.clone(), stop.clone());
+    let sam = Sampler::start(name, expected, true, c.clone());
     let cpu0 = srv.cpu();
     let t0 = Instant::now();
     let res = rt.block_on(async {
@@ -958,27 +961,26 @@ fn fanout(
                 session.clone(),
                 after,
                 runs,
-                tokens,
+                spec.expect,
                 c.clone(),
                 deadline,
             )));
         }
         for r in 1..=runs {
-            ws::start_run(&mut driver, &session, &prompt, r as u64).await?;
-            ws::wait_end(&mut driver).await?;
+            ws::start_run(&mut driver, &spec, &session, r as u64).await?;
+            ws::wait_end(&mut driver, spec.frame_wait).await?;
         }
         for t in tasks {
             let _ = t.await;
         }
         let _ = driver.close(None).await;
-        Ok::<(), String>(())
+        Ok::<(), ws_check::Failure>(())
     });
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu1 = srv.cpu();
-    stop.store(true, Ordering::Relaxed);
-    let tl = sam.join().unwrap_or_default();
+    let tl = sam.finish();
     if let Err(e) = res {
-        c.error(e);
+        c.fail(e);
     }
     let mut sc = Scenario {
         name: name.into(),
@@ -992,9 +994,10 @@ fn fanout(
             }
         ),
         concurrency: p.fan_subs,
+        latency_of: latency_of(opts).into(),
         ..Default::default()
     };
-    fill(&mut sc, &c, elapsed, tl);
+    sc.fill(&c, elapsed, tl);
     // Runs are counted per subscriber; report the session's runs.
     sc.runs = 0;
     sc.runs_per_s = 0.0;
@@ -1069,6 +1072,7 @@ pub fn run_all(opts: &Opts) -> Result<bool, String> {
         "ws-runs",
         "ws-latency",
         "idle",
+        "idle-max",
         "fanout",
         "fanout-paced",
         "sessions",
@@ -1076,115 +1080,165 @@ pub fn run_all(opts: &Opts) -> Result<bool, String> {
     ]
     .iter()
     .any(|s| opts.wants(s));
-    if want_ws {
-        match spawn_server(opts, model_addr)? {
-            None => notes.push(format!(
-                "{} has no `serve` command in this build: WebSocket scenarios skipped",
-                opts.callboard_bin.display()
-            )),
-            Some(first) => {
-                // Every repetition of every scenario gets a fresh server, so memory figures
-                // start from the same baseline.
-                drop(first);
-                let fresh = || -> Result<Server, String> {
-                    let (proc, addr) =
-                        spawn_server(opts, model_addr)?.ok_or("the server went away")?;
-                    Ok(Server {
-                        proc,
-                        url: format!("ws://{addr}/v1/ws"),
-                    })
-                };
-                if opts.wants("idle") {
-                    repeat(
-                        opts,
-                        |_| Ok(idle(opts, &rt, &fresh()?)),
-                        &mut scenarios,
-                        &mut notes,
-                    );
+    // The server's modes: each WebSocket scenario on one, or (the compare preset) the
+    // sessions scenario on both, lean first.
+    let modes = if p.both_modes {
+        vec![crate::ServerMode::Lean, crate::ServerMode::Defaults]
+    } else {
+        vec![opts.server_mode]
+    };
+    let all_opts = opts;
+    for (mi, mode) in modes.iter().enumerate() {
+        let mut mode_opts = all_opts.clone();
+        mode_opts.server_mode = *mode;
+        if mi > 0 {
+            mode_opts.only = Some(vec!["sessions".into()]);
+        }
+        let opts = &mode_opts;
+        let before = scenarios.len();
+        let want_ws = want_ws
+            && [
+                "ws-runs",
+                "ws-latency",
+                "idle",
+                "idle-max",
+                "fanout",
+                "fanout-paced",
+                "sessions",
+                "soak",
+            ]
+            .iter()
+            .any(|s| opts.wants(s));
+        if want_ws {
+            match spawn_server(opts, model_addr)? {
+                None => notes.push(format!(
+                    "{} has no `serve` command in this build: WebSocket scenarios skipped",
+                    opts.callboard_bin.display()
+                )),
+                Some(first) => {
+                    // Every repetition of every scenario gets a fresh server, so memory figures
+                    // start from the same baseline.
+                    drop(first);
+                    let fresh = || -> Result<Server, String> {
+                        let (proc, addr) =
+                            spawn_server(opts, model_addr)?.ok_or("the server went away")?;
+                        Ok(Server {
+                            proc,
+                            target: Target {
+                                url: format!("ws://{addr}/v1/ws"),
+                                key: None,
+                            },
+                        })
+                    };
+                    if opts.wants("idle") {
+                        repeat(
+                            opts,
+                            |_| Ok(idle(&rt, &fresh()?, opts.preset.idle_conns, "idle")),
+                            &mut scenarios,
+                            &mut notes,
+                        );
+                    }
+                    if opts.wants("idle-max") {
+                        // As many as the per-process file limit allows, on both sides.
+                        let n = crate::fd_limit().saturating_sub(FD_HEADROOM);
+                        repeat(
+                            opts,
+                            |_| Ok(idle(&rt, &fresh()?, n, "idle-max")),
+                            &mut scenarios,
+                            &mut notes,
+                        );
+                    }
+                    if opts.wants("ws-runs") {
+                        repeat(
+                            opts,
+                            |r| {
+                                let srv = fresh()?;
+                                Ok(ws_conversations(
+                                    "ws-runs",
+                                    format!(
+                                        "{} WebSocket clients, each running {} 3-turn conversations (3 per session), {}-delta answers, \
+                                         no delay: the server's throughput. CPU: the server process.",
+                                        p.concurrency, p.ws_runs_per_client, p.tokens
+                                    ),
+                                    opts,
+                                    &rt,
+                                    &srv,
+                                    p.concurrency,
+                                    p.ws_runs_per_client,
+                                    p.tokens,
+                                    0,
+                                    r,
+                                ))
+                            },
+                            &mut scenarios,
+                            &mut notes,
+                        );
+                    }
+                    if opts.wants("ws-latency") {
+                        repeat(
+                            opts,
+                            |r| {
+                                let srv = fresh()?;
+                                Ok(ws_conversations(
+                                    "ws-latency",
+                                    format!(
+                                        "{} sessions streaming at once, {}-delta answers {} ms apart: latency from the model server \
+                                         emitting a delta to the client receiving it.",
+                                        p.lat_sessions, p.lat_tokens, p.lat_delay_ms
+                                    ),
+                                    opts,
+                                    &rt,
+                                    &srv,
+                                    p.lat_sessions,
+                                    p.lat_runs,
+                                    p.lat_tokens,
+                                    p.lat_delay_ms,
+                                    r,
+                                ))
+                            },
+                            &mut scenarios,
+                            &mut notes,
+                        );
+                    }
+                    if opts.wants("sessions") {
+                        repeat(
+                            opts,
+                            |r| Ok(sessions(opts, &rt, &fresh()?, r)),
+                            &mut scenarios,
+                            &mut notes,
+                        );
+                    }
+                    if opts.wants("soak") {
+                        repeat(
+                            opts,
+                            |r| Ok(soak(opts, &rt, &fresh()?, r)),
+                            &mut scenarios,
+                            &mut notes,
+                        );
+                    }
+                    if opts.wants("fanout") {
+                        repeat(
+                            opts,
+                            |r| fanout(opts, &rt, &fresh()?, false, r),
+                            &mut scenarios,
+                            &mut notes,
+                        );
+                    }
+                    if opts.wants("fanout-paced") && !opts.scripted_server {
+                        repeat(
+                            opts,
+                            |r| fanout(opts, &rt, &fresh()?, true, r),
+                            &mut scenarios,
+                            &mut notes,
+                        );
+                    }
                 }
-                if opts.wants("ws-runs") {
-                    repeat(
-                        opts,
-                        |r| {
-                            let srv = fresh()?;
-                            Ok(ws_conversations(
-                                "ws-runs",
-                                format!(
-                                    "{} WebSocket clients, each running {} 3-turn conversations (3 per session), {}-delta answers, \
-                                     no delay: the server's throughput. CPU: the server process.",
-                                    p.concurrency, p.ws_runs_per_client, p.tokens
-                                ),
-                                opts,
-                                &rt,
-                                &srv,
-                                p.concurrency,
-                                p.ws_runs_per_client,
-                                p.tokens,
-                                0,
-                                r,
-                            ))
-                        },
-                        &mut scenarios,
-                        &mut notes,
-                    );
-                }
-                if opts.wants("ws-latency") {
-                    repeat(
-                        opts,
-                        |r| {
-                            let srv = fresh()?;
-                            Ok(ws_conversations(
-                                "ws-latency",
-                                format!(
-                                    "{} sessions streaming at once, {}-delta answers {} ms apart: latency from the model server \
-                                     emitting a delta to the client receiving it.",
-                                    p.lat_sessions, p.lat_tokens, p.lat_delay_ms
-                                ),
-                                opts,
-                                &rt,
-                                &srv,
-                                p.lat_sessions,
-                                p.lat_runs,
-                                p.lat_tokens,
-                                p.lat_delay_ms,
-                                r,
-                            ))
-                        },
-                        &mut scenarios,
-                        &mut notes,
-                    );
-                }
-                if opts.wants("sessions") {
-                    repeat(
-                        opts,
-                        |r| Ok(sessions(opts, &rt, &fresh()?, r)),
-                        &mut scenarios,
-                        &mut notes,
-                    );
-                }
-                if opts.wants("soak") {
-                    repeat(
-                        opts,
-                        |r| Ok(soak(opts, &rt, &fresh()?, r)),
-                        &mut scenarios,
-                        &mut notes,
-                    );
-                }
-                if opts.wants("fanout") {
-                    repeat(
-                        opts,
-                        |r| fanout(opts, &rt, &fresh()?, false, r),
-                        &mut scenarios,
-                        &mut notes,
-                    );
-                }
-                if opts.wants("fanout-paced") && !opts.scripted_server {
-                    repeat(
-                        opts,
-                        |r| fanout(opts, &rt, &fresh()?, true, r),
-                        &mut scenarios,
-                        &mut notes,
-                    );
+            }
+        }
+        if modes.len() > 1 {
+            for sc in scenarios[before..].iter_mut() {
+                if sc.name == "sessions" {
+                    sc.name = format!("sessions-{}", mode.short());
                 }
             }
         }
@@ -1195,8 +1249,12 @@ pub fn run_all(opts: &Opts) -> Result<bool, String> {
         nproc: procfs::nproc(),
         reps: opts.reps,
         command: format!(
-            "cargo bench --bench load -- --preset {} --reps {}",
-            p.name, opts.reps
+            "cargo bench --bench load -- {}",
+            std::env::args()
+                .skip(1)
+                .filter(|a| a != "--bench")
+                .collect::<Vec<_>>()
+                .join(" ")
         ),
         scenarios,
         notes,
@@ -1204,7 +1262,13 @@ pub fn run_all(opts: &Opts) -> Result<bool, String> {
     };
     let get = |n: &str| report.scenarios.iter().find(|s| s.name == n).cloned();
     if let Some(py) = get("python-sdk") {
-        for cb in ["engine", "ws-runs"] {
+        for cb in [
+            "engine",
+            "ws-runs",
+            "sessions",
+            "sessions-lean",
+            "sessions-defaults",
+        ] {
             if let Some(s) = get(cb) {
                 if let (Some(a), Some(b)) = (py.cpu_ms_per_run, s.cpu_ms_per_run) {
                     if b > 0.0 {
@@ -1229,6 +1293,16 @@ pub fn run_all(opts: &Opts) -> Result<bool, String> {
                 report
                     .ratios
                     .insert("peak RSS, python-sdk / engine".into(), a / b);
+            }
+        }
+    }
+    if let (Some(lean), Some(def)) = (get("sessions-lean"), get("sessions-defaults")) {
+        if let (Some(a), Some(b)) = (def.cpu_ms_per_run, lean.cpu_ms_per_run) {
+            if b > 0.0 {
+                report.ratios.insert(
+                    "CPU per run, sessions-defaults / sessions-lean".into(),
+                    a / b,
+                );
             }
         }
     }

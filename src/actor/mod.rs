@@ -8,9 +8,9 @@
 //! - **its counters**: runs held and running, runs waiting (the mailbox depth), read by
 //!   `/metrics` through [`AgentStats`].
 //!
-//! A run arrives with [`Start`] (a new run, subject to admission) or [`Arrive`] (a handoff: the
+//! A run arrives with `Start` (a new run, subject to admission) or `Arrive` (a handoff: the
 //! baton moves to this agent's mailbox and is always admitted, so a run in progress never
-//! fails for load); it leaves with [`Left`] (ended or handed off), which lets the next waiting
+//! fails for load); it leaves with `Left` (ended or handed off), which lets the next waiting
 //! run in. The actor drives each admitted baton as its own task on the tokio runtime, so a long
 //! model stream never blocks its mailbox; turns on the same agent follow each other in that
 //! task without another hop.

@@ -1,6 +1,7 @@
 //! The `callboard` command line (PROTOCOL.md section 4): `serve`, `run`, `check-config`, and
 //! `traces list` / `traces show` (stored traces in the terminal, [`crate::trace::browse`]).
-//! `run --url` drives a run through a running server instead ([`remote`]).
+//! `run --url` drives a run through a running server instead ([`remote`]). `loadtest` puts
+//! load on a running server ([`crate::loadtest`]).
 
 pub mod remote;
 
@@ -75,6 +76,9 @@ pub enum Command {
         /// The TOML config.
         file: PathBuf,
     },
+    /// Load on a running server over WebSocket: many sessions running an agent, every frame
+    /// checked; writes report.html and report.json.
+    Loadtest(LoadtestArgs),
     /// Stored traces: list them, or show one as a span tree.
     Traces {
         /// `list` or `show`.
@@ -118,6 +122,54 @@ pub enum TracesCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `callboard loadtest`.
+#[derive(Debug, clap::Args)]
+pub struct LoadtestArgs {
+    /// The server: its base URL (http://127.0.0.1:7700) or WebSocket URL (ws://.../v1/ws).
+    #[arg(long)]
+    pub url: String,
+    /// The API key (default: $CALLBOARD_KEY).
+    #[arg(long, env = "CALLBOARD_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+    /// The agent each run starts with.
+    #[arg(long)]
+    pub agent: String,
+    /// The user's message of every run.
+    #[arg(long)]
+    pub input: String,
+    /// Sessions in all (default 100 without --duration; unbounded with it).
+    #[arg(long)]
+    pub sessions: Option<u64>,
+    /// Runs one after the other on each session (its conversation grows).
+    #[arg(long, default_value_t = 1)]
+    pub runs: u64,
+    /// Connections running at once.
+    #[arg(long, default_value_t = 10)]
+    pub concurrency: usize,
+    /// Run starts per second over all connections (default: as fast as they go).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Start no run after this many seconds (runs under way finish).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Longest wait for any one frame, in seconds.
+    #[arg(long, default_value_t = 60.0)]
+    pub frame_timeout: f64,
+    /// Ask the server not to trace these runs (`trace.disabled`).
+    #[arg(long)]
+    pub no_trace: bool,
+    /// Check each run's content against the load harness's fake model script (tool call,
+    /// handoff to Writer, K timed deltas) and time every delta.
+    #[arg(long, value_name = "K")]
+    pub expect_fake_model: Option<usize>,
+    /// The server's process id, when it runs on this machine: its CPU per run and memory.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Where report.json and report.html go.
+    #[arg(long, default_value = "loadtest-report")]
+    pub out: PathBuf,
 }
 
 /// Where `callboard traces` reads: a running server (`--url`), or a store file.
@@ -183,6 +235,7 @@ pub fn main() -> i32 {
         },
         Command::Serve { config } => rt.block_on(serve(config)),
         Command::Traces { command } => rt.block_on(traces(command)),
+        Command::Loadtest(args) => rt.block_on(loadtest(args)),
         Command::Run {
             config,
             agent,
@@ -238,6 +291,79 @@ impl Membership {
         #[cfg(feature = "nats")]
         if let Some(c) = self.cluster {
             c.leave().await;
+        }
+    }
+}
+
+/// `callboard loadtest`: 0 when every run completed with every frame once and in order.
+async fn loadtest(a: LoadtestArgs) -> i32 {
+    use crate::loadtest::{check::Expect, client, Plan};
+    let target = match client::Target::new(&a.url, a.key) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("callboard loadtest: {e}");
+            return 2;
+        }
+    };
+    let secs = |s: f64, what: &str| {
+        if s.is_finite() && s > 0.0 {
+            Ok(std::time::Duration::from_secs_f64(s))
+        } else {
+            Err(format!("{what} must be a positive number of seconds"))
+        }
+    };
+    let (frame_wait, duration) = match (
+        secs(a.frame_timeout, "--frame-timeout"),
+        a.duration.map(|d| secs(d, "--duration")).transpose(),
+    ) {
+        (Ok(f), Ok(d)) => (f, d),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("callboard loadtest: {e}");
+            return 2;
+        }
+    };
+    let plan = Plan {
+        target,
+        spec: client::RunSpec {
+            agent: a.agent,
+            input: a.input,
+            expect: a
+                .expect_fake_model
+                .map_or(Expect::Any, |tokens| Expect::FakeModel { tokens }),
+            trace_disabled: a.no_trace,
+            frame_wait,
+        },
+        sessions: a
+            .sessions
+            .or(if duration.is_none() { Some(100) } else { None }),
+        runs_per_session: a.runs,
+        concurrency: a.concurrency,
+        rate: a.rate,
+        duration,
+        out: a.out,
+        server_pid: a.server_pid,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    if let Err(e) = plan.validate() {
+        eprintln!("callboard {e}");
+        return 2;
+    }
+    match crate::loadtest::run(&plan).await {
+        Ok(report) => {
+            eprintln!("{}", report.table());
+            eprintln!(
+                "callboard loadtest: report in {} (report.html, report.json)",
+                plan.out.display()
+            );
+            if report.scenarios.iter().all(|s| s.clean()) {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            eprintln!("callboard {e}");
+            1
         }
     }
 }

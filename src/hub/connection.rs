@@ -90,7 +90,9 @@ pub async fn run<S, R, E>(
     loop {
         tokio::select! {
             msg = stream.next() => match msg {
-                Some(Ok(Message::Text(t))) => conn.handle_text(t.as_str()).await,
+                // Boxed: what a frame's handling awaits (a run's start, the session store)
+                // is large, and would otherwise be resident in every idle connection.
+                Some(Ok(Message::Text(t))) => Box::pin(conn.handle_text(t.as_str())).await,
                 Some(Ok(Message::Binary(b))) => {
                     if b.len() > core.limits.max_frame_bytes {
                         conn.error(None, ApiError::FrameTooLarge { size: b.len(), limit: core.limits.max_frame_bytes }).await;
@@ -596,6 +598,37 @@ mod tests {
             }
         }
     }
+
+    /// What an idle connection keeps resident: its loop's and its writer's state stay small
+    /// (the handling of a client frame is allocated only while it runs).
+    #[tokio::test]
+    async fn an_idle_connection_keeps_little_state() {
+        let cfg = Config::parse("t.toml", "[models.default]\nprovider = \"scripted\"\n").unwrap();
+        let core = Core::new(cfg).unwrap();
+        let (to_client, _from_server) = fmpsc::channel::<Message>(1);
+        let (_to_server, from_client) =
+            fmpsc::channel::<Result<Message, std::convert::Infallible>>(1);
+        let slot = core.connection_slot().unwrap();
+        let looping = run(
+            core.clone(),
+            "t".into(),
+            slot,
+            to_client.clone(),
+            from_client,
+        );
+        let (_tx, rx) = mpsc::channel::<Out>(1);
+        let writing = write_loop(core.clone(), to_client, rx, Duration::from_secs(1));
+        let (l, w) = (
+            std::mem::size_of_val(&looping),
+            std::mem::size_of_val(&writing),
+        );
+        eprintln!("connection loop {l} bytes, writer {w} bytes");
+        assert!(l <= IDLE_LOOP_BYTES, "the connection loop holds {l} bytes");
+        assert!(w <= IDLE_LOOP_BYTES, "the writer holds {w} bytes");
+    }
+
+    /// Most an idle connection's loop and writer may each hold.
+    const IDLE_LOOP_BYTES: usize = 1024;
 
     /// The protocol loop driven with channels instead of a socket.
     #[tokio::test]

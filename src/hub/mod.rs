@@ -9,7 +9,8 @@
 pub mod connection;
 pub mod frames;
 
-/// WebSocket read buffer: small, because it is resident on every connection (DESIGN.md).
-pub const READ_BUFFER: usize = 4 * 1024;
+/// WebSocket read buffer: small, because it is resident on every connection (DESIGN.md);
+/// client frames are small, and a larger message grows it while it is read.
+pub const READ_BUFFER: usize = 1024;
 /// WebSocket write buffer: large enough for feed-then-flush batching.
 pub const WRITE_BUFFER: usize = 16 * 1024;

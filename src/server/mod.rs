@@ -7,7 +7,7 @@
 //! - [`traces`]: the trace API (`/v1/traces...`) and the trace browser (`/traces`).
 //! - [`ws`]: the WebSocket upgrade, handing sockets to the hub ([`crate::hub`]).
 //! - [`ai_sdk`], [`ag_ui`]: chat front ends in their own protocols (Vercel AI SDK `useChat`,
-//!   AG-UI), on [`ui_stream`]: a run followed on the bus as SSE in a wire encoder.
+//!   AG-UI), on `ui_stream`: a run followed on the bus as SSE in a wire encoder.
 //! - [`listener`]: sockets with a write timeout, so no stuck reader holds a connection.
 //!
 //! The shared state and the rules every transport follows live in the service layer

@@ -434,6 +434,12 @@ impl Core {
             "Items of trace ingest bodies refused, by code (invalid_id, trace_not_yours)",
             m.ingest_refused.clone(),
         );
+        r.register_with_unit(
+            "callboard_session_store_write_duration",
+            "Session store turn saves: a turn's items, run record and run state in one write",
+            Unit::Seconds,
+            self.sessions.save_latency().clone(),
+        );
         if let Some(t) = self.tracing() {
             if let Some(p) = &t.processor {
                 p.stats().snapshot().register(r);

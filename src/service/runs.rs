@@ -1,7 +1,7 @@
 //! Runs in the service: checked and set up ([`Core::prepare_run`]), started on the session
 //! they claimed or queued behind its run ([`PreparedRun::launch`], double-texting), listed
 //! while they go (the run registry, for cancel and client tool results), and settled when
-//! they end ([`RunSettler`]): the record written, the tenant's place and the session's claim
+//! they end (`RunSettler`): the record written, the tenant's place and the session's claim
 //! released, and only then the end frame published; then the session's next queued run starts.
 
 use std::sync::atomic::Ordering;

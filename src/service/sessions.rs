@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{Notify, OnceCell};
 
@@ -591,6 +592,8 @@ pub struct Sessions {
     limits: BusLimits,
     budget: Arc<HistoryBudget>,
     idle: Duration,
+    /// How long turn saves take (items, run record and run state in one store write).
+    save_latency: Histogram,
     /// Gives each session's topic a mirror (the cluster's bus stream), when set.
     mirrors: std::sync::OnceLock<Arc<dyn MirrorFactory>>,
 }
@@ -625,6 +628,7 @@ impl Sessions {
             limits,
             budget,
             idle,
+            save_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             mirrors: std::sync::OnceLock::new(),
         }
     }
@@ -746,7 +750,13 @@ impl Sessions {
         Arc::new(OwnedSession {
             inner: self.store.session(&owner.tenant, &owner.session_id),
             owner: owner.clone(),
+            latency: self.save_latency.clone(),
         })
+    }
+
+    /// Turn saves' durations in seconds (for `/metrics`).
+    pub fn save_latency(&self) -> &Histogram {
+        &self.save_latency
     }
 
     /// Deletes a session: refused with `session_busy` while a run holds it; otherwise its
@@ -901,6 +911,7 @@ impl Sessions {
 struct OwnedSession {
     inner: Arc<dyn Session>,
     owner: Arc<SessionOwner>,
+    latency: Histogram,
 }
 
 #[async_trait]
@@ -920,7 +931,10 @@ impl Session for OwnedSession {
         record.seq_reserved = reserve.clone();
         // Everything published so far belongs to the turns this save completes.
         record.seq_safe = Some(self.owner.last_seq());
-        self.inner.save_turn(items, &record).await?;
+        let started = Instant::now();
+        let saved = self.inner.save_turn(items, &record).await;
+        self.latency.observe(started.elapsed().as_secs_f64());
+        saved?;
         if let Some((epoch, upto)) = reserve {
             self.owner.reserved(&epoch, upto);
         }

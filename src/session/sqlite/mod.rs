@@ -20,8 +20,8 @@
 //! - **Concurrency**: [`SqliteStore::try_claim`] gives one run at a time per session and
 //!   refuses the next with [`SessionError::Busy`] (see [`crate::session::claim`]).
 //!
-//! Files: [`location`] (URLs, connection set-up), [`pool`] (read pool, checkpoints),
-//! [`writer`] (the writer thread), [`schema`] (migrations), [`session`] (one conversation),
+//! Files: `location` (URLs, connection set-up), `pool` (read pool, checkpoints),
+//! `writer` (the writer thread), `schema` (migrations), `session` (one conversation),
 //! [`lock`] (one process per file).
 
 mod location;

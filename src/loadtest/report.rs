@@ -1,5 +1,5 @@
-//! Scenario results: medians over repetitions, the JSON report, and the HTML page with an
-//! SVG per scenario (latency distribution and throughput over time).
+//! Load results: a scenario's figures, medians over repetitions, the JSON report, and the
+//! HTML page with an SVG per scenario (latency distribution and throughput over time).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -7,6 +7,8 @@ use std::path::Path;
 use hdrhistogram::Histogram;
 use plotters::prelude::*;
 use serde::Serialize;
+
+use super::check::Counters;
 
 /// Latency percentiles in microseconds.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -58,7 +60,12 @@ pub struct Scenario {
     pub runs_per_s: f64,
     pub frames: u64,
     pub frames_per_s: f64,
+    /// What [`Scenario::latency`] measures.
+    pub latency_of: String,
     pub latency: Option<Latency>,
+    /// Per run: `run.create` sent to the run's end frame received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_latency: Option<Latency>,
     pub cpu_s: Option<f64>,
     pub cpu_ms_per_run: Option<f64>,
     /// Named memory figures in KiB (server RSS per idle connection, peak RSS, ...).
@@ -69,6 +76,8 @@ pub struct Scenario {
     pub duplicated: u64,
     pub reordered: u64,
     pub lagged: u64,
+    /// Errors by code (the server's `error.code`, `run_failed:<type>`, or the client's own).
+    pub errors_by_code: BTreeMap<String, u64>,
     pub timeline: Vec<Sample>,
     /// CDF points of the latency distribution: (latency µs, percentile).
     pub latency_cdf: Vec<(f64, f64)>,
@@ -89,6 +98,27 @@ impl Scenario {
             cdf.push((h.value_at_quantile(q).max(1) as f64, q * 100.0));
         }
         self.latency_cdf = cdf;
+    }
+
+    /// Takes the counters' totals, rates over `elapsed` seconds, latencies and the timeline.
+    pub fn fill(&mut self, c: &Counters, elapsed: f64, timeline: Vec<Sample>) {
+        self.runs = c.get(&c.runs);
+        self.errors = c.get(&c.errors);
+        self.frames = c.get(&c.frames);
+        self.lost = c.get(&c.lost);
+        self.duplicated = c.get(&c.duplicated);
+        self.reordered = c.get(&c.reordered);
+        self.lagged = c.get(&c.lagged);
+        self.first_error = c.first_error.lock().ok().and_then(|g| g.clone());
+        self.errors_by_code = c.errors_by_code();
+        self.elapsed_s = elapsed;
+        self.runs_per_s = self.runs as f64 / elapsed.max(1e-9);
+        self.frames_per_s = self.frames as f64 / elapsed.max(1e-9);
+        let h = c.latency.lock().ok().and_then(|g| g.clone());
+        self.set_latency(h.as_ref());
+        let r = c.run_latency.lock().ok().and_then(|g| g.clone());
+        self.run_latency = r.filter(|h| !h.is_empty()).map(|h| Latency::of(&h));
+        self.timeline = timeline;
     }
 
     /// The figures compared across repetitions.
@@ -168,6 +198,13 @@ pub fn fold(reps: Vec<Scenario>) -> Option<Scenario> {
     out.duplicated = reps.iter().map(|r| r.duplicated).sum();
     out.reordered = reps.iter().map(|r| r.reordered).sum();
     out.lagged = reps.iter().map(|r| r.lagged).sum();
+    let mut codes = BTreeMap::new();
+    for r in &reps {
+        for (k, v) in &r.errors_by_code {
+            *codes.entry(k.clone()).or_insert(0) += v;
+        }
+    }
+    out.errors_by_code = codes;
     out.first_error = reps.iter().find_map(|r| r.first_error.clone());
     out.reps = reps.len();
     out.all_reps = keys;
@@ -219,6 +256,9 @@ impl Report {
             for (k, v) in sc.figures.iter() {
                 s.push_str(&format!("{:<12}   {k}: {v:.1}\n", ""));
             }
+            for (k, v) in sc.errors_by_code.iter() {
+                s.push_str(&format!("{:<12}   errors {k}: {v}\n", ""));
+            }
             if let Some(e) = &sc.first_error {
                 s.push_str(&format!("{:<12}   first error: {e}\n", ""));
             }
@@ -265,6 +305,23 @@ impl Report {
                 html.push_str(&format!("<li>{}: <b>{v:.1}x</b></li>", html_escape(k)));
             }
             html.push_str("</ul>");
+        }
+        for sc in self
+            .scenarios
+            .iter()
+            .filter(|s| !s.errors_by_code.is_empty())
+        {
+            html.push_str(&format!(
+                "<h2>{}: errors by code</h2><table><tr><th>code</th><th>count</th></tr>",
+                html_escape(&sc.name)
+            ));
+            for (k, v) in &sc.errors_by_code {
+                html.push_str(&format!("<tr><td>{}</td><td>{v}</td></tr>", html_escape(k)));
+            }
+            html.push_str("</table>");
+            if let Some(e) = &sc.first_error {
+                html.push_str(&format!("<p>First error: {}</p>", html_escape(e)));
+            }
         }
         for sc in &self.scenarios {
             let file = format!("{}.svg", sc.name);
@@ -318,7 +375,7 @@ fn plot(sc: &Scenario, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
         let xmax = pts.iter().map(|p| p.0).fold(1.0f64, f64::max).ceil();
         let mut ch = ChartBuilder::on(&left)
             .caption(
-                format!("{}: delta latency (CDF)", sc.name),
+                format!("{}: {} latency (CDF)", sc.name, sc.latency_of),
                 ("sans-serif", 18),
             )
             .margin(10)
