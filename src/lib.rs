@@ -54,7 +54,7 @@
 //! - [`bus`]: session topics: typed frames with a gapless `seq`, bounded history, a live ring,
 //!   `lagged` for subscribers that fall behind.
 //! - [`session`]: conversation memory (the SDK's `Session`), the `Store` trait, run records,
-//!   the memory store and the SQLite store.
+//!   the memory store, the SQLite store and the PostgreSQL store (the `postgres` feature).
 //!
 //! What agents are made of:
 //! - [`agent`]: `Agent` and its parts (instructions, output type, tool-use behaviour).

@@ -278,23 +278,6 @@ pub fn main() -> i32 {
     }
 }
 
-/// This node's membership, left at a clean stop.
-struct Membership {
-    stop: tokio_util::sync::CancellationToken,
-    #[cfg(feature = "nats")]
-    cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
-}
-
-impl Membership {
-    async fn leave(self) {
-        self.stop.cancel();
-        #[cfg(feature = "nats")]
-        if let Some(c) = self.cluster {
-            c.leave().await;
-        }
-    }
-}
-
 /// `callboard loadtest`: 0 when every run completed with every frame once and in order.
 async fn loadtest(a: LoadtestArgs) -> i32 {
     use crate::loadtest::{check::Expect, client, Plan};
@@ -364,6 +347,23 @@ async fn loadtest(a: LoadtestArgs) -> i32 {
         Err(e) => {
             eprintln!("callboard {e}");
             1
+        }
+    }
+}
+
+/// This node's membership, left at a clean stop.
+struct Membership {
+    stop: tokio_util::sync::CancellationToken,
+    #[cfg(feature = "nats")]
+    cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
+}
+
+impl Membership {
+    async fn leave(self) {
+        self.stop.cancel();
+        #[cfg(feature = "nats")]
+        if let Some(c) = self.cluster {
+            c.leave().await;
         }
     }
 }

@@ -13,8 +13,8 @@
 //! - **Concurrency**: a session's writes lock its `sessions` row, so the items of one write
 //!   stay together whatever else commits meanwhile.
 //!
-//! Files: [`location`] (URLs), [`schema`] (migrations), [`session`] (one conversation),
-//! [`runs`] (run records).
+//! Files: `location` (URLs), `schema` (migrations), `session` (one conversation),
+//! `runs` (run records).
 
 mod location;
 mod runs;
