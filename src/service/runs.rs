@@ -906,7 +906,10 @@ impl Core {
                 continue;
             };
             if r.status != RunStatus::Running {
-                if self.node_id().is_none() && !sessions.contains(&(tenant.clone(), sid.clone())) {
+                // Queued and paused runs are taken up by the node that accepted them (alone:
+                // this process; in a cluster: the node restarting under the same id).
+                let own = self.node_id().is_none() || r.node_id.as_deref() == self.node_id();
+                if own && !sessions.contains(&(tenant.clone(), sid.clone())) {
                     sessions.push((tenant.clone(), sid.clone()));
                 }
                 continue;
