@@ -337,6 +337,12 @@ store = "memory"
     );
     assert!(observations(&scrape, "callboard_trace_store_write_duration_seconds", &[]) >= 2.0);
     // Every run above saved at least its input and its last turn.
-    assert!(observations(&scrape, "callboard_session_store_write_duration_seconds", &[]) >= 2.0);
+    assert!(
+        observations(
+            &scrape,
+            "callboard_session_store_write_duration_seconds",
+            &[]
+        ) >= 2.0
+    );
     assert_eq!(types.get("callboard_agent_mailbox_depth"), Some(&"gauge"));
 }

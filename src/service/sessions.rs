@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{Notify, OnceCell};
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 use crate::bus::{BusLimits, HistoryBudget, Subscription, Topic};
 use crate::items::Item;
