@@ -18,6 +18,18 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Cargo features
+//!
+//! All on by default (the binary needs them). With `default-features = false` the crate is
+//! the engine alone: agents, tools, handoffs, guardrails, the runner and its actors, the bus,
+//! the scripted model, memory sessions, tracing with the console and jsonl sinks.
+//! - `server`: [`server`], [`hub`], [`cli`], [`loadtest`], [`service`], [`config`] (axum,
+//!   clap); turns on `sqlite` and `openai`.
+//! - `sqlite`: the SQLite session store and trace store (rusqlite).
+//! - `openai`: the OpenAI providers and the OpenAI trace sink (reqwest).
+//! - `otlp`: the OpenTelemetry trace sink (opentelemetry-proto, prost).
+//! - `mcp`, `postgres`, `nats`: MCP tool sources, the PostgreSQL store, the cluster.
+//!
 //! ## Layout
 //!
 //! One module per concept, named in the order a request meets them; each file opens with a
@@ -80,8 +92,11 @@
 pub mod actor;
 pub mod agent;
 pub mod bus;
+#[cfg(feature = "server")]
 pub mod cli;
+#[cfg(feature = "server")]
 pub mod cluster;
+#[cfg(feature = "server")]
 pub mod config;
 pub mod context;
 pub mod demo;
@@ -90,14 +105,18 @@ pub mod events;
 pub mod guardrail;
 pub mod handoff;
 pub mod hooks;
+#[cfg(feature = "server")]
 pub mod hub;
 pub mod items;
+#[cfg(feature = "server")]
 pub mod loadtest;
 pub mod logging;
 pub mod mcp;
 pub mod model;
 pub mod run;
+#[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
 pub mod service;
 pub mod session;
 pub mod tool;

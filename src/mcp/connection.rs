@@ -67,9 +67,9 @@ async fn open(
             let url = cfg.url.as_deref().unwrap_or_default();
             let mut headers = HashMap::new();
             for (k, v) in &cfg.headers {
-                let name = axum::http::HeaderName::from_bytes(k.as_bytes())
+                let name = reqwest::header::HeaderName::from_bytes(k.as_bytes())
                     .map_err(|e| format!("header {k:?}: {e}"))?;
-                let value = axum::http::HeaderValue::from_str(v)
+                let value = reqwest::header::HeaderValue::from_str(v)
                     .map_err(|e| format!("header {k:?}: {e}"))?;
                 headers.insert(name, value);
             }

@@ -34,12 +34,14 @@ pub use tool::McpTool;
 
 /// The MCP servers of a config, by name: started by the server and `callboard run`, not by
 /// `check-config`. Without the `mcp` feature a config that has any is refused.
+#[cfg(feature = "server")]
 #[derive(Clone, Default)]
 pub struct McpServers {
     #[cfg(feature = "mcp")]
     servers: std::collections::BTreeMap<String, McpServer>,
 }
 
+#[cfg(feature = "server")]
 impl McpServers {
     /// Starts every `[[mcp_servers]]` entry (each connects in the background).
     pub fn start(

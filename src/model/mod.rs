@@ -1,10 +1,14 @@
 //! Models: the [`Model`] trait every provider implements, the request it receives, and the
 //! providers themselves (`scripted` here; OpenAI Responses and Chat Completions beside it).
 
+#[cfg(feature = "openai")]
 pub mod config;
 pub mod events;
+#[cfg(feature = "openai")]
 pub mod http;
+#[cfg(feature = "openai")]
 pub mod openai_chat;
+#[cfg(feature = "openai")]
 pub mod openai_responses;
 pub mod scripted;
 
@@ -265,7 +269,7 @@ impl ModelProvider for ModelTable {
 }
 
 /// A request with every kind of item, tool and output schema, for the providers' unit tests.
-#[cfg(test)]
+#[cfg(all(test, feature = "openai"))]
 pub(crate) fn sample_request(assistant_text: &str, assistant_id: &str) -> ModelRequest {
     use crate::items::{FunctionCallItem, FunctionCallOutputItem, MessageItem};
     use serde_json::json;

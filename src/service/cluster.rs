@@ -2,9 +2,12 @@
 //! its sessions, the live nodes (`GET /v1/cluster`), readiness, and taking over the runs of
 //! nodes whose heartbeat stopped.
 
+#[cfg(feature = "nats")]
 use std::sync::Arc;
 
-use serde_json::{json, Value};
+#[cfg(feature = "nats")]
+use serde_json::json;
+use serde_json::Value;
 
 use super::Core;
 use crate::service::error::ApiError;

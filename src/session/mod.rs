@@ -4,7 +4,7 @@
 //! - [`store`]: the [`Store`] trait every store implements.
 //! - [`records`]: run records, session numbering, turn records.
 //! - [`memory`]: [`MemorySession`] and the bounded in-memory [`MemoryStore`].
-//! - [`sqlite`]: the embedded SQLite store (the server's default).
+//! - [`sqlite`]: the embedded SQLite store (the server's default; feature `sqlite`).
 //! - [`postgres`]: the PostgreSQL store, shared by a cluster's nodes (feature `postgres`).
 //! - [`claim`]: one run at a time per session, for library programs.
 
@@ -13,6 +13,7 @@ pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod records;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 pub mod store;
 
@@ -26,6 +27,7 @@ pub use records::{
     RunDetail, RunEnd, RunErrorInfo, RunQuery, RunRecord, RunStart, RunStatus, RunUpdate,
     SessionInfo, SessionMeta, TurnRecord,
 };
+#[cfg(feature = "sqlite")]
 pub use sqlite::{
     Durability, SqliteSession, SqliteStore, StoreOptions, StoreStats, DEFAULT_TENANT,
 };

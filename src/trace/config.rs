@@ -21,10 +21,13 @@ use serde::Deserialize;
 
 use super::batch::{BatchConfig, BatchTraceProcessor};
 use super::processor::Tracer;
-use super::sinks::{
-    ConsoleSink, JsonlSink, OpenAiSink, OpenAiSinkConfig, OtlpSink, OtlpSinkConfig, Sink,
-    SinkError, StoreSink, TraceStore,
-};
+#[cfg(feature = "openai")]
+use super::sinks::OpenAiSink;
+#[cfg(feature = "otlp")]
+use super::sinks::OtlpSink;
+use super::sinks::{ConsoleSink, JsonlSink, OpenAiSinkConfig, OtlpSinkConfig, Sink, SinkError};
+#[cfg(feature = "sqlite")]
+use super::sinks::{StoreSink, TraceStore};
 
 /// A sink to enable.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash)]
@@ -40,6 +43,47 @@ pub enum SinkKind {
     Openai,
     /// OpenTelemetry OTLP/HTTP at `[tracing.otlp] endpoint`.
     Otlp,
+}
+
+impl SinkKind {
+    /// The name a config gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SinkKind::Console => "console",
+            SinkKind::Jsonl => "jsonl",
+            SinkKind::Store => "store",
+            SinkKind::Openai => "openai",
+            SinkKind::Otlp => "otlp",
+        }
+    }
+
+    /// The cargo feature this sink needs when this build lacks it (`None`: it is built in).
+    pub fn missing_feature(self) -> Option<&'static str> {
+        let (feature, on) = match self {
+            SinkKind::Console | SinkKind::Jsonl => return None,
+            SinkKind::Store => ("sqlite", cfg!(feature = "sqlite")),
+            SinkKind::Openai => ("openai", cfg!(feature = "openai")),
+            SinkKind::Otlp => ("otlp", cfg!(feature = "otlp")),
+        };
+        (!on).then_some(feature)
+    }
+
+    /// The problem of naming this sink in a build without its feature (`None`: built in).
+    pub fn not_built(self) -> Option<TracingConfigError> {
+        self.missing_feature().map(|_| self.not_built_error())
+    }
+
+    fn not_built_error(self) -> TracingConfigError {
+        let feature = self.missing_feature().unwrap_or(self.name());
+        TracingConfigError::Invalid {
+            key: "sinks".into(),
+            message: format!(
+                "the {} sink is not in this build: it has no `{feature}` feature; rebuild with --features {feature}, or remove \"{}\" from sinks",
+                self.name(),
+                self.name()
+            ),
+        }
+    }
 }
 
 /// `[tracing.jsonl]`.
@@ -83,7 +127,7 @@ pub const DEFAULT_MAX_INGEST_BYTES: usize = 32 * 1024 * 1024;
 pub struct TracingConfig {
     /// No traces at all (as `OPENAI_AGENTS_DISABLE_TRACING=1`).
     pub disabled: bool,
-    /// Where spans go, in order (`["store"]`).
+    /// Where spans go, in order (`["store"]`; none in a build without the `sqlite` feature).
     pub sinks: Vec<SinkKind>,
     /// Keep model inputs and outputs and tool arguments and outputs in spans (default: the
     /// `OPENAI_AGENTS_TRACE_INCLUDE_SENSITIVE_DATA` variable, else true as in the SDK).
@@ -109,7 +153,11 @@ impl Default for TracingConfig {
     fn default() -> Self {
         TracingConfig {
             disabled: false,
-            sinks: vec![SinkKind::Store],
+            sinks: if cfg!(feature = "sqlite") {
+                vec![SinkKind::Store]
+            } else {
+                Vec::new()
+            },
             include_sensitive_data: None,
             metadata_on_spans: false,
             batch: BatchConfig::default(),
@@ -151,6 +199,7 @@ pub struct TracingSetup {
     /// The batch processor feeding the sinks (none when disabled or without sinks).
     pub processor: Option<BatchTraceProcessor>,
     /// The trace store, when the `store` sink is on.
+    #[cfg(feature = "sqlite")]
     pub store: Option<TraceStore>,
 }
 
@@ -186,6 +235,11 @@ impl TracingConfig {
                 });
             }
         }
+        for s in &self.sinks {
+            if let Some(e) = s.not_built() {
+                out.push(e);
+            }
+        }
         if self.sinks.contains(&SinkKind::Openai) && self.openai.api_key_env.is_empty() {
             out.push(TracingConfigError::Invalid {
                 key: "openai.api_key_env".into(),
@@ -215,6 +269,7 @@ impl TracingConfig {
             return Ok(TracingSetup::default());
         }
         let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+        #[cfg(feature = "sqlite")]
         let mut store = None;
         for kind in &self.sinks {
             let sink: Arc<dyn Sink> = match kind {
@@ -227,6 +282,7 @@ impl TracingConfig {
                         }
                     })?)
                 }
+                #[cfg(feature = "sqlite")]
                 SinkKind::Store => {
                     let s = if self.store.path.as_os_str() == ":memory:" {
                         TraceStore::open_in_memory()
@@ -240,6 +296,7 @@ impl TracingConfig {
                     store = Some(s.clone());
                     Arc::new(StoreSink::with_batch_size(s, self.batch.max_batch_size))
                 }
+                #[cfg(feature = "openai")]
                 SinkKind::Openai => {
                     let s = OpenAiSink::new(&self.openai).map_err(|source| {
                         TracingConfigError::Sink {
@@ -252,17 +309,22 @@ impl TracingConfig {
                     }
                     Arc::new(s)
                 }
+                #[cfg(feature = "otlp")]
                 SinkKind::Otlp => Arc::new(OtlpSink::new(&self.otlp).map_err(|source| {
                     TracingConfigError::Sink {
                         sink: "otlp",
                         source,
                     }
                 })?),
+                // A sink this build lacks (`problems()` above has refused it already).
+                #[allow(unreachable_patterns)]
+                other => return Err(other.not_built_error()),
             };
             sinks.push(sink);
         }
         Ok(TracingSetup {
             processor: Some(BatchTraceProcessor::new(sinks, self.batch.clone())),
+            #[cfg(feature = "sqlite")]
             store,
         })
     }
@@ -290,6 +352,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_sink_this_build_lacks_is_refused_by_name_with_its_feature() {
+        let cfg: TracingConfig =
+            toml::from_str(r#"sinks = ["console", "jsonl", "store", "openai", "otlp"]"#).unwrap();
+        let problems: Vec<String> = cfg.problems().iter().map(|p| p.to_string()).collect();
+        for (kind, feature, on) in [
+            (SinkKind::Store, "sqlite", cfg!(feature = "sqlite")),
+            (SinkKind::Openai, "openai", cfg!(feature = "openai")),
+            (SinkKind::Otlp, "otlp", cfg!(feature = "otlp")),
+        ] {
+            let said = problems
+                .iter()
+                .any(|p| p.contains(&format!("rebuild with --features {feature}")));
+            assert_eq!(said, !on, "{kind:?}: {problems:?}");
+            assert_eq!(kind.missing_feature().is_some(), !on);
+        }
+        assert_eq!(SinkKind::Console.missing_feature(), None);
+        assert_eq!(SinkKind::Jsonl.missing_feature(), None);
+        let built = cfg!(all(
+            feature = "sqlite",
+            feature = "openai",
+            feature = "otlp"
+        ));
+        assert_eq!(problems.is_empty(), built, "{problems:?}");
+    }
+
+    #[test]
     fn parses_the_documented_shape_and_refuses_unknown_keys() {
         let c: TracingConfig = toml::from_str(
             r#"
@@ -314,7 +402,13 @@ mod tests {
         assert_eq!(c.sinks.len(), 5);
         assert_eq!(c.batch.max_queue_size, 100);
         assert_eq!(c.batch.max_batch_size, 128);
-        assert!(c.problems().is_empty());
+        // Only a sink this build lacks is a problem (none in the default build).
+        let p = c.problems();
+        assert!(
+            p.iter()
+                .all(|p| p.to_string().contains("not in this build")),
+            "{p:?}"
+        );
         let bad = toml::from_str::<TracingConfig>("sinks = [\"store\"]\nbogus = 1");
         assert!(bad.unwrap_err().to_string().contains("bogus"));
         let bad = toml::from_str::<TracingConfig>("sinks = [\"kafka\"]");

@@ -7,6 +7,7 @@
 //! does.
 
 pub mod batch;
+#[cfg(feature = "server")]
 pub mod browse;
 pub mod config;
 pub mod context;

@@ -243,6 +243,7 @@ macro_rules! on_both_stores {
 /// Starts a server on `toml`, its sessions in this thread's store kind.
 pub async fn start(toml: &str) -> TestServer {
     let cfg = Config::parse("test.toml", toml).unwrap_or_else(|e| panic!("{e}"));
+    #[cfg_attr(not(feature = "postgres"), allow(unused_mut))]
     let mut schema = None;
     let (core, dir) = match store_kind() {
         StoreKind::Memory => (Core::new(cfg).unwrap_or_else(|e| panic!("{e}")), None),

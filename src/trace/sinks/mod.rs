@@ -1,12 +1,17 @@
 //! Trace sinks: where batches of trace and span exports go. One trait, [`Sink`], and one
-//! file per implementation: [`console`], [`jsonl`], [`store`], [`openai`], [`otlp`]. The
+//! file per implementation: [`console`], [`jsonl`], `store` (feature `sqlite`), `openai`
+//! (feature `openai`), `otlp` (feature `otlp`); their settings in [`settings`]. The
 //! tracing actor runs each sink on a worker of its own with timeouts, so a sink only has to
 //! do its job and report failures as [`SinkError`].
 
 pub mod console;
 pub mod jsonl;
+#[cfg(feature = "openai")]
 pub mod openai;
+#[cfg(feature = "otlp")]
 pub mod otlp;
+pub mod settings;
+#[cfg(feature = "sqlite")]
 pub mod store;
 
 use async_trait::async_trait;
@@ -15,8 +20,12 @@ use super::batch::ExportItem;
 
 pub use console::ConsoleSink;
 pub use jsonl::JsonlSink;
-pub use openai::{OpenAiSink, OpenAiSinkConfig};
-pub use otlp::{OtlpSink, OtlpSinkConfig};
+#[cfg(feature = "openai")]
+pub use openai::OpenAiSink;
+#[cfg(feature = "otlp")]
+pub use otlp::OtlpSink;
+pub use settings::{OpenAiSinkConfig, OtlpSinkConfig};
+#[cfg(feature = "sqlite")]
 pub use store::{StoreSink, TraceQuery, TraceStore, TraceSummary};
 
 /// Why a sink could not take a batch.
@@ -32,6 +41,7 @@ pub enum SinkError {
         source: std::io::Error,
     },
     /// The embedded store failed.
+    #[cfg(feature = "sqlite")]
     #[error("trace store error: {0}; check the store path and that no other process holds the database locked")]
     Store(#[from] rusqlite::Error),
     /// The receiver refused the batch (4xx); it is not retried.
@@ -109,6 +119,7 @@ impl Default for RetryPolicy {
 
 /// POSTs `body` with retries: 2xx is success, 4xx is refused at once (not retried), 5xx and
 /// network errors are retried per `policy`.
+#[cfg(any(feature = "openai", feature = "otlp"))]
 pub(crate) async fn post_with_retry(
     client: &reqwest::Client,
     url: &str,

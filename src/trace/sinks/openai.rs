@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
+pub use super::settings::OpenAiSinkConfig;
+use super::settings::OPENAI_BASE;
 use super::{post_with_retry, RetryPolicy, Sink, SinkError};
 use crate::trace::batch::{ExportItem, ItemKind};
 
@@ -17,39 +18,6 @@ use crate::trace::batch::{ExportItem, ItemKind};
 pub const MAX_FIELD_BYTES: usize = 100_000;
 /// What ends a cut string.
 pub const TRUNCATION_SUFFIX: &str = "... [truncated]";
-
-const OPENAI_BASE: &str = "https://api.openai.com/v1";
-
-/// Settings of the `openai` sink (`[tracing.openai]`).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct OpenAiSinkConfig {
-    /// API base; traces go to `{base_url}/traces/ingest` (`https://api.openai.com/v1`).
-    pub base_url: String,
-    /// The environment variable holding the API key (`OPENAI_API_KEY`).
-    pub api_key_env: String,
-    /// Attempts per batch (3).
-    pub max_attempts: u32,
-    /// First retry delay in milliseconds, doubled each time (1000).
-    pub base_delay_ms: u64,
-    /// Longest retry delay in milliseconds (30000).
-    pub max_delay_ms: u64,
-    /// Timeout of one request in milliseconds (60000).
-    pub request_timeout_ms: u64,
-}
-
-impl Default for OpenAiSinkConfig {
-    fn default() -> Self {
-        OpenAiSinkConfig {
-            base_url: OPENAI_BASE.to_owned(),
-            api_key_env: "OPENAI_API_KEY".to_owned(),
-            max_attempts: 3,
-            base_delay_ms: 1000,
-            max_delay_ms: 30_000,
-            request_timeout_ms: 60_000,
-        }
-    }
-}
 
 /// Sends batches to an OpenAI-compatible trace ingest endpoint.
 pub struct OpenAiSink {

@@ -3,7 +3,7 @@
 //! show callboard runs: agent spans are `invoke_agent {name}`, tool calls `execute_tool
 //! {name}`, model calls `chat {model}`, with `gen_ai.*` attributes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -16,48 +16,14 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSpans, Status};
 use prost::Message;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
-use serde::Deserialize;
 use serde_json::Value;
 
+pub use super::settings::OtlpSinkConfig;
 use super::{post_with_retry, RetryPolicy, Sink, SinkError};
 use crate::trace::batch::{ExportItem, ItemKind};
 
 /// Most traces whose workflow and group are remembered for their spans.
 const MAX_TRACES_KEPT: usize = 50_000;
-
-/// Settings of the `otlp` sink (`[tracing.otlp]`).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct OtlpSinkConfig {
-    /// The OTLP/HTTP traces URL (`http://127.0.0.1:4318/v1/traces`).
-    pub endpoint: String,
-    /// Extra request headers (e.g. an authorization header for a hosted backend).
-    pub headers: BTreeMap<String, String>,
-    /// The resource's `service.name` (`callboard`).
-    pub service_name: String,
-    /// Attempts per batch (3).
-    pub max_attempts: u32,
-    /// First retry delay in milliseconds, doubled each time (1000).
-    pub base_delay_ms: u64,
-    /// Longest retry delay in milliseconds (30000).
-    pub max_delay_ms: u64,
-    /// Timeout of one request in milliseconds (10000).
-    pub request_timeout_ms: u64,
-}
-
-impl Default for OtlpSinkConfig {
-    fn default() -> Self {
-        OtlpSinkConfig {
-            endpoint: "http://127.0.0.1:4318/v1/traces".to_owned(),
-            headers: BTreeMap::new(),
-            service_name: "callboard".to_owned(),
-            max_attempts: 3,
-            base_delay_ms: 1000,
-            max_delay_ms: 30_000,
-            request_timeout_ms: 10_000,
-        }
-    }
-}
 
 #[derive(Clone, Debug, Default)]
 struct TraceInfo {
