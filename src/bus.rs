@@ -375,11 +375,19 @@ struct TopicState {
     live: Option<broadcast::Sender<Arc<Frame>>>,
 }
 
+/// Where a topic's frames also go, in seq order (the cluster's bus stream): called under
+/// the topic's lock with every frame as it is numbered, so it must never wait.
+pub trait TopicMirror: Send + Sync {
+    /// A frame was published.
+    fn frame(&self, frame: &Arc<Frame>);
+}
+
 /// One session's topic.
 pub struct Topic {
     session_id: Arc<str>,
     limits: BusLimits,
     state: Mutex<TopicState>,
+    mirror: OnceLock<Arc<dyn TopicMirror>>,
 }
 
 /// Resuming from a `seq` that history no longer holds.
@@ -403,7 +411,19 @@ impl Topic {
                 live: None,
             }),
             limits,
+            mirror: OnceLock::new(),
         })
+    }
+
+    /// Whether a mirror is set.
+    pub fn has_mirror(&self) -> bool {
+        self.mirror.get().is_some()
+    }
+
+    /// Sends every frame published from now on to `mirror` too (once; later calls are
+    /// ignored).
+    pub fn set_mirror(&self, mirror: Arc<dyn TopicMirror>) {
+        let _ = self.mirror.set(mirror);
     }
 
     /// A new empty topic whose first frame will be `after_seq + 1`: a session whose earlier
@@ -476,6 +496,9 @@ impl Topic {
             if let Some(b) = &self.limits.budget {
                 b.add(n);
             }
+        }
+        if let Some(m) = self.mirror.get() {
+            m.frame(&frame);
         }
         if let Some(live) = &st.live {
             if live.send(frame.clone()).is_err() {

@@ -411,6 +411,8 @@ pub struct Config {
     pub logging: crate::logging::LoggingConfig,
     /// `[runs]`.
     pub runs: RunsConfig,
+    /// `[cluster]`: more than one node (none: one process, as before).
+    pub cluster: Option<crate::cluster::config::ClusterConfig>,
     /// Whether this is the embedded default config.
     pub embedded: bool,
 }
@@ -439,6 +441,7 @@ const TOP_KEYS: &[&str] = &[
     "limits",
     "logging",
     "runs",
+    "cluster",
 ];
 
 struct Collector {
@@ -537,6 +540,8 @@ impl Config {
         let limits: LimitsConfig = c.section("limits", root.get("limits"));
         let logging: crate::logging::LoggingConfig = c.section("logging", root.get("logging"));
         let runs: RunsConfig = c.section("runs", root.get("runs"));
+        let cluster: Option<crate::cluster::config::ClusterConfig> =
+            root.get("cluster").and_then(|v| c.value("cluster", v));
         let mut models = BTreeMap::new();
         match root.get("models") {
             None => {}
@@ -565,6 +570,7 @@ impl Config {
             limits,
             logging,
             runs,
+            cluster,
             embedded: false,
         };
         cfg.validate(&mut c);
@@ -579,6 +585,11 @@ impl Config {
     }
 
     fn validate(&self, c: &mut Collector) {
+        if let Some(cl) = &self.cluster {
+            for (k, m) in cl.issues(self.sessions.store.as_deref()) {
+                c.push(k, m);
+            }
+        }
         if self.server.bind.parse::<SocketAddr>().is_err() {
             c.push(
                 "server.bind",

@@ -23,7 +23,7 @@
 //! All on by default (the binary needs them). With `default-features = false` the crate is
 //! the engine alone: agents, tools, handoffs, guardrails, the runner and its actors, the bus,
 //! the scripted model, memory sessions, tracing with the console and jsonl sinks.
-//! - `server`: [`server`], [`hub`], [`cli`], [`loadtest`], [`service`], [`config`] (axum,
+//! - `server`: [`server`], [`hub`], [`cli`], [`loadtest`], [`service`], [`config`], [`cluster`] (axum,
 //!   clap); turns on `sqlite` and `openai`.
 //! - `sqlite`: the SQLite session store and trace store (rusqlite).
 //! - `openai`: the OpenAI providers and the OpenAI trace sink (reqwest).
@@ -66,7 +66,7 @@
 //! - [`bus`]: session topics: typed frames with a gapless `seq`, bounded history, a live ring,
 //!   `lagged` for subscribers that fall behind.
 //! - [`session`]: conversation memory (the SDK's `Session`), the `Store` trait, run records,
-//!   the memory store and the SQLite store.
+//!   the memory store, the SQLite store and the PostgreSQL store (the `postgres` feature).
 //!
 //! What agents are made of:
 //! - [`agent`]: `Agent` and its parts (instructions, output type, tool-use behaviour).
@@ -94,6 +94,8 @@ pub mod agent;
 pub mod bus;
 #[cfg(feature = "server")]
 pub mod cli;
+#[cfg(feature = "server")]
+pub mod cluster;
 #[cfg(feature = "server")]
 pub mod config;
 pub mod context;

@@ -33,9 +33,11 @@ provider = "scripted"
 delay_ms = 20
 "#;
 
-/// A concierge that asks the user (a client-side tool) before answering, and an agent whose
-/// model fails.
-const TOOLS: &str = r#"
+/// A concierge that asks the user (a client-side tool) before answering, an agent whose
+/// model fails, and a banker whose `wire_money` (an HTTP tool at `tool_addr`) needs approval.
+fn tools_config(tool_addr: std::net::SocketAddr) -> String {
+    format!(
+        r#"
 [[auth.keys]]
 key = "key-acme"
 tenant = "acme"
@@ -43,14 +45,21 @@ tenant = "acme"
 [models.concierge]
 provider = "scripted"
 [[models.concierge.script]]
-outputs = [{ kind = "call", name = "confirm_with_user", arguments = '{"question":"Book the table for two at 8?"}' }]
+outputs = [{{ kind = "call", name = "confirm_with_user", arguments = '{{"question":"Book the table for two at 8?"}}' }}]
 [[models.concierge.script]]
-outputs = [{ kind = "message", text = "Booked: a table for two at 8.", deltas = 4 }]
+outputs = [{{ kind = "message", text = "Booked: a table for two at 8.", deltas = 4 }}]
 
 [models.broken]
 provider = "scripted"
 [[models.broken.script]]
 fail = "the model answered nonsense"
+
+[models.banker]
+provider = "scripted"
+[[models.banker.script]]
+outputs = [{{ kind = "call", name = "wire_money", arguments = '{{"amount":5}}' }}]
+[[models.banker.script]]
+outputs = [{{ kind = "message", text = "Done.", deltas = 2 }}]
 
 [[agents]]
 name = "Concierge"
@@ -63,13 +72,44 @@ name = "Broken"
 instructions = "Fails."
 model = "broken"
 
+[[agents]]
+name = "Banker"
+instructions = "Sends money when asked."
+model = "banker"
+tools = ["wire_money"]
+
 [[tools]]
 name = "confirm_with_user"
 description = "Ask the user to confirm."
 kind = "client"
-parameters = { type = "object", properties = { question = { type = "string" } }, required = ["question"] }
+parameters = {{ type = "object", properties = {{ question = {{ type = "string" }} }}, required = ["question"] }}
 timeout_ms = 30000
-"#;
+
+[[tools]]
+name = "wire_money"
+description = "Sends money."
+kind = "http"
+url = "http://{tool_addr}/wire"
+parameters = {{ type = "object", properties = {{ amount = {{ type = "number" }} }}, required = ["amount"] }}
+needs_approval = true
+"#
+    )
+}
+
+/// The HTTP tool behind `wire_money`: answers `sent <amount>`.
+async fn wire_money_server() -> std::net::SocketAddr {
+    let app = axum::Router::new().route(
+        "/wire",
+        axum::routing::post(|body: String| async move {
+            let v: Value = serde_json::from_str(&body).unwrap_or_default();
+            format!("sent {}", v["amount"])
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    addr
+}
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -322,7 +362,7 @@ async fn node_test(file: &str) {
         }
     };
     let demo = start(DEMO).await;
-    let tools = start(TOOLS).await;
+    let tools = start(&tools_config(wire_money_server().await)).await;
     let mut child = Command::new("node")
         .args(["--test", "--test-reporter=spec", file])
         .current_dir(&dir)

@@ -351,6 +351,64 @@ async fn loadtest(a: LoadtestArgs) -> i32 {
     }
 }
 
+/// This node's membership, left at a clean stop.
+struct Membership {
+    stop: tokio_util::sync::CancellationToken,
+    #[cfg(feature = "nats")]
+    cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
+}
+
+impl Membership {
+    async fn leave(self) {
+        self.stop.cancel();
+        #[cfg(feature = "nats")]
+        if let Some(c) = self.cluster {
+            c.leave().await;
+        }
+    }
+}
+
+/// Joins `[cluster]` when the config has one: connects to NATS, beats, takes over the runs of
+/// nodes that are gone.
+async fn join_cluster(
+    core: &std::sync::Arc<crate::server::Core>,
+    local: std::net::SocketAddr,
+) -> Result<Membership, String> {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let Some(cfg) = core.config.cluster.clone() else {
+        return Ok(Membership {
+            stop,
+            #[cfg(feature = "nats")]
+            cluster: None,
+        });
+    };
+    #[cfg(not(feature = "nats"))]
+    {
+        let _ = (cfg, local);
+        Err("this callboard was built without the `nats` feature (on by default); rebuild it with it to run [cluster]".into())
+    }
+    #[cfg(feature = "nats")]
+    {
+        let node_id = cfg.node_id(local.port());
+        let cluster = crate::cluster::Cluster::connect(&cfg, node_id, local.to_string())
+            .await
+            .map_err(|e| e.to_string())?;
+        core.set_cluster(cluster.clone());
+        cluster.beat(0).await.map_err(|e| e.to_string())?;
+        let counted = core.clone();
+        cluster.spawn_heartbeats(move || counted.active_runs(), stop.clone());
+        tokio::spawn(core.clone().take_over_runs(stop.clone()));
+        eprintln!(
+            "callboard: node {} of a cluster on {} (streams {}_bus, {}_nodes)",
+            cluster.node_id, cfg.nats_url, cfg.prefix, cfg.prefix
+        );
+        Ok(Membership {
+            stop,
+            cluster: Some(cluster),
+        })
+    }
+}
+
 async fn serve(config: Option<PathBuf>) -> i32 {
     let cfg = match load_config(config.as_ref()) {
         Ok(c) => {
@@ -402,11 +460,20 @@ async fn serve(config: Option<PathBuf>) -> i32 {
         }
     };
     let local = listener.local_addr().unwrap_or(addr);
+    let cluster = match join_cluster(&core, local).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: cluster: {e}", core.config.source);
+            eprintln!("callboard: refusing to start");
+            return 2;
+        }
+    };
     for line in crate::server::banner(&core, local) {
         eprintln!("{line}");
     }
     let served =
         crate::server::serve(listener, core.clone(), crate::server::shutdown_signal()).await;
+    cluster.leave().await;
     if let Some(t) = core.tracing() {
         if !t.shutdown().await {
             eprintln!("callboard: a trace sink did not finish in time; some spans may be lost");

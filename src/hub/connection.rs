@@ -370,6 +370,10 @@ impl Conn {
         if let Err(e) = self.make_room().await {
             return self.error(id, e).await;
         }
+        #[cfg(feature = "nats")]
+        if self.core.cluster().is_some() {
+            return self.follow_remote(s).await;
+        }
         let subscribed = match self
             .core
             .subscribe(&self.tenant, &s.session_id, s.after_seq, s.epoch.as_deref())
@@ -389,6 +393,41 @@ impl Conn {
             .await;
         let view = (s.format.unwrap_or_default(), s.depth.unwrap_or_default());
         self.forward_to(&s.session_id, subscribed.sub, view);
+    }
+
+    /// [`follow`](Self::follow) in a cluster: through the bus stream, so the frames of a run
+    /// on any node arrive with their seqs.
+    #[cfg(feature = "nats")]
+    async fn follow_remote(&mut self, s: frames::Subscribe) {
+        let id = s.id.as_ref();
+        let (followed, epoch) = match self
+            .core
+            .follow_remote(&self.tenant, &s.session_id, s.after_seq, s.epoch.as_deref())
+            .await
+        {
+            Ok(f) => f,
+            Err(e) => return self.error(id, e).await,
+        };
+        let ack = frames::Subscribed {
+            ty: "session.subscribed",
+            id,
+            session_id: &s.session_id,
+            epoch: &epoch,
+            last_seq: followed.last_seq,
+        };
+        self.send_own(serde_json::to_string(&ack).unwrap_or_default())
+            .await;
+        let view = (s.format.unwrap_or_default(), s.depth.unwrap_or_default());
+        let h = tokio::spawn(forward_remote(
+            self.core.clone(),
+            followed.follow,
+            self.tx.clone(),
+            view,
+            s.after_seq.unwrap_or(0),
+            epoch,
+        ));
+        self.tick += 1;
+        self.subs.insert(s.session_id.clone(), (h, self.tick));
     }
 
     fn touch(&mut self, session_id: &str) {
@@ -498,6 +537,46 @@ async fn forward(
                 break;
             }
             None => break,
+        }
+    }
+}
+
+/// Forwards frames from the bus stream (a session followed in a cluster). The follow reads
+/// at the pace of the connection (the consumer pulls as frames are sent), so it is never
+/// `lagged`; retained frames that no longer reach back to `after_seq` end it with
+/// `history_truncated`.
+#[cfg(feature = "nats")]
+async fn forward_remote(
+    core: Arc<Core>,
+    mut follow: crate::cluster::bus::RemoteFollow,
+    tx: mpsc::Sender<Out>,
+    (format, depth): (Format, Depth),
+    after_seq: u64,
+    epoch: String,
+) {
+    use crate::cluster::bus::RemoteDelivery;
+    let _live = core.count_subscription();
+    while let Some(d) = follow.recv().await {
+        match d {
+            RemoteDelivery::Frame(f) => {
+                if !depth.admits_depth(f.depth) {
+                    continue;
+                }
+                if let Some(b) = f.bytes(format) {
+                    if tx.send(Out::Shared(b.clone())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            RemoteDelivery::Truncated { oldest_seq } => {
+                let e = ApiError::HistoryTruncated {
+                    after_seq,
+                    oldest_seq,
+                    epoch: Some(epoch),
+                };
+                let _ = tx.send(Out::Own(e.frame(None))).await;
+                return;
+            }
         }
     }
 }

@@ -7,6 +7,10 @@
 //!   in the session). When it is the assistant's, its tool parts in state `output-available`
 //!   (or `output-error`) answer the client-side tool calls the session's run waits for
 //!   (`addToolOutput` with `sendAutomaticallyWhen`), and the stream goes on with that run.
+//!   Its tool parts in state `approval-responded` (`addToolApprovalResponse`) decide the calls
+//!   the session's paused run waits on (PROTOCOL.md 6.3: a run paused for approval ends its
+//!   stream with a `tool-approval-request` part per call), and the stream follows the resumed
+//!   run.
 //! - `GET /v1/agents/{agent}/ai-sdk/{id}/stream` is the SDK's resume request
 //!   (`resumeStream()`, `useChat({resume: true})`): the session's run in progress replayed
 //!   from its start, or 204 when none is.
@@ -56,6 +60,8 @@ enum Ask {
     Run(String),
     /// Outputs of client-side tool calls: `(toolCallId, output)`.
     ToolOutputs(Vec<(String, String)>),
+    /// The user's decisions on calls waiting for approval (`addToolApprovalResponse`).
+    Approvals(Vec<ui_stream::Approval>),
 }
 
 fn read_request(body: &[u8]) -> Result<(String, Ask), ApiError> {
@@ -83,14 +89,28 @@ fn read_request(body: &[u8]) -> Result<(String, Ask), ApiError> {
             Ask::Run(text.join("\n"))
         }
         "assistant" => {
-            let outputs = last
-                .parts
-                .iter()
-                .filter(|p| {
+            let tools = || {
+                last.parts.iter().filter(|p| {
                     p["type"]
                         .as_str()
                         .is_some_and(|t| t.starts_with("tool-") || t == "dynamic-tool")
                 })
+            };
+            let approvals: Vec<ui_stream::Approval> = tools()
+                .filter(|p| p["state"] == "approval-responded")
+                .filter_map(|p| {
+                    let a = &p["approval"];
+                    Some(ui_stream::Approval {
+                        call_id: p["toolCallId"].as_str()?.to_owned(),
+                        approved: a["approved"].as_bool()?,
+                        reason: a["reason"].as_str().map(str::to_owned),
+                    })
+                })
+                .collect();
+            if !approvals.is_empty() {
+                return Ok((req.id, Ask::Approvals(approvals)));
+            }
+            let outputs = tools()
                 .filter_map(|p| {
                     let id = p["toolCallId"].as_str()?.to_owned();
                     match p["state"].as_str()? {
@@ -135,6 +155,11 @@ pub async fn chat(
         Ask::ToolOutputs(outputs) => {
             let (f, answered) = ui_stream::answer_tool_calls(&core, &tenant, &session_id, outputs)?;
             let enc = AiSdkStream::continuing(session_id, f.run_id.clone(), answered);
+            (f, enc)
+        }
+        Ask::Approvals(decisions) => {
+            let f = ui_stream::decide_approvals(&core, &tenant, &session_id, decisions).await?;
+            let enc = AiSdkStream::continuing(session_id, f.run_id.clone(), Vec::new());
             (f, enc)
         }
     };
@@ -203,6 +228,39 @@ mod tests {
                 ("c1".into(), "yes".into()),
                 ("c2".into(), r#"{"ok":true}"#.into()),
                 ("c3".into(), "Error: nope".into()),
+            ])
+        );
+    }
+
+    #[test]
+    fn approval_responses_are_decisions() {
+        let body = serde_json::json!({
+            "id": "chat-1",
+            "messages": [{"id": "a", "role": "assistant", "parts": [
+                {"type": "tool-get_weather", "toolCallId": "c0", "state": "output-available", "input": {}, "output": "sunny",
+                 "approval": {"id": "c0", "approved": true}},
+                {"type": "tool-refund", "toolCallId": "c1", "state": "approval-responded", "input": {},
+                 "approval": {"id": "c1", "approved": true}},
+                {"type": "tool-refund", "toolCallId": "c2", "state": "approval-responded", "input": {},
+                 "approval": {"id": "c2", "approved": false, "reason": "too much"}},
+                {"type": "tool-refund", "toolCallId": "c3", "state": "approval-requested", "input": {},
+                 "approval": {"id": "c3"}}
+            ]}]
+        });
+        let (_, ask) = read_request(body.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            ask,
+            Ask::Approvals(vec![
+                ui_stream::Approval {
+                    call_id: "c1".into(),
+                    approved: true,
+                    reason: None
+                },
+                ui_stream::Approval {
+                    call_id: "c2".into(),
+                    approved: false,
+                    reason: Some("too much".into())
+                },
             ])
         );
     }

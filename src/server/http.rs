@@ -35,6 +35,12 @@ pub async fn healthz() -> Json<serde_json::Value> {
 pub async fn readyz(State(st): State<AppState>) -> Response {
     if st.core.is_draining() {
         ApiError::ShuttingDown.into_response()
+    } else if let Err(reason) = st.core.cluster_ready() {
+        (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reason": reason})),
+        )
+            .into_response()
     } else if let Err(e) = tokio::time::timeout(
         std::time::Duration::from_secs(2),
         st.core.sessions.store().ready(),
@@ -52,6 +58,14 @@ pub async fn readyz(State(st): State<AppState>) -> Response {
             .into_response()
     } else {
         Json(json!({"status": "ready", "agents": st.core.agent_infos.len()})).into_response()
+    }
+}
+
+/// `GET /v1/cluster`: this node and the live nodes (404 without `[cluster]`).
+pub async fn cluster(State(st): State<AppState>, _t: Tenant) -> Response {
+    match st.core.cluster_status().await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
     }
 }
 

@@ -47,6 +47,7 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(http::chat_page))
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))
+        .route("/v1/cluster", get(http::cluster))
         .route("/metrics", get(http::metrics))
         .route("/v1/ws", get(ws::ws_upgrade))
         .route("/v1/agents", get(http::agents))
@@ -124,12 +125,8 @@ pub fn banner(core: &Core, addr: std::net::SocketAddr) -> Vec<String> {
     ));
     v.push(if core.has_durable_store() {
         format!(
-            "callboard: sessions and run records: {} (SQLite, WAL)",
-            core.config
-                .sessions
-                .store
-                .as_deref()
-                .unwrap_or("sqlite://callboard.db")
+            "callboard: sessions and run records: {}",
+            core.sessions.store().describe()
         )
     } else {
         "callboard: sessions: in memory (lost at exit)".to_owned()

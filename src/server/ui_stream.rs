@@ -233,6 +233,54 @@ pub(crate) fn answer_tool_calls(
     ))
 }
 
+/// A user's decision on a tool call waiting for approval.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Approval {
+    /// The call.
+    pub call_id: String,
+    /// Run it, or not.
+    pub approved: bool,
+    /// Why not (the model reads it instead of the SDK's rejection message).
+    pub reason: Option<String>,
+}
+
+/// Decides the calls the session's paused run waits on, subscribed first so that the
+/// resumed run's frames are all seen; the run resumes when every pending call is decided.
+pub(crate) async fn decide_approvals(
+    core: &Arc<Core>,
+    tenant: &Arc<str>,
+    session_id: &str,
+    decisions: Vec<Approval>,
+) -> Result<Follow, ApiError> {
+    let owner = core.sessions.owner(tenant, session_id).await?;
+    let run_id = owner.current_run().ok_or_else(|| {
+        ApiError::Conflict(format!(
+            "no run of session `{}` waits for approval",
+            session_id.chars().take(100).collect::<String>()
+        ))
+    })?;
+    let topic = owner.topic().ok_or(ApiError::Internal)?;
+    let slot = core.connection_slot()?;
+    let sub = topic
+        .subscribe(Some(topic.last_seq()))
+        .map_err(|_| ApiError::Internal)?;
+    for d in decisions {
+        let decision = crate::run::state::Decision {
+            approved: d.approved,
+            message: if d.approved { None } else { d.reason },
+        };
+        core.decide(tenant, &run_id, &d.call_id, decision, false)
+            .await?;
+    }
+    Ok(Follow {
+        slot,
+        topic,
+        run_id: run_id.to_string(),
+        sub,
+        agent: None,
+    })
+}
+
 /// The session's run in progress, with a subscription from its first retained frame (a
 /// resumed stream replays the run from its start); `None` when no run holds the session.
 pub(crate) fn run_in_progress(

@@ -7,6 +7,7 @@
 //! - [`runs`]: preparing, launching and settling runs; the run registry; double-texting.
 //! - [`approvals`]: decisions on paused runs, their timeouts, run states.
 //! - [`request`]: the typed run request every transport parses into.
+//! - [`cluster`]: `[cluster]`: node ids, bus mirrors, live nodes, taking over runs.
 //! - [`store`]: the session store `[sessions] store` names.
 //! - [`metrics`], [`telemetry`]: counters, Prometheus text, named events that log and count.
 //! - [`error`]: `ApiError`, the one error type of every answer.
@@ -15,6 +16,7 @@
 
 pub mod approvals;
 pub mod cast;
+pub mod cluster;
 pub mod error;
 pub mod http_tool;
 pub mod metrics;
@@ -87,6 +89,11 @@ pub struct Core {
     tracing: std::sync::OnceLock<crate::trace::config::TracingSetup>,
     /// The MCP servers of the cast.
     pub mcp: crate::mcp::McpServers,
+    /// This node's id, with `[cluster]`.
+    node_id: std::sync::OnceLock<String>,
+    /// The cluster, with `[cluster]`.
+    #[cfg(feature = "nats")]
+    cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 /// A connection's place under `limits.max_connections` (WebSocket or SSE); released when
@@ -180,6 +187,9 @@ impl Core {
             started: Instant::now(),
             tracing: std::sync::OnceLock::new(),
             mcp: cast.mcp,
+            node_id: std::sync::OnceLock::new(),
+            #[cfg(feature = "nats")]
+            cluster: std::sync::OnceLock::new(),
         }))
     }
 

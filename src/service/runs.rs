@@ -240,7 +240,7 @@ impl PreparedRun {
                     seq_reserved: claimed.reserve.clone(),
                     status: RunStatus::Running,
                     request: None,
-                    node_id: None,
+                    node_id: core.node_id().map(str::to_owned),
                 };
                 // Recorded before the run can publish past the old reservation or save a turn.
                 store.record_run_start(start).await.map_err(|e| {
@@ -289,7 +289,7 @@ impl PreparedRun {
                         request: req.clone(),
                     })
                     .ok(),
-                    node_id: None,
+                    node_id: core.node_id().map(str::to_owned),
                 };
                 if let Err(e) = store.record_run_start(start).await {
                     tracing::error!(run_id = %run_id, error = %e, "could not record the queued run");
@@ -485,7 +485,7 @@ impl Core {
         let update = RunUpdate {
             status: RunStatus::Running,
             state: None,
-            node_id: None,
+            node_id: self.node_id().map(str::to_owned),
         };
         if let Err(e) = store.update_run(&tenant, &run_id, update).await {
             return fail(format!("the session store failed: {e}")).await;
@@ -872,6 +872,20 @@ impl Core {
     /// queued runs start in order once their session is free; paused runs stay paused.
     /// Answers how many runs were resumed and how many interrupted.
     pub async fn recover(self: &Arc<Self>) -> (usize, usize) {
+        #[cfg(feature = "nats")]
+        if let Some(c) = self.cluster().cloned() {
+            return self.recover_in_cluster(&c).await;
+        }
+        self.recover_where(&|_| true).await
+    }
+
+    /// [`recover`](Self::recover) for the runs in flight `mine` accepts (with `[cluster]`: the
+    /// runs of this node and of nodes that are gone, each taken over here only if no other
+    /// node took it first).
+    pub(crate) async fn recover_where(
+        self: &Arc<Self>,
+        mine: &(dyn Fn(&crate::session::RunRecord) -> bool + Sync),
+    ) -> (usize, usize) {
         let store = self.sessions.store().clone();
         let runs = match store.runs_in_flight().await {
             Ok(r) => r,
@@ -884,15 +898,38 @@ impl Core {
         let mut sessions = Vec::new();
         for d in runs {
             let r = &d.record;
+            if !mine(r) {
+                continue;
+            }
             let (Some(sid), tenant) = (r.session_id.clone(), Arc::<str>::from(r.tenant.as_str()))
             else {
                 continue;
             };
+            if r.status != RunStatus::Running {
+                // Queued and paused runs are taken up by the node that accepted them (alone:
+                // this process; in a cluster: the node restarting under the same id).
+                let own = self.node_id().is_none() || r.node_id.as_deref() == self.node_id();
+                if own && !sessions.contains(&(tenant.clone(), sid.clone())) {
+                    sessions.push((tenant.clone(), sid.clone()));
+                }
+                continue;
+            }
+            if let Some(me) = self.node_id() {
+                // Several nodes may see the same orphan: one takes it, atomically.
+                match store
+                    .take_over_run(&r.tenant, &r.run_id, r.node_id.as_deref(), me)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        tracing::error!(run_id = %r.run_id, error = %e, "could not take over a run");
+                        continue;
+                    }
+                }
+            }
             if !sessions.contains(&(tenant.clone(), sid.clone())) {
                 sessions.push((tenant.clone(), sid.clone()));
-            }
-            if r.status != RunStatus::Running {
-                continue;
             }
             let Ok(owner) = self.sessions.owner(&tenant, &sid).await else {
                 continue;

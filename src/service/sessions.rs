@@ -594,6 +594,19 @@ pub struct Sessions {
     idle: Duration,
     /// How long turn saves take (items, run record and run state in one store write).
     save_latency: Histogram,
+    /// Gives each session's topic a mirror (the cluster's bus stream), when set.
+    mirrors: std::sync::OnceLock<Arc<dyn MirrorFactory>>,
+}
+
+/// Makes the mirror of a session's topic (see [`crate::bus::TopicMirror`]).
+pub trait MirrorFactory: Send + Sync {
+    /// The mirror of `tenant`'s session `session_id`, whose numbering is `epoch`.
+    fn mirror(
+        &self,
+        tenant: &Arc<str>,
+        session_id: &Arc<str>,
+        epoch: &str,
+    ) -> Arc<dyn crate::bus::TopicMirror>;
 }
 
 impl Sessions {
@@ -616,6 +629,43 @@ impl Sessions {
             budget,
             idle,
             save_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            mirrors: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Mirrors every session topic made from now on (once; later calls are ignored).
+    pub fn set_mirrors(&self, factory: Arc<dyn MirrorFactory>) {
+        let _ = self.mirrors.set(factory);
+    }
+
+    /// In a cluster: whether an idle owner's numbering is behind the store's (another node
+    /// ran the session since), so it must be loaded again before use.
+    async fn moved(&self, owner: &SessionOwner) -> Result<bool, ApiError> {
+        let (epoch, reserved) = {
+            let st = owner.lock();
+            if st.run.is_some() || !st.queue.is_empty() {
+                return Ok(false);
+            }
+            (st.epoch.clone(), st.reserved)
+        };
+        let meta = self
+            .store
+            .session_meta(&owner.tenant, &owner.session_id)
+            .await
+            .map_err(store_failed)?;
+        Ok(meta.is_some_and(|m| {
+            !m.epoch.is_empty() && (m.epoch != epoch || m.seq_reserved > reserved)
+        }))
+    }
+
+    fn attach_mirror(&self, owner: &SessionOwner) {
+        let Some(f) = self.mirrors.get() else { return };
+        let (topic, epoch) = {
+            let st = owner.lock();
+            (st.topic.clone(), st.epoch.clone())
+        };
+        if let Some(t) = topic.filter(|t| !t.has_mirror()) {
+            t.set_mirror(f.mirror(&owner.tenant, &owner.session_id, &epoch));
         }
     }
 
@@ -661,6 +711,12 @@ impl Sessions {
                 self.owners.remove_if(&key, |_, o| Arc::ptr_eq(o, &owner));
                 continue;
             }
+            if self.mirrors.get().is_some() && self.moved(&owner).await? {
+                // Another node numbered the session since this owner loaded it.
+                self.owners.remove_if(&key, |_, o| Arc::ptr_eq(o, &owner));
+                continue;
+            }
+            self.attach_mirror(&owner);
             return Ok(owner);
         }
     }
@@ -738,6 +794,7 @@ impl Sessions {
             st.reserved = 0;
             st.last_used = Instant::now();
         }
+        self.attach_mirror(&owner);
         // Subscribers of the old numbering are told (history_truncated, the new epoch).
         claimed.topic.reset(&new_epoch);
         Ok(true)

@@ -83,6 +83,28 @@ pub trait Store: Send + Sync + 'static {
         session_id: &str,
         run_id: &str,
     ) -> Result<bool, SessionError>;
+    /// Moves a running run from node `from` (`None`: no node recorded) to node `to`; answers
+    /// whether this call moved it (with many nodes on one store, only one of them does).
+    async fn take_over_run(
+        &self,
+        tenant: &str,
+        run_id: &str,
+        from: Option<&str>,
+        to: &str,
+    ) -> Result<bool, SessionError> {
+        let Some(d) = self.run_detail(tenant, run_id).await? else {
+            return Ok(false);
+        };
+        if d.record.status != super::RunStatus::Running || d.record.node_id.as_deref() != from {
+            return Ok(false);
+        }
+        let update = super::RunUpdate {
+            status: super::RunStatus::Running,
+            state: None,
+            node_id: Some(to.to_owned()),
+        };
+        self.update_run(tenant, run_id, update).await
+    }
     /// Answers `Ok` when the store can serve calls now (a database server answers); the
     /// server's `/readyz` asks. Embedded stores are always ready.
     async fn ready(&self) -> Result<(), SessionError> {

@@ -376,6 +376,18 @@ fn encode(ev: UiEvent<'_>, ids: &Ids, open: &mut Open, out: &mut Vec<u8>) {
             );
         }
         UiEvent::AwaitingClient => open.awaiting = true,
+        // AG-UI has no approval events: the stream ends as an error that says why, and the
+        // decision is made over HTTP or WebSocket (PROTOCOL.md 6.3).
+        UiEvent::ApprovalRequested { .. } => {}
+        UiEvent::AwaitingApproval => encode(
+            UiEvent::End(RunEnd::Failed {
+                error_type: "Interrupted",
+                message: "the run waits for a person's approval of a tool call",
+            }),
+            ids,
+            open,
+            out,
+        ),
         UiEvent::End(end) => {
             for call_id in std::mem::take(&mut open.tool_calls) {
                 sse_json(

@@ -113,6 +113,14 @@ enum Chunk<'a> {
         tool_call_id: &'a str,
         output: &'a str,
     },
+    /// A call waits for the user's approval (`addToolApprovalResponse` answers it; the
+    /// approval id is the call id).
+    ToolApprovalRequest {
+        #[serde(rename = "approvalId")]
+        approval_id: &'a str,
+        #[serde(rename = "toolCallId")]
+        tool_call_id: &'a str,
+    },
     #[serde(rename = "data-agent")]
     DataAgent {
         data: AgentData<'a>,
@@ -346,7 +354,14 @@ fn encode(ev: UiEvent<'_>, run_id: &str, step_open: &mut bool, done: &mut bool, 
                 output,
             },
         ),
-        UiEvent::AwaitingClient => {
+        UiEvent::ApprovalRequested { call_id } => sse_json(
+            out,
+            &Chunk::ToolApprovalRequest {
+                approval_id: call_id,
+                tool_call_id: call_id,
+            },
+        ),
+        UiEvent::AwaitingClient | UiEvent::AwaitingApproval => {
             close_step(out);
             finish(out, "tool-calls", meta(run_id));
             *done = true;
@@ -541,6 +556,40 @@ mod tests {
         assert_eq!(flow, Flow::Done);
         assert_eq!(types(&ev), ["start", "finish", "[DONE]"]);
         assert_eq!(ev[0]["messageId"], "run_1");
+    }
+
+    #[test]
+    fn a_run_paused_for_approval_asks_for_it_and_the_resumed_run_goes_on() {
+        let mut frames = fixtures::client_tool_turn();
+        // The turn's server-side call ran; the client-side one waits for approval instead.
+        frames.truncate(frames.len() - 1);
+        let seq = frames.last().map_or(1, |f| f.seq + 1);
+        frames.push(fixtures::interrupted(seq, "call_c", "confirm"));
+        let mut s = AiSdkStream::new("s1", "run_1");
+        let (ev, flow) = encode_all(&mut s, &frames);
+        assert_eq!(flow, Flow::Done);
+        let t = types(&ev);
+        let n = t.len();
+        assert_eq!(
+            t[n - 4..],
+            ["tool-approval-request", "finish-step", "finish", "[DONE]"]
+        );
+        assert_eq!(ev[n - 4]["approvalId"], "call_c");
+        assert_eq!(ev[n - 4]["toolCallId"], "call_c");
+        assert_eq!(ev[n - 2]["finishReason"], "tool-calls");
+
+        let mut c = AiSdkStream::continuing("s1", "run_1", Vec::new());
+        let rest = [
+            fixtures::tool_output(30, "call_c", "confirm", "yes"),
+            fixtures::completed(31, "ok"),
+        ];
+        let (ev, flow) = encode_all(&mut c, &rest);
+        assert_eq!(flow, Flow::Done);
+        assert_eq!(
+            types(&ev),
+            ["start", "tool-output-available", "finish", "[DONE]"]
+        );
+        assert_eq!(ev[1]["toolCallId"], "call_c");
     }
 
     #[test]

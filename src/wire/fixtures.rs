@@ -192,6 +192,23 @@ pub fn tool_output(seq: u64, call_id: &str, tool: &str, output: &str) -> Arc<Fra
     )
 }
 
+/// A `run.interrupted` frame: `call_id` of `tool` waits for approval.
+pub fn interrupted(seq: u64, call_id: &str, tool: &str) -> Arc<Frame> {
+    frame(
+        seq,
+        FrameBody::RunInterrupted {
+            interruptions: vec![crate::run::state::ToolApproval {
+                item_type: "tool_approval_item".into(),
+                agent: "Triage".into(),
+                tool: tool.into(),
+                call_id: call_id.into(),
+                arguments: "{}".into(),
+                deadline_ms: None,
+            }],
+        },
+    )
+}
+
 /// A `run.completed` frame.
 pub fn completed(seq: u64, output: &str) -> Arc<Frame> {
     frame(

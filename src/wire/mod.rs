@@ -52,6 +52,15 @@ impl Depth {
             Depth::All => true,
         }
     }
+
+    /// Whether a frame at nesting `depth` (0: a top run's) is shown.
+    pub fn admits_depth(&self, depth: u32) -> bool {
+        match self {
+            Depth::Top => depth == 0,
+            Depth::Upto(d) => depth <= *d,
+            Depth::All => true,
+        }
+    }
 }
 
 impl Serialize for Depth {

@@ -125,6 +125,15 @@ pub enum UiEvent<'a> {
     /// The run waits only on client-side tool calls now (all others have their outputs):
     /// a front end that answers tool calls with a new request ends its stream here.
     AwaitingClient,
+    /// A tool call waits for a person's approval (one per pending call, before
+    /// [`UiEvent::AwaitingApproval`]).
+    ApprovalRequested {
+        /// The call id.
+        call_id: &'a str,
+    },
+    /// The run paused for approval (PROTOCOL.md 6.3): it goes on when every pending call is
+    /// decided, and its frames then follow on a new stream.
+    AwaitingApproval,
     /// The run ended; nothing follows.
     End(RunEnd<'a>),
 }
@@ -250,15 +259,17 @@ impl UiRun {
             FrameBody::SessionReset { .. }
             | FrameBody::RunQueued { .. }
             | FrameBody::RunResumed => {}
-            // A run paused for approval: the UI stream ends here (the decision is made
-            // elsewhere; a resumed run is followed anew).
-            FrameBody::RunInterrupted { .. } => self.end(
-                RunEnd::Failed {
-                    error_type: "Interrupted",
-                    message: "the run waits for a person's approval of a tool call",
-                },
-                emit,
-            ),
+            // A run paused for approval: the UI stream ends here; the decision comes with
+            // the next request (or over HTTP / WebSocket) and the resumed run is followed anew.
+            FrameBody::RunInterrupted { interruptions } => {
+                self.close_texts(None, emit);
+                for i in interruptions {
+                    emit(UiEvent::ApprovalRequested {
+                        call_id: &i.call_id,
+                    });
+                }
+                emit(UiEvent::AwaitingApproval);
+            }
         }
         if !self.awaiting && !self.ended && self.calls.iter().any(|c| c.client) {
             // Every call still open is a client's: the run can go on only when they answer.
@@ -577,6 +588,8 @@ mod tests {
             } => format!("input {call_id} {arguments}"),
             UiEvent::ToolOutput { call_id, output } => format!("output {call_id} {output}"),
             UiEvent::AwaitingClient => "awaiting".into(),
+            UiEvent::ApprovalRequested { call_id } => format!("approval {call_id}"),
+            UiEvent::AwaitingApproval => "awaiting_approval".into(),
             UiEvent::End(RunEnd::Completed { last_agent, .. }) => format!("completed {last_agent}"),
             UiEvent::End(RunEnd::Failed { error_type, .. }) => format!("failed {error_type}"),
             UiEvent::End(RunEnd::Cancelled { mode }) => format!("cancelled {}", mode.as_str()),

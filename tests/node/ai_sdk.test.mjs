@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import {
   DefaultChatTransport,
   lastAssistantMessageIsCompleteWithToolCalls,
+  lastAssistantMessageIsCompleteWithApprovalResponses,
   readUIMessageStream,
 } from "ai";
 import { NodeChat, URL, TOOLS_URL, auth, newId, until, sessionItems, partName } from "./chat.mjs";
@@ -133,6 +134,41 @@ test("a client-side tool is answered with addToolOutput and the run goes on in t
   const items = await sessionItems(TOOLS_URL, id);
   assert.ok(items.some((i) => i.type === "function_call_output" && i.output === "yes, book it"));
 });
+
+for (const approved of [true, false]) {
+  test(`a tool call that needs approval asks for it; addToolApprovalResponse ${approved ? "approves" : "rejects"} and the run goes on`, async () => {
+    const id = newId(approved ? "ai-approve" : "ai-reject");
+    const chat = new NodeChat({
+      id,
+      transport: transport(TOOLS_URL, "Banker"),
+      sendAutomaticallyWhen: lastAssistantMessageIsCompleteWithApprovalResponses,
+    });
+    await chat.sendMessage({ text: "Send 5 to Bob" });
+    await until(
+      () => chat.status === "ready" && chat.messages.at(-1).parts.some((p) => p.state === "approval-requested"),
+      20000,
+      "the approval request",
+    );
+    const asking = chat.messages.at(-1).parts.find((p) => p.state === "approval-requested");
+    assert.equal(asking.type, "tool-wire_money");
+    assert.deepEqual(asking.input, { amount: 5 });
+    assert.equal(asking.approval.id, asking.toolCallId);
+    await chat.addToolApprovalResponse({ id: asking.approval.id, approved, reason: approved ? undefined : "not today" });
+    await until(
+      () => chat.status === "ready" && chat.messages.at(-1).parts.some((p) => p.type === "text" && p.state === "done"),
+      20000,
+      "the answer after the decision",
+    );
+    assert.equal(chat.messages.length, 2, "one assistant message across both requests");
+    const reply = chat.messages[1];
+    const call = reply.parts.find((p) => p.type === "tool-wire_money");
+    assert.equal(call.state, "output-available");
+    assert.equal(call.output, approved ? "sent 5" : "not today");
+    assert.equal(reply.parts.at(-1).text, "Done.");
+    const items = await sessionItems(TOOLS_URL, id);
+    assert.ok(items.some((i) => i.type === "function_call_output" && i.output === call.output));
+  });
+}
 
 test("resumeStream replays the run in progress after a dropped response; 204 when none is", async () => {
   const id = newId("ai-resume");

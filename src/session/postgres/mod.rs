@@ -13,8 +13,8 @@
 //! - **Concurrency**: a session's writes lock its `sessions` row, so the items of one write
 //!   stay together whatever else commits meanwhile.
 //!
-//! Files: [`location`] (URLs), [`schema`] (migrations), [`session`] (one conversation),
-//! [`runs`] (run records).
+//! Files: `location` (URLs), `schema` (migrations), `session` (one conversation),
+//! `runs` (run records).
 
 mod location;
 mod runs;
@@ -439,6 +439,15 @@ impl Store for PgStore {
     }
     async fn ready(&self) -> Result<(), SessionError> {
         self.ping().await
+    }
+    async fn take_over_run(
+        &self,
+        tenant: &str,
+        run_id: &str,
+        from: Option<&str>,
+        to: &str,
+    ) -> Result<bool, SessionError> {
+        self.take_over(tenant, run_id, from, to).await
     }
     async fn close(&self) -> Result<(), SessionError> {
         PgStore::close(self).await

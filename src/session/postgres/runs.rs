@@ -265,6 +265,28 @@ impl PgStore {
         Ok(n > 0)
     }
 
+    /// Moves a running run from node `from` to `to` in one statement: of many nodes trying,
+    /// one succeeds.
+    pub(super) async fn take_over(
+        &self,
+        tenant: &str,
+        run_id: &str,
+        from: Option<&str>,
+        to: &str,
+    ) -> Result<bool, SessionError> {
+        let c = self.client().await?;
+        let n = c
+            .execute(
+                "UPDATE runs SET node_id = $4, updated_at = $5
+                  WHERE tenant = $1 AND run_id = $2 AND status = 'running'
+                    AND node_id IS NOT DISTINCT FROM $3",
+                &[&tenant, &run_id, &from, &to, &now_ms()],
+            )
+            .await
+            .map_err(|e| db_err("could not take over a run", e))?;
+        Ok(n > 0)
+    }
+
     pub(super) async fn delete_items_of(
         &self,
         tenant: &str,
