@@ -23,7 +23,7 @@
 //! All on by default (the binary needs them). With `default-features = false` the crate is
 //! the engine alone: agents, tools, handoffs, guardrails, the runner and its actors, the bus,
 //! the scripted model, memory sessions, tracing with the console and jsonl sinks.
-//! - `server`: [`server`], [`hub`], [`cli`], [`loadtest`], [`service`], [`config`] (axum,
+//! - `server`: [`server`], [`hub`], [`cli`], [`loadtest`], [`service`], [`config`], [`cluster`] (axum,
 //!   clap); turns on `sqlite` and `openai`.
 //! - `sqlite`: the SQLite session store and trace store (rusqlite).
 //! - `openai`: the OpenAI providers and the OpenAI trace sink (reqwest).
