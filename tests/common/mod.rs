@@ -327,8 +327,10 @@ pub async fn send_raw(ws: &mut Ws, text: String) {
 
 /// The next JSON text frame.
 pub async fn recv(ws: &mut Ws) -> Value {
+    // One deadline for the text frame, so that pings and pongs cannot keep a stuck test waiting.
+    let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let m = tokio::time::timeout(WAIT, ws.next())
+        let m = tokio::time::timeout_at(deadline, ws.next())
             .await
             .expect("no frame in time")
             .expect("socket ended")
