@@ -268,7 +268,7 @@ pub struct SessionsConfig {
     /// What a run request does on a busy session when it does not say (`reject`, `enqueue`,
     /// `interrupt`, `rollback`). Default `reject`.
     #[serde(default)]
-    pub on_busy: crate::service::request::OnBusy,
+    pub on_busy: crate::session::OnBusy,
     /// Runs that may wait in one session's queue; past it `overloaded`. Default 64.
     #[serde(default = "default_session_queue")]
     pub max_queued_runs: usize,

@@ -7,22 +7,7 @@ use serde_json::{Map, Value};
 use crate::items::RunInput;
 use crate::wire::{Depth, Format};
 
-/// What a run request does when its session already has a run (PROTOCOL.md 6.2).
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum OnBusy {
-    /// Refused with `session_busy` (HTTP 409).
-    #[default]
-    Reject,
-    /// Accepted, queued, started when the runs before it end, in order.
-    Enqueue,
-    /// The running run ends (`run.cancelled {mode: "interrupted"}`) keeping its completed
-    /// turns; this one starts next.
-    Interrupt,
-    /// The running run ends (`run.cancelled {mode: "rolled_back"}`) and its items are
-    /// removed; this one starts next.
-    Rollback,
-}
+pub use crate::session::OnBusy;
 
 /// Trace options of `run.create` (PROTOCOL.md section 2).
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

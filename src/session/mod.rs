@@ -8,6 +8,7 @@
 //! - [`postgres`]: the PostgreSQL store, shared by a cluster's nodes (feature `postgres`).
 //! - [`claim`]: one run at a time per session, for library programs.
 
+pub mod busy;
 pub mod claim;
 pub mod memory;
 #[cfg(feature = "postgres")]
@@ -19,6 +20,7 @@ pub mod store;
 
 use async_trait::async_trait;
 
+pub use busy::OnBusy;
 pub use claim::{SessionClaim, SessionLocks};
 pub use memory::{MemorySession, MemoryStore};
 #[cfg(feature = "postgres")]
