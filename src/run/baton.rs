@@ -398,3 +398,38 @@ impl<C: Send + Sync + 'static> Drop for Baton<C> {
         }
     }
 }
+
+/// A run's outcome as its record's end: the engine knows its outcome types, the stores do not.
+impl crate::session::RunEnd {
+    /// The record of a finished run from its outcome (what the server has at `run.completed`,
+    /// `run.failed` or `run.cancelled`), the agent it was on and its usage.
+    pub fn from_outcome(
+        outcome: &RunOutcome,
+        current_agent: &str,
+        usage: crate::usage::Usage,
+    ) -> Self {
+        match outcome {
+            RunOutcome::Completed {
+                final_output,
+                last_agent,
+            } => Self::completed(final_output.clone(), last_agent.clone(), usage),
+            RunOutcome::Failed(e) => Self::failed(e, Some(current_agent.to_owned()), Some(usage)),
+            RunOutcome::Cancelled(mode) => {
+                let mut end = Self::cancelled(Some(current_agent.to_owned()), Some(usage));
+                end.cancel_mode = Some(mode.as_str().to_owned());
+                end
+            }
+            // Not an end: the run waits for a decision (its state says which).
+            RunOutcome::Interrupted(_) => Self {
+                status: crate::session::RunStatus::AwaitingApproval,
+                last_agent: Some(current_agent.to_owned()),
+                final_output: None,
+                usage: Some(usage),
+                error: None,
+                cancel_mode: None,
+                by_run_id: None,
+                seq_safe: None,
+            },
+        }
+    }
+}

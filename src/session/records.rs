@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::AgentsError;
-use crate::run::RunOutcome;
 use crate::usage::Usage;
 
 /// A run's status in its record.
@@ -185,34 +184,6 @@ impl RunEnd {
             cancel_mode: None,
             by_run_id: None,
             seq_safe: None,
-        }
-    }
-
-    /// The record of a finished run from its outcome (what the server has at `run.completed`,
-    /// `run.failed` or `run.cancelled`), the agent it was on and its usage.
-    pub fn from_outcome(outcome: &RunOutcome, current_agent: &str, usage: Usage) -> Self {
-        match outcome {
-            RunOutcome::Completed {
-                final_output,
-                last_agent,
-            } => RunEnd::completed(final_output.clone(), last_agent.clone(), usage),
-            RunOutcome::Failed(e) => RunEnd::failed(e, Some(current_agent.to_owned()), Some(usage)),
-            RunOutcome::Cancelled(mode) => {
-                let mut end = RunEnd::cancelled(Some(current_agent.to_owned()), Some(usage));
-                end.cancel_mode = Some(mode.as_str().to_owned());
-                end
-            }
-            // Not an end: the run waits for a decision (its state says which).
-            RunOutcome::Interrupted(_) => RunEnd {
-                status: RunStatus::AwaitingApproval,
-                last_agent: Some(current_agent.to_owned()),
-                final_output: None,
-                usage: Some(usage),
-                error: None,
-                cancel_mode: None,
-                by_run_id: None,
-                seq_safe: None,
-            },
         }
     }
 }
