@@ -70,7 +70,8 @@ fn imports(code: &str) -> BTreeSet<String> {
             .chars()
             .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
             .collect();
-        if name.starts_with(|c: char| c.is_ascii_lowercase()) && rest[name.len()..].starts_with("::")
+        if name.starts_with(|c: char| c.is_ascii_lowercase())
+            && rest[name.len()..].starts_with("::")
         {
             out.insert(name);
         }
@@ -163,7 +164,11 @@ fn no_import_cycle_between_modules_but_data_recursion() {
         let entry = graph.entry(m.clone()).or_default();
         entry.extend(deps.into_iter().filter(|d| *d != m));
     }
-    assert!(graph.len() > 20, "too few modules found: {:?}", graph.keys());
+    assert!(
+        graph.len() > 20,
+        "too few modules found: {:?}",
+        graph.keys()
+    );
     let bad: Vec<Vec<String>> = cycles(&graph)
         .into_iter()
         .filter(|c| {
@@ -197,7 +202,8 @@ fn the_cycle_check_sees_a_cycle() {
     g.entry("c".into()).or_default().insert("a".into());
     g.entry("d".into()).or_default().insert("a".into());
     assert_eq!(cycles(&g), vec![vec!["a", "b", "c"]]);
-    let code = "use crate::{bus::Topic, items::Item};\n// crate::ghost::X\nfn f() { crate::run::go(); }";
+    let code =
+        "use crate::{bus::Topic, items::Item};\n// crate::ghost::X\nfn f() { crate::run::go(); }";
     let found = imports(&code_of(code));
     assert_eq!(
         found.into_iter().collect::<Vec<_>>(),

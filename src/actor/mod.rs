@@ -8,12 +8,15 @@
 //! - **its counters**: runs held and running, runs waiting (the mailbox depth), read by
 //!   `/metrics` through [`AgentStats`].
 //!
-//! A run arrives with `Start` (a new run, subject to admission) or `Arrive` (a handoff: the
-//! baton moves to this agent's mailbox and is always admitted, so a run in progress never
-//! fails for load); it leaves with `Left` (ended or handed off), which lets the next waiting
-//! run in. The actor drives each admitted baton as its own task on the tokio runtime, so a long
-//! model stream never blocks its mailbox; turns on the same agent follow each other in that
-//! task without another hop.
+//! Admission is counted in [`AgentStats`] (places held, runs running, runs waiting), and the
+//! mailbox is where runs wait. A new run that finds a free place and nobody waiting starts at
+//! once, as a task on the tokio runtime, without a message (the fast path: a hop to the actor
+//! thread and back costs two thread wake-ups, the largest part of a lone run's CPU). A new run
+//! that must wait is sent to the actor with `Start` and queued there, in order; a run leaving
+//! while others wait tells the actor with `Left`, which lets the next one in. A handoff moves
+//! the baton's place to its new agent (always given: a run in progress never fails for load)
+//! and the same task drives on. A long model stream never blocks a mailbox; turns follow each
+//! other in one task without a hop.
 //!
 //! The actors live on one actix `System` that the library hosts on its own thread, so a plain
 //! `#[tokio::main]` program needs nothing set up.
@@ -68,14 +71,7 @@ impl<C: Send + Sync + 'static> Message for Start<C> {
     type Result = ();
 }
 
-/// A run handed off to this agent: always admitted.
-pub(crate) struct Arrive<C: Send + Sync + 'static>(pub Baton<C>);
-
-impl<C: Send + Sync + 'static> Message for Arrive<C> {
-    type Result = ();
-}
-
-/// A run left this agent (it ended or handed off): its place is free.
+/// A run left this agent (it ended or handed off) while runs were waiting: a place is free.
 pub(crate) struct Left;
 
 impl Message for Left {
@@ -97,6 +93,15 @@ pub struct AgentStats {
 }
 
 impl AgentStats {
+    /// Takes a place for a run if fewer than `max` run now.
+    fn take_place(&self, max: usize) -> bool {
+        self.running
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| {
+                (r < max).then_some(r + 1)
+            })
+            .is_ok()
+    }
+
     /// Runs running at the agent now.
     pub fn running(&self) -> usize {
         self.running.load(Ordering::Relaxed)
@@ -113,7 +118,6 @@ pub struct AgentActor<C: Send + Sync + 'static> {
     stage: Weak<StageInner<C>>,
     mailbox: usize,
     stats: Arc<AgentStats>,
-    running: usize,
     queue: VecDeque<Baton<C>>,
 }
 
@@ -127,14 +131,14 @@ impl<C: Send + Sync + 'static> Actor for AgentActor<C> {
 }
 
 impl<C: Send + Sync + 'static> AgentActor<C> {
-    /// Drives an admitted baton as a task of its own; the mailbox is free again at once.
+    /// Drives a baton that has its place as a task of its own; the mailbox is free again
+    /// at once.
     fn run(&mut self, mut baton: Baton<C>, ctx: &Context<Self>) {
         let Some(stage) = self.stage.upgrade().map(Stage) else {
             // The runner is gone; dropping the baton fails the run cleanly.
+            self.stats.running.fetch_sub(1, Ordering::SeqCst);
             return;
         };
-        self.running += 1;
-        self.stats.running.store(self.running, Ordering::Relaxed);
         baton.admitted(AgentSlot {
             stats: self.stats.clone(),
             actor: Some(ctx.address().recipient()),
@@ -142,13 +146,14 @@ impl<C: Send + Sync + 'static> AgentActor<C> {
         stage.0.rt.spawn(baton.drive(stage.clone()));
     }
 
-    /// Lets waiting runs in while there are places.
+    /// Lets waiting runs in, in order, while there are places.
     fn admit_waiting(&mut self, ctx: &Context<Self>) {
-        while self.running < self.max_running() {
+        while !self.queue.is_empty() && self.stats.take_place(self.max_running()) {
             let Some(b) = self.queue.pop_front() else {
+                self.stats.running.fetch_sub(1, Ordering::SeqCst);
                 break;
             };
-            self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+            self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
             self.run(b, ctx);
         }
     }
@@ -169,8 +174,8 @@ impl<C: Send + Sync + 'static> Handler<Start<C>> for AgentActor<C> {
     /// A new run: runs now if the agent has a place, else waits its turn in the queue (the
     /// stage already checked that the queue had room).
     fn handle(&mut self, msg: Start<C>, ctx: &mut Self::Context) {
-        if self.running < self.max_running() && self.queue.is_empty() {
-            self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+        if self.queue.is_empty() && self.stats.take_place(self.max_running()) {
+            self.stats.waiting.fetch_sub(1, Ordering::SeqCst);
             self.run(msg.0, ctx);
         } else {
             self.queue.push_back(msg.0);
@@ -178,23 +183,11 @@ impl<C: Send + Sync + 'static> Handler<Start<C>> for AgentActor<C> {
     }
 }
 
-impl<C: Send + Sync + 'static> Handler<Arrive<C>> for AgentActor<C> {
-    type Result = ();
-
-    /// A handed-off run: always runs at once.
-    fn handle(&mut self, msg: Arrive<C>, ctx: &mut Self::Context) {
-        self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
-        self.run(msg.0, ctx);
-    }
-}
-
 impl<C: Send + Sync + 'static> Handler<Left> for AgentActor<C> {
     type Result = ();
 
-    /// A run left: the next waiting run takes its place.
+    /// A run left while others waited: the next waiting run takes its place.
     fn handle(&mut self, _msg: Left, ctx: &mut Self::Context) {
-        self.running = self.running.saturating_sub(1);
-        self.stats.running.store(self.running, Ordering::Relaxed);
         self.admit_waiting(ctx);
     }
 }
@@ -214,10 +207,18 @@ pub(crate) struct AgentSlot {
 
 impl Drop for AgentSlot {
     fn drop(&mut self) {
-        self.stats.held.fetch_sub(1, Ordering::AcqRel);
-        if let Some(a) = self.actor.take() {
-            // A control message, bounded by the runs held: never refused for a full mailbox.
-            a.do_send(Left);
+        // `running` before `held`, so that `running <= held` holds at every moment (the
+        // stage's fast path relies on it).
+        self.stats.running.fetch_sub(1, Ordering::SeqCst);
+        self.stats.held.fetch_sub(1, Ordering::SeqCst);
+        // Only when runs wait does the actor need to hear of it. A run that begins to wait
+        // after this load is admitted by its own `Start` (the actor checks `running`).
+        if self.stats.waiting.load(Ordering::SeqCst) > 0 {
+            if let Some(a) = self.actor.take() {
+                // A control message, bounded by the runs held: never refused for a full
+                // mailbox.
+                a.do_send(Left);
+            }
         }
     }
 }
@@ -340,7 +341,6 @@ impl<C: Send + Sync + 'static> Stage<C> {
                             stage,
                             mailbox,
                             stats: actor_stats,
-                            running: 0,
                             queue: VecDeque::new(),
                         }
                     });
@@ -392,6 +392,22 @@ impl<C: Send + Sync + 'static> Stage<C> {
     /// has no place and no room in its queue (the baton is then told, `Work::refused`).
     pub(crate) fn start(&self, baton: Baton<C>) -> Result<(), AgentsError> {
         let (addr, stats) = self.ensure(baton.agent());
+        let max = self.0.limits.max_runs_per_agent;
+        // The fast path: nobody waits and a place is free, so the run starts at once, with no
+        // hop through the actor's mailbox (which is for waiting). With `held < max` reserved,
+        // `running <= held` leaves a place for it.
+        if stats.waiting.load(Ordering::SeqCst) == 0
+            && stats
+                .held
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    (n < max).then_some(n + 1)
+                })
+                .is_ok()
+        {
+            stats.running.fetch_add(1, Ordering::SeqCst);
+            self.drive_now(baton, stats, Some(addr.recipient()));
+            return Ok(());
+        }
         let cap = self.capacity();
         let reserved = stats
             .held
@@ -407,12 +423,12 @@ impl<C: Send + Sync + 'static> Stage<C> {
             baton.refused();
             return Err(AgentsError::Overloaded(msg));
         }
-        stats.waiting.fetch_add(1, Ordering::Relaxed);
+        stats.waiting.fetch_add(1, Ordering::SeqCst);
         match addr.try_send(Start(baton)) {
             Ok(()) => Ok(()),
             Err(SendError::Full(Start(b))) => {
-                stats.held.fetch_sub(1, Ordering::AcqRel);
-                stats.waiting.fetch_sub(1, Ordering::Relaxed);
+                stats.held.fetch_sub(1, Ordering::SeqCst);
+                stats.waiting.fetch_sub(1, Ordering::SeqCst);
                 let msg = format!(
                     "agent {}'s mailbox is full; try again later",
                     b.agent().name()
@@ -422,40 +438,36 @@ impl<C: Send + Sync + 'static> Stage<C> {
             }
             Err(SendError::Closed(Start(b))) => {
                 // The actor is gone: drive the run here rather than lose it.
-                stats.waiting.fetch_sub(1, Ordering::Relaxed);
-                self.drive_here(b, stats);
+                stats.waiting.fetch_sub(1, Ordering::SeqCst);
+                stats.running.fetch_add(1, Ordering::SeqCst);
+                self.drive_now(b, stats, None);
                 Ok(())
             }
         }
     }
 
-    /// Hands a baton to its (new) agent's mailbox: always admitted. A full mailbox is waited
-    /// on (backpressure), never bypassed.
-    pub(crate) fn arrive(&self, baton: Baton<C>) {
-        let (addr, stats) = self.ensure(baton.agent());
-        stats.held.fetch_add(1, Ordering::AcqRel);
-        stats.waiting.fetch_add(1, Ordering::Relaxed);
-        match addr.try_send(Arrive(baton)) {
-            Ok(()) => {}
-            Err(SendError::Full(msg)) => {
-                self.0.rt.spawn(async move {
-                    // Only a stopped actor system refuses it; the baton's drop then ends the
-                    // run as failed, so no consumer waits for ever.
-                    if let Err(e) = addr.send(msg).await {
-                        stats.waiting.fetch_sub(1, Ordering::Relaxed);
-                        tracing::error!(error = %e, "agent mailbox closed while a handoff waited");
-                    }
-                });
-            }
-            Err(SendError::Closed(Arrive(b))) => {
-                stats.waiting.fetch_sub(1, Ordering::Relaxed);
-                self.drive_here(b, stats);
-            }
+    /// A handed-off run's place at its new agent: always given (a run in progress never
+    /// fails for load, and may take its new agent past `max_runs_per_agent`). The run goes on
+    /// in the task that drives it: an arrival that cannot wait needs no mailbox hop.
+    pub(crate) fn handoff_slot(&self, agent: &Agent<C>) -> AgentSlot {
+        let (addr, stats) = self.ensure(agent);
+        stats.held.fetch_add(1, Ordering::SeqCst);
+        stats.running.fetch_add(1, Ordering::SeqCst);
+        AgentSlot {
+            stats,
+            actor: Some(addr.recipient()),
         }
     }
 
-    fn drive_here(&self, mut baton: Baton<C>, stats: Arc<AgentStats>) {
-        baton.admitted(AgentSlot { stats, actor: None });
+    /// Drives a baton whose place is taken (`held` and `running` counted) as a task of its
+    /// own on the stage's runtime.
+    fn drive_now(
+        &self,
+        mut baton: Baton<C>,
+        stats: Arc<AgentStats>,
+        actor: Option<actix::Recipient<Left>>,
+    ) {
+        baton.admitted(AgentSlot { stats, actor });
         self.0.rt.spawn(baton.drive(self.clone()));
     }
 }

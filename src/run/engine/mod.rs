@@ -88,9 +88,12 @@ pub(crate) async fn drive<C: Send + Sync + 'static>(baton: Baton<C>, stage: Stag
                     b.shared.drain_turn().await;
                     baton = b;
                 }
-                Step::Handoff(b) => {
+                Step::Handoff(mut b) => {
                     b.shared.drain_turn().await;
-                    return stage.arrive(Box::new(b));
+                    // The baton's place moves to its new agent (the old one is freed as it
+                    // is replaced); the same task drives on.
+                    b.slot = Some(stage.handoff_slot(&b.agent));
+                    baton = b;
                 }
                 Step::Done(b, outcome) => return finish(b, outcome).await,
             }
