@@ -20,8 +20,9 @@ use futures::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::bus::{Delivery, Subscription};
+use crate::bus::{Delivery, Frame, Subscription};
 use crate::hub::frames::{self, Accepted, ClientFrame};
+use crate::service::delivery::Batch;
 use crate::service::error::ApiError;
 use crate::service::{ConnectionSlot, Core, Depth, Format};
 
@@ -31,8 +32,19 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// What the writer sends.
 #[derive(Debug)]
 pub enum Out {
-    /// A text frame, already serialised (shared bytes).
-    Shared(Bytes),
+    /// A frame of a followed session in `format`: its encoding is made once per format and
+    /// shared by every subscriber. `live` when it came from the live ring rather than from
+    /// history, so that its time since publishing is observed when the write completes.
+    Frame {
+        /// The frame.
+        frame: Arc<Frame>,
+        /// The format asked for (the forwarder checked that it does not skip the frame).
+        format: Format,
+        /// Live, not a resume from history.
+        live: bool,
+    },
+    /// A text frame serialised elsewhere (relayed from another node of a cluster).
+    Relayed(Box<Bytes>),
     /// A text frame made for this connection only.
     Own(String),
     /// A WebSocket ping (heartbeat).
@@ -134,9 +146,21 @@ fn is_too_big(e: &impl std::fmt::Display) -> bool {
     t.contains("Message too long") || t.contains("Space limit exceeded") || t.contains("too big")
 }
 
-fn to_message(o: Out) -> Option<Message> {
+/// The message to write for `o`; a live frame's publishing time goes into `live`.
+fn to_message(o: Out, live: &mut Vec<std::time::Instant>) -> Option<Message> {
     match o {
-        Out::Shared(b) => Utf8Bytes::try_from(b).ok().map(Message::Text),
+        Out::Frame {
+            frame,
+            format,
+            live: is_live,
+        } => {
+            let b = format.bytes(&frame)?.clone();
+            if is_live {
+                live.push(frame.published);
+            }
+            Utf8Bytes::try_from(b).ok().map(Message::Text)
+        }
+        Out::Relayed(b) => Utf8Bytes::try_from(*b).ok().map(Message::Text),
         Out::Own(s) => Some(Message::Text(s.into())),
         Out::Ping => Some(Message::Ping(Bytes::new())),
         Out::Close(..) => None,
@@ -152,6 +176,8 @@ where
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     heartbeat.reset();
     let mut closing: Option<(u16, &'static str)> = None;
+    // Publishing times of the live frames in the write under way.
+    let mut live = Vec::new();
     loop {
         let first = tokio::select! {
             biased;
@@ -164,7 +190,7 @@ where
         let batch = async {
             if let Out::Close(code, reason) = first {
                 closing = Some((code, reason));
-            } else if let Some(m) = to_message(first) {
+            } else if let Some(m) = to_message(first, &mut live) {
                 sink.feed(m).await?;
                 n += 1;
             }
@@ -172,7 +198,7 @@ where
                 let Ok(o) = rx.try_recv() else { break };
                 if let Out::Close(code, reason) = o {
                     closing = Some((code, reason));
-                } else if let Some(m) = to_message(o) {
+                } else if let Some(m) = to_message(o, &mut live) {
                     sink.feed(m).await?;
                     n += 1;
                 }
@@ -182,6 +208,17 @@ where
         match tokio::time::timeout(timeout, batch).await {
             Ok(Ok(())) => {
                 core.metrics.frames_sent.fetch_add(n, Ordering::Relaxed);
+                if !live.is_empty() {
+                    let written = std::time::Instant::now();
+                    let mut batch = Batch::default();
+                    for p in live.drain(..) {
+                        batch.frame(p, written);
+                    }
+                    core.metrics.delivery.ws.add(&batch);
+                    if live.capacity() > 64 {
+                        live.shrink_to(64);
+                    }
+                }
             }
             Ok(Err(_)) => return,
             Err(_) => {
@@ -507,8 +544,13 @@ async fn forward(
                 if !depth.admits(&f) {
                     continue;
                 }
-                if let Some(b) = format.bytes(&f) {
-                    if tx.send(Out::Shared(b.clone())).await.is_err() {
+                if format.bytes(&f).is_some() {
+                    let out = Out::Frame {
+                        frame: f,
+                        format,
+                        live: !sub.replayed(),
+                    };
+                    if tx.send(out).await.is_err() {
                         break;
                     }
                 }
@@ -563,7 +605,7 @@ async fn forward_remote(
                     continue;
                 }
                 if let Some(b) = f.bytes(format) {
-                    if tx.send(Out::Shared(b.clone())).await.is_err() {
+                    if tx.send(Out::Relayed(Box::new(b.clone()))).await.is_err() {
                         return;
                     }
                 }
