@@ -85,7 +85,7 @@ impl Buckets {
 }
 
 /// Puts the server-side delivery figures into a scenario: frames observed, and p50 / p99 in
-/// milliseconds.
+/// microseconds.
 pub fn add_figures(sc: &mut crate::loadtest::report::Scenario, d: &Buckets) {
     if d.count() == 0 {
         return;
@@ -93,11 +93,11 @@ pub fn add_figures(sc: &mut crate::loadtest::report::Scenario, d: &Buckets) {
     sc.figures
         .insert("server_delivery_frames".into(), d.count() as f64);
     for (name, q) in [
-        ("server_delivery_p50_ms", 0.5),
-        ("server_delivery_p99_ms", 0.99),
+        ("server_delivery_p50_us", 0.5),
+        ("server_delivery_p99_us", 0.99),
     ] {
         if let Some(v) = d.quantile(q) {
-            sc.figures.insert(name.into(), v * 1e3);
+            sc.figures.insert(name.into(), v * 1e6);
         }
     }
 }
