@@ -41,7 +41,7 @@
 //!   tests use): auth, runs as JSON or SSE, sessions, health, traces, the AI SDK and AG-UI
 //!   endpoints, the WebSocket upgrade, graceful shutdown.
 //! - [`hub`]: the WebSocket protocol: client frames, and one loop per connection (a reader,
-//!   one forwarder per followed session, a writer draining the bounded outbound queue).
+//!   a writer draining the bounded outbound queue and polling the followed sessions).
 //! - [`cli`]: the `callboard` command line (`serve`, `run`, `check-config`, `traces`,
 //!   `loadtest`).
 //! - [`loadtest`]: WebSocket load clients, frame checks and the load report (`callboard

@@ -346,3 +346,85 @@ store = "memory"
     );
     assert_eq!(types.get("callboard_agent_mailbox_depth"), Some(&"gauge"));
 }
+
+/// `callboard_frame_delivery_seconds{transport}` counts every live frame written to a
+/// client's socket, once per subscriber: a run followed by two WebSockets counts twice, a
+/// resume from history not at all, an SSE run once. (Counts, not timings.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frame_delivery_histogram_counts_live_frames_per_transport() {
+    let srv = common::start(common::TWO_TENANTS).await;
+    let delivered = |transport: &str| {
+        let text = srv.core.metrics_text();
+        let scrape =
+            Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text");
+        observations(
+            &scrape,
+            "callboard_frame_delivery_seconds",
+            &[("transport", transport)],
+        )
+    };
+    assert_eq!(delivered("ws"), 0.0);
+    let mut a = common::connect(&srv, Some("key-acme")).await;
+    let mut b = common::connect(&srv, Some("key-acme")).await;
+    // After a first run, `b` follows the session live before the second starts.
+    common::send(
+        &mut a,
+        common::run_create("r0", "d1", "Triage", "What is the weather in Oslo?"),
+    )
+    .await;
+    let first = common::recv_run(&mut a).await;
+    let last = first.last().and_then(|f| f["seq"].as_u64()).unwrap();
+    common::send(
+        &mut b,
+        json!({"type":"session.subscribe","session_id":"d1","after_seq":last}),
+    )
+    .await;
+    let sub = common::recv(&mut b).await;
+    assert_eq!(sub["type"], "session.subscribed", "{sub}");
+    let before = delivered("ws");
+    common::send(
+        &mut a,
+        common::run_create("r1", "d1", "Triage", "What is the weather in Oslo?"),
+    )
+    .await;
+    let fa = common::recv_run(&mut a).await;
+    let fb = common::recv_run(&mut b).await;
+    let frames = |v: &[Value]| v.iter().filter(|f| f.get("seq").is_some()).count() as f64;
+    assert!(frames(&fa) > 5.0);
+    assert_eq!(frames(&fa), frames(&fb));
+    let want = before + frames(&fa) + frames(&fb);
+    // The writer observes a batch once its flush completed, just after the client can read.
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while delivered("ws") < want && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(delivered("ws"), want);
+    // A resume from history is not a delivery latency.
+    let mut c = common::connect(&srv, Some("key-acme")).await;
+    common::send(
+        &mut c,
+        json!({"type":"session.subscribe","session_id":"d1","after_seq":0}),
+    )
+    .await;
+    let replayed = common::recv_run(&mut c).await;
+    assert!(frames(&replayed) > 0.0);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(delivered("ws"), want);
+
+    // SSE: a run's frames, each counted once.
+    let body = reqwest::Client::new()
+        .post(srv.http("/v1/sessions/d2/runs"))
+        .bearer_auth("key-acme")
+        .header("accept", "text/event-stream")
+        .json(&json!({"agent": "Triage", "input": "What is the weather in Oslo?"}))
+        .timeout(common::WAIT)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sse_frames = body.lines().filter(|l| l.starts_with("id:")).count() as f64;
+    assert!(sse_frames > 5.0, "{body}");
+    assert_eq!(delivered("sse"), sse_frames);
+}

@@ -115,7 +115,8 @@ impl Preset {
 
     /// Issue 17's comparison: 200 sessions at once, one run each, the server on its defaults
     /// and lean, the Python SDK at the same concurrency; idle connections (10,000, then up to
-    /// the file limit); fan-out of one session to 1,000 subscribers.
+    /// the file limit); fan-out of one session to 1,000 subscribers; 500 sessions streaming a
+    /// delta every 20 ms (`ws-latency`: the server's publish-to-write p99 from `/metrics`).
     fn compare() -> Preset {
         Preset {
             name: "compare",
@@ -128,7 +129,14 @@ impl Preset {
             fan_tokens: 500,
             scenario_timeout: Duration::from_secs(600),
             both_modes: true,
-            scenarios: Some(&["python", "sessions", "idle", "idle-max", "fanout"]),
+            scenarios: Some(&[
+                "python",
+                "sessions",
+                "idle",
+                "idle-max",
+                "fanout",
+                "ws-latency",
+            ]),
             ..Preset::full()
         }
     }

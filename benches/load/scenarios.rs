@@ -20,6 +20,7 @@ use callboard::loadtest::client::{self as ws, Queue, RunSpec, Target, Workload};
 use callboard::loadtest::procfs;
 use callboard::loadtest::progress::Sampler;
 use callboard::loadtest::report::{fold, Report, Scenario};
+use callboard::loadtest::scrape;
 
 use crate::Opts;
 
@@ -595,6 +596,7 @@ fn ws_conversations_full(
     let sam = Sampler::start(name, total, false, c.clone());
     let rss0 = srv.rss();
     let cpu0 = srv.cpu();
+    let delivery0 = rt.block_on(scrape::delivery(&srv.target, "ws")).ok();
     let t0 = Instant::now();
     let deadline = t0 + p.scenario_timeout;
     // Server RSS while the sessions are active.
@@ -639,6 +641,9 @@ fn ws_conversations_full(
     if let (Some(a), Some(b)) = (cpu0, cpu1) {
         sc.cpu_s = Some(b - a);
         sc.cpu_ms_per_run = Some(1000.0 * (b - a) / sc.runs.max(1) as f64);
+    }
+    if let (Some(a), Ok(b)) = (delivery0, rt.block_on(scrape::delivery(&srv.target, "ws"))) {
+        scrape::add_figures(&mut sc, &b.since(&a));
     }
     if let Some(r0) = rss0 {
         let pk = peak.load(Ordering::Relaxed);
@@ -951,6 +956,7 @@ fn fanout(
     })?;
     let expected = (p.fan_subs * runs * (tokens + 40)) as u64;
     let sam = Sampler::start(name, expected, true, c.clone());
+    let delivery0 = rt.block_on(scrape::delivery(&srv.target, "ws")).ok();
     let cpu0 = srv.cpu();
     let t0 = Instant::now();
     let res = rt.block_on(async {
@@ -1008,6 +1014,9 @@ fn fanout(
             "server_cpu_us_per_delivery".into(),
             1e6 * (b - a) / sc.frames.max(1) as f64,
         );
+    }
+    if let (Some(a), Ok(b)) = (delivery0, rt.block_on(scrape::delivery(&srv.target, "ws"))) {
+        scrape::add_figures(&mut sc, &b.since(&a));
     }
     Ok(sc)
 }

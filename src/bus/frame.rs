@@ -2,6 +2,7 @@
 //! the small types they carry (`CancelMode`, `Nesting`).
 
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -177,6 +178,9 @@ pub struct Frame {
     pub body: FrameBody,
     /// Set on the frames of nested runs: their `path` and `depth`.
     pub nesting: Option<Arc<Nesting>>,
+    /// When it was made (published): the start of `callboard_frame_delivery_seconds`, which a
+    /// transport observes when the frame's write to a socket completes.
+    pub published: Instant,
     /// Encodings made once and shared by every subscriber (slots are the wire formats',
     /// see `crate::wire`; the bus does not know what they hold).
     encoded: [OnceLock<Option<Bytes>>; ENCODING_SLOTS],
@@ -194,6 +198,7 @@ impl Frame {
             run_id,
             body,
             nesting: None,
+            published: Instant::now(),
             encoded: Default::default(),
         }
     }

@@ -338,6 +338,7 @@ impl Topic {
             backlog,
             rx,
             last_seq,
+            replayed: false,
         })
     }
 
@@ -387,6 +388,8 @@ pub struct Subscription {
     backlog: VecDeque<Arc<Frame>>,
     rx: broadcast::Receiver<Arc<Frame>>,
     last_seq: u64,
+    /// Whether the last frame came from history (a resume) rather than live.
+    replayed: bool,
 }
 
 impl Subscription {
@@ -394,8 +397,10 @@ impl Subscription {
     pub async fn recv(&mut self) -> Option<Delivery> {
         if let Some(f) = self.backlog.pop_front() {
             self.last_seq = f.seq;
+            self.replayed = true;
             return Some(Delivery::Frame(f));
         }
+        self.replayed = false;
         loop {
             match self.rx.recv().await {
                 Ok(f) if reset_notice(&f).is_some() => return reset_notice(&f),
@@ -418,8 +423,10 @@ impl Subscription {
     pub fn try_recv(&mut self) -> Option<Delivery> {
         if let Some(f) = self.backlog.pop_front() {
             self.last_seq = f.seq;
+            self.replayed = true;
             return Some(Delivery::Frame(f));
         }
+        self.replayed = false;
         loop {
             match self.rx.try_recv() {
                 Ok(f) if reset_notice(&f).is_some() => return reset_notice(&f),
@@ -441,6 +448,12 @@ impl Subscription {
     /// The last seq delivered.
     pub fn last_seq(&self) -> u64 {
         self.last_seq
+    }
+
+    /// Whether the last frame delivered came from history (a resume) rather than live: its
+    /// time since publishing is not a delivery latency.
+    pub fn replayed(&self) -> bool {
+        self.replayed
     }
 }
 

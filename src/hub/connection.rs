@@ -1,12 +1,14 @@
-//! One WebSocket connection: a reader that parses client frames and acts on them, one
-//! forwarder task per followed session, and a writer draining the bounded outbound queue.
+//! One WebSocket connection: a reader that parses client frames and acts on them, and a
+//! writer that drains the bounded outbound queue and polls every followed session itself
+//! (`crate::hub::follow`): no task per subscription, and one wake-up and one flush carry
+//! whatever was published and queued meanwhile.
 //!
 //! The loop is generic over `Sink<Message>` / `Stream<Item = Result<Message, E>>`, so tests
 //! can drive it with channels; the socket is a thin adapter.
 //!
-//! Slow clients: a forwarder waits when the outbound queue is full; the bus never waits for
-//! it. When the bus ring overtakes the forwarder, the subscription ends with a `lagged`
-//! frame and the client resumes with `after_seq`. A socket that accepts no write for
+//! Slow clients: the writer reads a followed session only as fast as the socket takes its
+//! frames; the bus never waits for it. When the bus ring overtakes the writer, the
+//! subscription ends with a `lagged` frame and the client resumes with `after_seq`. A socket that accepts no write for
 //! `write_timeout_ms` is closed.
 
 use std::collections::HashMap;
@@ -16,12 +18,14 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use bytes::Bytes;
-use futures::{Sink, SinkExt, Stream, StreamExt};
+use futures::stream::SelectAll;
+use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
-use crate::bus::{Delivery, Subscription};
+use crate::bus::{Frame, Subscription};
+use crate::hub::follow::{self, Followed};
 use crate::hub::frames::{self, Accepted, ClientFrame};
+use crate::service::delivery::Batch;
 use crate::service::error::ApiError;
 use crate::service::{ConnectionSlot, Core, Depth, Format};
 
@@ -31,8 +35,21 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// What the writer sends.
 #[derive(Debug)]
 pub enum Out {
-    /// A text frame, already serialised (shared bytes).
-    Shared(Bytes),
+    /// A frame of a followed session in `format`: its encoding is made once per format and
+    /// shared by every subscriber. `live` when it came from the live ring rather than from
+    /// history, so that its time since publishing is observed when the write completes.
+    Frame {
+        /// The frame.
+        frame: Arc<Frame>,
+        /// The format asked for (the forwarder checked that it does not skip the frame).
+        format: Format,
+        /// Live, not a resume from history.
+        live: bool,
+    },
+    /// A text frame serialised elsewhere (relayed from another node of a cluster).
+    Relayed(Box<Bytes>),
+    /// Follow a session from now on (the writer polls it with the others).
+    Follow(Followed),
     /// A text frame made for this connection only.
     Own(String),
     /// A WebSocket ping (heartbeat).
@@ -52,9 +69,9 @@ struct Conn {
     core: Arc<Core>,
     tenant: Arc<str>,
     tx: mpsc::Sender<Out>,
-    /// Followed sessions: the forwarder, and when the connection last asked for it (for
-    /// making room under the subscription limit).
-    subs: HashMap<String, (JoinHandle<()>, u64)>,
+    /// Followed sessions: the handle on the writer's following, and when the connection last
+    /// asked for it (for making room under the subscription limit).
+    subs: HashMap<String, (follow::Handle, u64)>,
     /// A counter ordering the subscriptions by last use.
     tick: u64,
 }
@@ -134,13 +151,74 @@ fn is_too_big(e: &impl std::fmt::Display) -> bool {
     t.contains("Message too long") || t.contains("Space limit exceeded") || t.contains("too big")
 }
 
-fn to_message(o: Out) -> Option<Message> {
+/// The message to write for `o`; a live frame's publishing time goes into `live`.
+fn to_message(o: Out, live: &mut Vec<std::time::Instant>) -> Option<Message> {
     match o {
-        Out::Shared(b) => Utf8Bytes::try_from(b).ok().map(Message::Text),
+        Out::Frame {
+            frame,
+            format,
+            live: is_live,
+        } => {
+            let b = format.bytes(&frame)?.clone();
+            if is_live {
+                live.push(frame.published);
+            }
+            Utf8Bytes::try_from(b).ok().map(Message::Text)
+        }
+        Out::Relayed(b) => Utf8Bytes::try_from(*b).ok().map(Message::Text),
         Out::Own(s) => Some(Message::Text(s.into())),
         Out::Ping => Some(Message::Ping(Bytes::new())),
-        Out::Close(..) => None,
+        Out::Close(..) | Out::Follow(_) => None,
     }
+}
+
+/// The sessions a writer follows, made on the first follow (an idle connection has none).
+type Follows = Option<SelectAll<Followed>>;
+
+/// The next frame of any followed session; pending while none is ready (or none followed).
+async fn next_followed(follows: &mut Follows) -> Out {
+    if let Some(f) = follows.as_mut().filter(|f| !f.is_empty()) {
+        if let Some(o) = f.next().await {
+            return o;
+        }
+    }
+    std::future::pending().await
+}
+
+/// A frame of a followed session if one is ready now.
+fn ready_followed(follows: &mut Follows) -> Option<Out> {
+    follows.as_mut()?.next().now_or_never().flatten()
+}
+
+/// What one write (one flush) gathers.
+#[derive(Default)]
+struct Gathered {
+    /// Messages fed.
+    n: u64,
+    /// A close asked for (code, reason): nothing after it is written.
+    closing: Option<(u16, &'static str)>,
+    /// Publishing times of the live frames fed.
+    live: Vec<std::time::Instant>,
+}
+
+/// Feeds one outbound item to the socket (or acts on it: close, follow).
+async fn put<S: Sink<Message> + Unpin>(
+    o: Out,
+    sink: &mut S,
+    follows: &mut Follows,
+    g: &mut Gathered,
+) -> Result<(), S::Error> {
+    match o {
+        Out::Close(code, reason) => g.closing = Some((code, reason)),
+        Out::Follow(f) => follows.get_or_insert_with(SelectAll::new).push(f),
+        o => {
+            if let Some(m) = to_message(o, &mut g.live) {
+                sink.feed(m).await?;
+                g.n += 1;
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn write_loop<S>(core: Arc<Core>, mut sink: S, mut rx: mpsc::Receiver<Out>, timeout: Duration)
@@ -151,37 +229,59 @@ where
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     heartbeat.reset();
-    let mut closing: Option<(u16, &'static str)> = None;
+    let mut follows: Follows = None;
+    let mut g = Gathered::default();
     loop {
-        let first = tokio::select! {
+        let (first, followed) = tokio::select! {
             biased;
-            m = rx.recv() => m,
-            _ = close.cancelled() => None,
-            _ = heartbeat.tick() => Some(Out::Ping),
+            m = rx.recv() => match m {
+                Some(o) => (o, false),
+                None => break,
+            },
+            o = next_followed(&mut follows) => (o, true),
+            _ = close.cancelled() => break,
+            _ = heartbeat.tick() => (Out::Ping, false),
         };
-        let Some(first) = first else { break };
-        let mut n = 0u64;
         let batch = async {
-            if let Out::Close(code, reason) = first {
-                closing = Some((code, reason));
-            } else if let Some(m) = to_message(first) {
-                sink.feed(m).await?;
-                n += 1;
-            }
-            while n < 256 && closing.is_none() {
-                let Ok(o) = rx.try_recv() else { break };
-                if let Out::Close(code, reason) = o {
-                    closing = Some((code, reason));
-                } else if let Some(m) = to_message(o) {
-                    sink.feed(m).await?;
-                    n += 1;
+            let mut next = Some((first, followed));
+            while let Some((o, followed)) = next.take() {
+                if followed {
+                    // What the reader queued before this frame was published goes first
+                    // (`run.accepted` before its run's frames).
+                    while g.closing.is_none() {
+                        let Ok(q) = rx.try_recv() else { break };
+                        put(q, &mut sink, &mut follows, &mut g).await?;
+                    }
                 }
+                if g.closing.is_some() {
+                    break;
+                }
+                put(o, &mut sink, &mut follows, &mut g).await?;
+                if g.n >= 256 || g.closing.is_some() {
+                    break;
+                }
+                next = match rx.try_recv() {
+                    Ok(q) => Some((q, false)),
+                    Err(_) => ready_followed(&mut follows).map(|o| (o, true)),
+                };
             }
             sink.flush().await
         };
         match tokio::time::timeout(timeout, batch).await {
             Ok(Ok(())) => {
-                core.metrics.frames_sent.fetch_add(n, Ordering::Relaxed);
+                core.metrics.frames_sent.fetch_add(g.n, Ordering::Relaxed);
+                g.n = 0;
+                if !g.live.is_empty() {
+                    let written = std::time::Instant::now();
+                    let mut batch = Batch::default();
+                    for p in g.live.drain(..) {
+                        batch.frame(p, written);
+                    }
+                    core.metrics.delivery.ws.add(&batch);
+                    if g.live.capacity() > 64 {
+                        g.live.shrink_to(64);
+                    }
+                }
             }
             Ok(Err(_)) => return,
             Err(_) => {
@@ -189,11 +289,12 @@ where
                 return;
             }
         }
-        if closing.is_some() {
+        if g.closing.is_some() {
             break;
         }
     }
-    let (code, reason) = match closing {
+    drop(follows);
+    let (code, reason) = match g.closing {
         Some(c) => c,
         None if core.close_sockets.is_cancelled() => (CLOSE_GOING_AWAY, "server shutting down"),
         None => (1000, ""),
@@ -289,7 +390,7 @@ impl Conn {
                     }
                     let topic = prepared.topic().clone();
                     match topic.subscribe(Some(topic.last_seq())) {
-                        Ok(sub) => self.forward_to(&session_id, sub, view),
+                        Ok(sub) => self.forward_to(&session_id, sub, view).await,
                         Err(_) => {
                             return self.error(id.as_ref(), ApiError::Internal).await;
                         }
@@ -392,7 +493,7 @@ impl Conn {
         self.send_own(serde_json::to_string(&ack).unwrap_or_default())
             .await;
         let view = (s.format.unwrap_or_default(), s.depth.unwrap_or_default());
-        self.forward_to(&s.session_id, subscribed.sub, view);
+        self.forward_to(&s.session_id, subscribed.sub, view).await;
     }
 
     /// [`follow`](Self::follow) in a cluster: through the bus stream, so the frames of a run
@@ -418,14 +519,14 @@ impl Conn {
         self.send_own(serde_json::to_string(&ack).unwrap_or_default())
             .await;
         let view = (s.format.unwrap_or_default(), s.depth.unwrap_or_default());
-        let h = tokio::spawn(forward_remote(
-            self.core.clone(),
+        let (f, h) = follow::remote(
+            &self.core,
             followed.follow,
-            self.tx.clone(),
             view,
             s.after_seq.unwrap_or(0),
             epoch,
-        ));
+        );
+        let _ = self.tx.send(Out::Follow(f)).await;
         self.tick += 1;
         self.subs.insert(s.session_id.clone(), (h, self.tick));
     }
@@ -477,107 +578,13 @@ impl Conn {
         Ok(())
     }
 
-    /// Forwards a subscription's frames to this connection (one forwarder per session), in a
-    /// format and down to a depth of nested runs.
-    fn forward_to(&mut self, session_id: &str, sub: Subscription, view: (Format, Depth)) {
-        let h = tokio::spawn(forward(
-            self.core.clone(),
-            sub,
-            self.tx.clone(),
-            view,
-            Arc::from(session_id),
-        ));
+    /// Has the writer follow a subscription (in a format and down to a depth of nested
+    /// runs); queued after what this connection queued before, so it comes after it.
+    async fn forward_to(&mut self, session_id: &str, sub: Subscription, view: (Format, Depth)) {
+        let (f, h) = follow::local(&self.core, sub, view, Arc::from(session_id));
+        let _ = self.tx.send(Out::Follow(f)).await;
         self.tick += 1;
         self.subs.insert(session_id.to_owned(), (h, self.tick));
-    }
-}
-
-async fn forward(
-    core: Arc<Core>,
-    mut sub: Subscription,
-    tx: mpsc::Sender<Out>,
-    (format, depth): (Format, Depth),
-    session_id: Arc<str>,
-) {
-    // Counted while the forwarder lives (also when it is aborted).
-    let _live = core.count_subscription();
-    loop {
-        match sub.recv().await {
-            Some(Delivery::Frame(f)) => {
-                if !depth.admits(&f) {
-                    continue;
-                }
-                if let Some(b) = format.bytes(&f) {
-                    if tx.send(Out::Shared(b.clone())).await.is_err() {
-                        break;
-                    }
-                }
-            }
-            Some(Delivery::Reset { epoch }) => {
-                // The session was deleted: its numbering restarted under a new epoch.
-                let e = ApiError::HistoryTruncated {
-                    after_seq: sub.last_seq(),
-                    oldest_seq: 1,
-                    epoch: Some(epoch),
-                };
-                let _ = tx.send(Out::Own(e.frame(None))).await;
-                break;
-            }
-            Some(Delivery::Lagged { resume_after_seq }) => {
-                drop(sub);
-                crate::service::telemetry::Lagged {
-                    session_id: &session_id,
-                    resume_after_seq,
-                    surface: "ws",
-                }
-                .emit(&core.metrics);
-                let _ = tx
-                    .send(Out::Own(frames::lagged(&session_id, resume_after_seq)))
-                    .await;
-                break;
-            }
-            None => break,
-        }
-    }
-}
-
-/// Forwards frames from the bus stream (a session followed in a cluster). The follow reads
-/// at the pace of the connection (the consumer pulls as frames are sent), so it is never
-/// `lagged`; retained frames that no longer reach back to `after_seq` end it with
-/// `history_truncated`.
-#[cfg(feature = "nats")]
-async fn forward_remote(
-    core: Arc<Core>,
-    mut follow: crate::cluster::bus::RemoteFollow,
-    tx: mpsc::Sender<Out>,
-    (format, depth): (Format, Depth),
-    after_seq: u64,
-    epoch: String,
-) {
-    use crate::cluster::bus::RemoteDelivery;
-    let _live = core.count_subscription();
-    while let Some(d) = follow.recv().await {
-        match d {
-            RemoteDelivery::Frame(f) => {
-                if !depth.admits_depth(f.depth) {
-                    continue;
-                }
-                if let Some(b) = f.bytes(format) {
-                    if tx.send(Out::Shared(b.clone())).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            RemoteDelivery::Truncated { oldest_seq } => {
-                let e = ApiError::HistoryTruncated {
-                    after_seq,
-                    oldest_seq,
-                    epoch: Some(epoch),
-                };
-                let _ = tx.send(Out::Own(e.frame(None))).await;
-                return;
-            }
-        }
     }
 }
 

@@ -8,12 +8,14 @@
 //! - [`report`]: scenario figures, medians over repetitions, the JSON and HTML report.
 //! - [`progress`]: the live progress bar and the timeline.
 //! - [`procfs`]: CPU and memory of a local process (the server's, when its pid is given).
+//! - [`scrape`]: the server's own publish-to-socket-write latency, from its `/metrics`.
 
 pub mod check;
 pub mod client;
 pub mod procfs;
 pub mod progress;
 pub mod report;
+pub mod scrape;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -120,6 +122,7 @@ pub async fn run(plan: &Plan) -> Result<Report, LoadtestError> {
     let sampler = Sampler::start("loadtest", plan.expected_runs(), false, c.clone());
     let cpu0 = plan.server_pid.and_then(|p| procfs::cpu_seconds(Some(p)));
     let rss0 = plan.server_pid.and_then(|p| procfs::rss_kib(Some(p)));
+    let delivery0 = scrape::delivery(&plan.target, "ws").await.ok();
     let t0 = Instant::now();
     let q = Queue::new(Workload {
         prefix: session_prefix(),
@@ -160,6 +163,9 @@ pub async fn run(plan: &Plan) -> Result<Report, LoadtestError> {
     if let (Some(a), Some(b)) = (cpu0, cpu1) {
         sc.cpu_s = Some(b - a);
         sc.cpu_ms_per_run = Some(1000.0 * (b - a) / sc.runs.max(1) as f64);
+    }
+    if let (Some(a), Ok(b)) = (delivery0, scrape::delivery(&plan.target, "ws").await) {
+        scrape::add_figures(&mut sc, &b.since(&a));
     }
     if let Some(pid) = plan.server_pid {
         if let Some(r) = rss0 {

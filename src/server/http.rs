@@ -344,6 +344,11 @@ impl SseFrames {
                                 }
                                 let end = me.run.is_some() && f.body.is_terminal();
                                 if let Some(ev) = sse_event(&f, me.format) {
+                                    if !sub.replayed() {
+                                        let mut b = crate::service::delivery::Batch::default();
+                                        b.frame(f.published, std::time::Instant::now());
+                                        me.core.metrics.delivery.sse.add(&b);
+                                    }
                                     return Some((Ok(ev), (sub, end, me, counted)));
                                 }
                             }

@@ -360,11 +360,14 @@ struct State<E> {
     surface: &'static str,
     first: Option<Vec<u8>>,
     done: bool,
+    /// Publishing times of the live frames in the bytes being made.
+    live: Vec<std::time::Instant>,
 }
 
 impl<E: RunEncoder> State<E> {
     /// Encodes `f` and whatever else is ready, up to a batch.
     fn encode(&mut self, f: &Frame, out: &mut Vec<u8>) {
+        self.stamp(f);
         if self.enc.push(f, out) == Flow::Done {
             self.done = true;
             return;
@@ -372,6 +375,7 @@ impl<E: RunEncoder> State<E> {
         while out.len() < BATCH_BYTES {
             match self.sub.try_recv() {
                 Some(Delivery::Frame(f)) => {
+                    self.stamp(&f);
                     if self.enc.push(&f, out) == Flow::Done {
                         self.done = true;
                         return;
@@ -388,6 +392,26 @@ impl<E: RunEncoder> State<E> {
                 None => return,
             }
         }
+    }
+
+    /// Notes a live frame's publishing time (not one replayed from history).
+    fn stamp(&mut self, f: &Frame) {
+        if !self.sub.replayed() {
+            self.live.push(f.published);
+        }
+    }
+
+    /// Observes the live frames of the bytes handed to the HTTP body now.
+    fn observe(&mut self) {
+        if self.live.is_empty() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let mut b = crate::service::delivery::Batch::default();
+        for p in self.live.drain(..) {
+            b.frame(p, now);
+        }
+        self.core.metrics.delivery.sse.add(&b);
     }
 
     /// The session was deleted (its numbering restarted): the run is gone with it.
@@ -448,6 +472,7 @@ fn frames<E: RunEncoder>(
         surface,
         first: Some(first),
         done: false,
+        live: Vec::new(),
     };
     futures::stream::unfold(st, |mut st| async move {
         if let Some(first) = st.first.take() {
@@ -471,6 +496,7 @@ fn frames<E: RunEncoder>(
                 }
                 Ok(Some(Delivery::Reset { .. })) | Ok(None) => st.deleted(&mut out),
             }
+            st.observe();
             if !out.is_empty() {
                 return Some((Ok(Bytes::from(out)), st));
             }

@@ -54,6 +54,8 @@ pub struct Metrics {
     pub calls: std::sync::Arc<CallMetrics>,
     /// Ingest items refused, by code (`invalid_id`, `trace_not_yours`).
     pub ingest_refused: Family<CodeLabel, Counter>,
+    /// Frames from publish to the completed socket write, by transport.
+    pub delivery: crate::service::delivery::Delivery,
 }
 
 /// `agent` and `model`.
@@ -429,6 +431,12 @@ impl Core {
             waiting,
         );
         m.calls.register(r);
+        r.register_with_unit(
+            "callboard_frame_delivery",
+            "Session frames from their publishing to the completed write to a client's socket, by transport (ws, sse); live frames only, not resumes from history",
+            Unit::Seconds,
+            m.delivery.snapshot(),
+        );
         r.register(
             "callboard_trace_ingest_refused",
             "Items of trace ingest bodies refused, by code (invalid_id, trace_not_yours)",

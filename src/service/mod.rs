@@ -9,7 +9,8 @@
 //! - [`request`]: the typed run request every transport parses into.
 //! - [`cluster`]: `[cluster]`: node ids, bus mirrors, live nodes, taking over runs.
 //! - [`store`]: the session store `[sessions] store` names.
-//! - [`metrics`], [`telemetry`]: counters, Prometheus text, named events that log and count.
+//! - [`metrics`], [`telemetry`]: counters, Prometheus text, named events that log and count;
+//!   [`delivery`]: the publish-to-socket-write histogram.
 //! - [`error`]: `ApiError`, the one error type of every answer.
 //! - [`cast`], [`tools`], [`http_tool`]: from config to agents, models and tools (`http`,
 //!   `client`, `agent`) and MCP servers.
@@ -17,6 +18,7 @@
 pub mod approvals;
 pub mod cast;
 pub mod cluster;
+pub mod delivery;
 pub mod error;
 pub mod http_tool;
 pub mod metrics;
