@@ -211,6 +211,42 @@ impl Topic {
         let mut frame = Frame::new(self.session_id.clone(), seq, run_id.clone(), body);
         frame.nesting = nesting;
         let frame = Arc::new(frame);
+        self.keep_and_deliver(&mut st, &frame, true);
+        frame
+    }
+
+    /// Takes a frame numbered elsewhere (the session's run executing on another node, read
+    /// from the cluster's bus stream): kept and delivered like a published frame, never
+    /// mirrored back. A frame at or below the last seq is ignored (`None`): this topic has
+    /// it already.
+    pub fn relay(&self, frame: Frame) -> Option<Arc<Frame>> {
+        let mut st = self.lock();
+        if frame.seq < st.next_seq {
+            return None;
+        }
+        st.next_seq = frame.seq + 1;
+        let frame = Arc::new(frame);
+        self.keep_and_deliver(&mut st, &frame, false);
+        Some(frame)
+    }
+
+    /// Continues the numbering after `seq` (the session's last frame on the cluster's bus
+    /// stream, written by another node) when it is ahead of this topic; the retained frames
+    /// are dropped, since a resume from them would miss the frames in between. Answers
+    /// whether the numbering moved.
+    pub fn advance_to(&self, seq: u64) -> bool {
+        {
+            let mut st = self.lock();
+            if seq < st.next_seq {
+                return false;
+            }
+            st.next_seq = seq + 1;
+        }
+        self.drop_history();
+        true
+    }
+
+    fn keep_and_deliver(&self, st: &mut TopicState, frame: &Arc<Frame>, mirror: bool) {
         if self.limits.history > 0 {
             if st.history.len() >= self.limits.history {
                 if let Some((_, n)) = st.history.pop_front() {
@@ -227,8 +263,10 @@ impl Topic {
                 b.add(n);
             }
         }
-        if let Some(m) = self.mirror.get() {
-            m.frame(&frame);
+        if mirror {
+            if let Some(m) = self.mirror.get() {
+                m.frame(frame);
+            }
         }
         if let Some(live) = &st.live {
             if live.send(frame.clone()).is_err() {
@@ -236,7 +274,6 @@ impl Topic {
                 st.live = None;
             }
         }
-        frame
     }
 
     /// Drops the retained frames (resuming from before them then gets `history_truncated`);

@@ -218,7 +218,8 @@ pub(crate) fn answer_tool_calls(
         })?;
     let mut answered = Vec::with_capacity(answers.len());
     for (call_id, output) in answers {
-        core.tool_result(tenant, &run_id, &call_id, output)?;
+        core.tool_result_any(tenant, &run_id, &call_id, output)
+            .await?;
         answered.push(call_id);
     }
     Ok((
