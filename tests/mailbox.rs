@@ -129,7 +129,7 @@ async fn a_run_executes_on_the_node_that_takes_its_baton_and_its_client_sees_eve
         WAIT,
         reqwest::Client::new()
             .post(format!("http://{}/v1/sessions/m1/runs", nodes.addr(0)))
-            .json(&json!({"agent":"C","input":"again"}))
+            .json(&json!({"agent":"A","input":"again"}))
             .send(),
     )
     .await
@@ -148,7 +148,11 @@ async fn a_run_executes_on_the_node_that_takes_its_baton_and_its_client_sees_eve
             all.push(f["seq"].as_u64().unwrap_or(0));
         }
     }
-    assert_eq!(all, (1..=last).collect::<Vec<_>>(), "gapless over both runs");
+    assert_eq!(
+        all,
+        (1..=last).collect::<Vec<_>>(),
+        "gapless over both runs"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,7 +208,8 @@ async fn two_nodes_racing_on_one_session_start_exactly_one_run() {
         let session = format!("race-{round}");
         let mut first = ws(nodes.addr(0)).await;
         let mut second = ws(nodes.addr(1)).await;
-        let create = json!({"type":"run.create","id":1,"session_id":session,"agent":"A","input":"hi"});
+        let create =
+            json!({"type":"run.create","id":1,"session_id":session,"agent":"A","input":"hi"});
         send(&mut first, create.clone()).await;
         send(&mut second, create).await;
         let mut outcomes = Vec::new();

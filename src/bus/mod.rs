@@ -230,19 +230,44 @@ impl Topic {
         Some(frame)
     }
 
-    /// Continues the numbering after `seq` (the session's last frame on the cluster's bus
-    /// stream, written by another node) when it is ahead of this topic; the retained frames
-    /// are dropped, since a resume from them would miss the frames in between. Answers
-    /// whether the numbering moved.
-    pub fn advance_to(&self, seq: u64) -> bool {
-        {
-            let mut st = self.lock();
-            if seq < st.next_seq {
+    /// Continues the numbering after `seq`, the session's last frame on the cluster's bus
+    /// stream (written by this node or another): ahead of this topic, the retained frames
+    /// are dropped (a resume from them would miss the frames in between); behind it (a
+    /// numbering loaded from the store's reservation), the numbering comes back to the bus's,
+    /// unless this topic holds frames past `seq` the bus has not taken yet. Answers whether
+    /// the numbering moved.
+    pub fn continue_after(&self, seq: u64) -> bool {
+        let mut st = self.lock();
+        if seq + 1 == st.next_seq {
+            return false;
+        }
+        if seq + 1 < st.next_seq {
+            if st.history.back().is_some_and(|(f, _)| f.seq > seq) {
                 return false;
             }
             st.next_seq = seq + 1;
+            st.gap = (0, 0);
+            return true;
         }
+        st.next_seq = seq + 1;
+        drop(st);
         self.drop_history();
+        true
+    }
+
+    /// A numbering loaded with a superseded gap (see [`resuming_after_gap`](Self::resuming_after_gap))
+    /// that has published nothing since continues right after the gap's start instead:
+    /// in a cluster, when the bus stream holds no frame of the session, the seqs reserved
+    /// past the last one known published were never used by any node. Answers whether it
+    /// moved.
+    pub fn continue_after_safe(&self) -> bool {
+        let mut st = self.lock();
+        let (from, to) = st.gap;
+        if to == 0 || st.next_seq != to + 1 {
+            return false;
+        }
+        st.next_seq = from + 1;
+        st.gap = (0, 0);
         true
     }
 

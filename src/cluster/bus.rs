@@ -51,7 +51,10 @@ impl Cluster {
     }
 
     /// The stream sequence and frame seq of the last frame on `subject` (zeros when none).
-    pub(crate) async fn last_on(&self, subject: &str) -> Result<(u64, u64, Option<String>), ClusterError> {
+    pub(crate) async fn last_on(
+        &self,
+        subject: &str,
+    ) -> Result<(u64, u64, Option<String>), ClusterError> {
         match self.bus.get_last_raw_message_by_subject(subject).await {
             Ok(m) => {
                 let seq = header_u64(&m.headers, SEQ);

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, AckPolicy};
+use async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::Acker;
 use async_nats::jetstream::{stream, AckKind};
@@ -107,8 +107,8 @@ impl Cluster {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", format!("{}:{step}", baton.run_id).as_str());
         let subject = self.mailbox_subject(&baton.tenant, &baton.agent);
-        let deadline = tokio::time::Instant::now()
-            + Duration::from_millis(self.config.outage_wait_ms.max(1));
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.config.outage_wait_ms.max(1));
         loop {
             let acked = match self
                 .js
@@ -120,12 +120,17 @@ impl Cluster {
             };
             match acked {
                 Ok(_) => return Ok(()),
-                Err(e) if is_full(&e) => return Err(MailboxError::Full(self.config.mailbox_max_msgs)),
+                Err(e) if is_full(&e) => {
+                    return Err(MailboxError::Full(self.config.mailbox_max_msgs))
+                }
                 Err(e) if tokio::time::Instant::now() < deadline => {
                     tracing::debug!(error = %e, "waiting for NATS to take a baton");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     if e.kind() == PublishErrorKind::StreamNotFound {
-                        let _ = self.js.get_or_create_stream(stream_config(&self.config)).await;
+                        let _ = self
+                            .js
+                            .get_or_create_stream(stream_config(&self.config))
+                            .await;
                     }
                 }
                 Err(e) => return Err(MailboxError::Nats(e.to_string())),
@@ -143,7 +148,7 @@ impl Cluster {
     ) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
-            let mut consumer: Option<pull::Consumer> = None;
+            let mut consumer: Option<PullConsumer> = None;
             loop {
                 if stop.is_cancelled() {
                     return;
@@ -234,7 +239,7 @@ impl Cluster {
         })
     }
 
-    async fn mailbox_consumer(&self) -> Result<pull::Consumer, ClusterError> {
+    async fn mailbox_consumer(&self) -> Result<PullConsumer, ClusterError> {
         let err = |e: &dyn std::fmt::Display| ClusterError::JetStream {
             what: "open the agents' mailboxes".into(),
             reason: e.to_string(),

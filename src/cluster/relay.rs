@@ -21,7 +21,12 @@ use crate::wire::Format;
 pub fn frame_of(r: &Relayed, session_id: &Arc<str>) -> Option<Frame> {
     let v: Value = serde_json::from_slice(&r.sdk).ok()?;
     let body = body_of(&v, r.tool.as_deref())?;
-    let mut f = Frame::new(session_id.clone(), r.seq, Arc::from(r.run_id.as_str()), body);
+    let mut f = Frame::new(
+        session_id.clone(),
+        r.seq,
+        Arc::from(r.run_id.as_str()),
+        body,
+    );
     f.nesting = nesting_of(&v);
     Format::Sdk.preset(&f, Some(r.sdk.clone()));
     Format::Chat.preset(&f, r.chat.clone());

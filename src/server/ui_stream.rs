@@ -218,8 +218,7 @@ pub(crate) fn answer_tool_calls(
         })?;
     let mut answered = Vec::with_capacity(answers.len());
     for (call_id, output) in answers {
-        core.tool_result_any(tenant, &run_id, &call_id, output)
-            .await?;
+        core.tool_result(tenant, &run_id, &call_id, output)?;
         answered.push(call_id);
     }
     Ok((

@@ -35,6 +35,15 @@ impl Core {
         let _ = self.cluster.set(cluster);
     }
 
+    /// Whether runs go through the agents' mailboxes (`[cluster] mailboxes`).
+    pub fn uses_mailboxes(&self) -> bool {
+        #[cfg(feature = "nats")]
+        if self.mailboxes.get().is_some() {
+            return true;
+        }
+        false
+    }
+
     /// The cluster, when this node is in one.
     #[cfg(feature = "nats")]
     pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {

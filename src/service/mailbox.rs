@@ -98,6 +98,7 @@ impl Core {
             return Err(ApiError::Internal);
         };
         // Follow the session's subject first, so no frame of the run is missed.
+        self.sync_numbering(owner).await;
         let followed = m
             .cluster
             .follow(tenant, owner.session_id(), None)
@@ -181,7 +182,10 @@ impl Core {
                 }
             };
             let Some(frame) = crate::cluster::relay::frame_of(&r, &session_id) else {
-                tracing::warn!(seq = r.seq, "a frame from the bus that this node cannot read is skipped");
+                tracing::warn!(
+                    seq = r.seq,
+                    "a frame from the bus that this node cannot read is skipped"
+                );
                 continue;
             };
             let ours = *frame.run_id == *run_id && frame.nesting.is_none();
@@ -209,7 +213,10 @@ impl Core {
         matches!(
             self.sessions.store().get_run(tenant, run_id).await,
             Ok(Some(r)) if r.status.is_final() || r.status == RunStatus::AwaitingApproval
-        ) || matches!(self.sessions.store().get_run(tenant, run_id).await, Ok(None))
+        ) || matches!(
+            self.sessions.store().get_run(tenant, run_id).await,
+            Ok(None)
+        )
     }
 
     /// Works a baton this node took: takes the run over in the store, claims its session
@@ -387,7 +394,14 @@ impl Core {
         match c.last_on(&subject).await {
             Ok((_, seq, Some(epoch))) if epoch == owner.epoch() => {
                 if let Some(t) = owner.topic() {
-                    t.advance_to(seq);
+                    t.continue_after(seq);
+                }
+            }
+            Ok((_, 0, None)) => {
+                // Nothing of the session on the bus: no node numbered past the last seq
+                // the store knows published.
+                if let Some(t) = owner.topic() {
+                    t.continue_after_safe();
                 }
             }
             Ok(_) => {}

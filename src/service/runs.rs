@@ -66,7 +66,7 @@ pub(crate) struct TenantSlot {
 
 impl TenantSlot {
     /// Takes a place for `tenant` whatever the limit (a queued run, admitted when queued).
-    fn forced(core: &Arc<Core>, tenant: &Arc<str>) -> TenantSlot {
+    pub(crate) fn forced(core: &Arc<Core>, tenant: &Arc<str>) -> TenantSlot {
         *core.tenant_runs.entry(tenant.clone()).or_insert(0) += 1;
         TenantSlot {
             core: core.clone(),
@@ -231,6 +231,7 @@ impl PreparedRun {
                 slot,
                 mut claim,
             } => {
+                let mailbox = core.uses_mailboxes();
                 let start = RunStart {
                     run_id: run_id.to_string(),
                     tenant: tenant.to_string(),
@@ -239,18 +240,58 @@ impl PreparedRun {
                     trace_id: cfg.trace_id.clone(),
                     seq_reserved: claimed.reserve.clone(),
                     status: RunStatus::Running,
-                    request: None,
-                    node_id: core.node_id().map(str::to_owned),
+                    // Through a mailbox, the node that takes the baton starts it from this.
+                    request: mailbox
+                        .then(|| {
+                            serde_json::to_string(&StoredRequest {
+                                queue_order: 0,
+                                request: req.clone(),
+                            })
+                            .ok()
+                        })
+                        .flatten(),
+                    node_id: if mailbox {
+                        None
+                    } else {
+                        core.node_id().map(str::to_owned)
+                    },
                 };
                 // Recorded before the run can publish past the old reservation or save a turn.
-                store.record_run_start(start).await.map_err(|e| {
-                    tracing::error!(run_id = %run_id, error = %e, "could not record the run's start");
-                    ApiError::Internal
+                store.record_run_start(start).await.map_err(|e| match e {
+                    // Another node's run holds the session (the cluster's store refused it).
+                    crate::session::SessionError::Busy(_) => ApiError::SessionBusy(format!(
+                        "session {} already has a run in progress on another node; wait for its end frame, or cancel it, before starting another",
+                        owner.session_id()
+                    )),
+                    e => {
+                        tracing::error!(run_id = %run_id, error = %e, "could not record the run's start");
+                        ApiError::Internal
+                    }
                 })?;
                 core.waiters.insert(run_id.to_string(), end_tx);
                 let epoch = claimed.epoch.clone();
                 let topic = claimed.topic.clone();
                 let trace_id = cfg.trace_id.clone();
+                #[cfg(feature = "nats")]
+                if mailbox {
+                    if let Some((epoch, upto)) = &claimed.reserve {
+                        owner.reserved(epoch, *upto);
+                    }
+                    drop(slot);
+                    let handed = core
+                        .hand_to_mailbox(&tenant, &owner, &run_id, agent.name())
+                        .await;
+                    // From here the end frame releases the session's claim (or the failure did).
+                    claim.armed = false;
+                    handed?;
+                    return Ok(Started {
+                        run_id: run_id.to_string(),
+                        trace_id,
+                        topic,
+                        epoch,
+                        end,
+                    });
+                }
                 let started = core
                     .start_engine(
                         &tenant, &owner, &run_id, &agent, req.input, cfg, claimed, slot, None,
@@ -322,6 +363,15 @@ impl PreparedRun {
                             .await;
                     } else if let Some(e) = core.runs.get(&*stop_id) {
                         e.cancel_by(cancel, Some(run_id.clone()));
+                    } else {
+                        #[cfg(feature = "nats")]
+                        if core.uses_mailboxes() {
+                            // Executing on another node: asked there.
+                            let (c, t, by) = (core.clone(), tenant.clone(), run_id.clone());
+                            tokio::spawn(async move {
+                                let _ = c.cancel_remote(&t, &stop_id, cancel, Some(&by)).await;
+                            });
+                        }
                     }
                 }
                 Ok(Started {
@@ -340,7 +390,7 @@ impl Core {
     /// Hands a claimed run to its agent: registry, client tools, settler. On failure the
     /// claim is released and the record says why.
     #[allow(clippy::too_many_arguments)]
-    async fn start_engine(
+    pub(crate) async fn start_engine(
         self: &Arc<Self>,
         tenant: &Arc<str>,
         owner: &Arc<SessionOwner>,
@@ -418,7 +468,7 @@ impl Core {
 
     /// After a run's end frame: wakes whoever waits for it, and starts the session's next
     /// queued run.
-    fn after_end(
+    pub(crate) fn after_end(
         self: &Arc<Self>,
         tenant: &Arc<str>,
         owner: &Arc<SessionOwner>,
@@ -490,6 +540,13 @@ impl Core {
         if let Err(e) = store.update_run(&tenant, &run_id, update).await {
             return fail(format!("the session store failed: {e}")).await;
         }
+        #[cfg(feature = "nats")]
+        if self.uses_mailboxes() {
+            let _ = self
+                .hand_to_mailbox(&tenant, &owner, &run_id, &req.agent)
+                .await;
+            return;
+        }
         let cfg = run_config(
             &tenant,
             owner.session_id(),
@@ -503,6 +560,59 @@ impl Core {
                 &tenant, &owner, &run_id, &agent, req.input, cfg, claimed, slot, None,
             )
             .await;
+    }
+
+    /// Starts a recorded run from its stored request (a baton taken from a mailbox); the
+    /// run holds its session's claim already. On failure its record and end frame say why.
+    #[cfg(feature = "nats")]
+    pub(crate) async fn start_fresh(
+        self: &Arc<Self>,
+        tenant: &Arc<str>,
+        owner: &Arc<SessionOwner>,
+        run_id: &Arc<str>,
+        detail: &crate::session::RunDetail,
+    ) -> Result<(), ApiError> {
+        let request = detail.request.as_deref().and_then(StoredRequest::parse);
+        let agent = request
+            .as_ref()
+            .and_then(|r| self.agents.get(&r.request.agent).cloned());
+        let (Some(r), Some(agent), Ok(claimed)) = (request, agent, owner.claimed()) else {
+            let e = AgentsError::UserError(
+                "the run's stored request cannot be read, or names an agent this node does not have".into(),
+            );
+            let _ = self
+                .sessions
+                .store()
+                .record_run_end(tenant, run_id, RunEnd::failed(&e, None, None))
+                .await;
+            let body = FrameBody::RunFailed {
+                error_type: e.sdk_name().into(),
+                message: e.to_string(),
+            };
+            let ended = owner.end_paused(run_id, body);
+            self.after_end(tenant, owner, run_id, ended);
+            return Err(ApiError::Conflict(e.to_string()));
+        };
+        let cfg = run_config(
+            tenant,
+            owner.session_id(),
+            run_id,
+            &r.request,
+            detail.record.trace_id.clone(),
+        );
+        let slot = TenantSlot::forced(self, tenant);
+        self.start_engine(
+            tenant,
+            owner,
+            run_id,
+            &agent,
+            r.request.input,
+            cfg,
+            claimed,
+            slot,
+            None,
+        )
+        .await
     }
 
     /// Ends a paused run (no task) as cancelled by a new message: its record, its items on
@@ -559,6 +669,8 @@ impl RunSettle for RunSettler {
             drop(self.slot.lock().unwrap_or_else(|e| e.into_inner()).take());
             let frame = self.owner.pause_run(ended);
             core.after_end(&self.tenant, &self.owner, &rid, (frame, None));
+            #[cfg(feature = "nats")]
+            core.baton_settled(&rid);
             return;
         }
         if let RunOutcome::Failed(e) = &ended.outcome {
@@ -592,6 +704,8 @@ impl RunSettle for RunSettler {
         core.metrics.run_ends.count(&ended.outcome);
         let done = self.owner.end_run(ended);
         core.after_end(&self.tenant, &self.owner, &rid, done);
+        #[cfg(feature = "nats")]
+        core.baton_settled(&rid);
     }
 }
 
@@ -676,6 +790,11 @@ impl Core {
             }
         }
         let owner = self.sessions.owner(tenant, session_id).await?;
+        #[cfg(feature = "nats")]
+        if self.uses_mailboxes() && owner.current_run().is_none() {
+            // Another node may have numbered the session's frames since.
+            self.sync_numbering(&owner).await;
+        }
         let run_id: Arc<str> = gen_run_id().into();
         let on_busy = req.on_busy.unwrap_or(self.config.sessions.on_busy);
         // One run per session at a time, so a session's items never interleave.
@@ -826,7 +945,7 @@ pub(crate) fn check_session_id(session_id: &str) -> Result<(), ApiError> {
 
 /// The run config of a request: turns, workflow, the trace (its id chosen here, so it can be
 /// announced first; `trace_id` when the run already has one) grouped by the session.
-fn run_config(
+pub(crate) fn run_config(
     tenant: &str,
     session_id: &str,
     run_id: &str,
@@ -988,7 +1107,10 @@ impl Core {
 
     /// A run left running can resume from its state, unless it has none, or it died while
     /// tools that are not idempotent ran (running them twice could do harm): then the reason.
-    fn resumable(&self, d: &crate::session::RunDetail) -> Result<crate::run::RunState, String> {
+    pub(crate) fn resumable(
+        &self,
+        d: &crate::session::RunDetail,
+    ) -> Result<crate::run::RunState, String> {
         let r = &d.record;
         let state = d
             .state
@@ -1029,6 +1151,10 @@ impl Core {
         state: crate::run::RunState,
     ) -> Result<(), ApiError> {
         let run_id: Arc<str> = state.run_id.as_str().into();
+        #[cfg(feature = "nats")]
+        if self.uses_mailboxes() {
+            self.sync_numbering(owner).await;
+        }
         owner.set_paused(&run_id, false);
         owner.publish(&run_id, FrameBody::RunResumed);
         self.start_from_state(tenant, owner, state).await

@@ -211,4 +211,3 @@ pub fn seqs(frames: &[Value]) -> Vec<u64> {
         .map(|f| f["seq"].as_u64().unwrap_or(0))
         .collect()
 }
-

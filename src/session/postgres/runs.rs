@@ -94,9 +94,9 @@ impl PgStore {
             .await;
         match inserted {
             Ok(_) => tx.commit().await.map_err(e),
-            Err(err) if is_unique_violation(&err) => Err(SessionError::Busy(
-                s.session_id.clone().unwrap_or_default(),
-            )),
+            Err(err) if is_unique_violation(&err) => {
+                Err(SessionError::Busy(s.session_id.clone().unwrap_or_default()))
+            }
             Err(err) => Err(e(err)),
         }
     }
