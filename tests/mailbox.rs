@@ -306,3 +306,121 @@ async fn a_full_mailbox_answers_overloaded() {
     let a = frames_until_end(&mut first).await;
     assert_eq!(a.last().unwrap()["type"], "run.completed", "{a:?}");
 }
+
+/// A tool server on loopback: `/wire` counts its calls.
+async fn tool_server() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let app = axum::Router::new().route(
+        "/wire",
+        axum::routing::post(move || {
+            let c = c.clone();
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                "sent"
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (addr, calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_paused_for_approval_elsewhere_resumes_through_its_mailbox_when_decided() {
+    if !cluster_ready().await {
+        return;
+    }
+    let (tool, calls) = tool_server().await;
+    let body = format!(
+        r#"
+[models.default]
+provider = "scripted"
+[[models.default.script]]
+outputs = [{{ kind = "call", name = "wire_money", arguments = '{{"amount":5}}' }}]
+[[models.default.script]]
+outputs = [{{ kind = "message", text = "all done", deltas = 2 }}]
+
+[[agents]]
+name = "Banker"
+tools = ["wire_money"]
+
+[[tools]]
+name = "wire_money"
+description = "Sends money."
+kind = "http"
+url = "http://{tool}/wire"
+parameters = {{ type = "object", properties = {{ amount = {{ type = "number" }} }}, required = ["amount"] }}
+needs_approval = true
+"#
+    );
+    let nodes = start_nodes_with(NATS, &gateway_and_two(""), &body);
+    let mut on_a = ws(nodes.addr(0)).await;
+    send(
+        &mut on_a,
+        json!({"type":"run.create","id":1,"session_id":"m6","agent":"Banker","input":"pay"}),
+    )
+    .await;
+    let mut frames = Vec::new();
+    let paused = loop {
+        let f = recv(&mut on_a).await;
+        match f["type"].as_str().unwrap_or("") {
+            "run.accepted" => continue,
+            "run.interrupted" => {
+                frames.push(f.clone());
+                break f;
+            }
+            "error" | "run.failed" | "run.completed" => panic!("not paused: {f}"),
+            _ => frames.push(f),
+        }
+    };
+    let run_id = paused["run_id"].as_str().expect("run id").to_owned();
+    let call_id = paused["interruptions"][0]["call_id"]
+        .as_str()
+        .expect("a pending call")
+        .to_owned();
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing runs before approval"
+    );
+    // Decided on the gateway, which executes nothing.
+    let res = tokio::time::timeout(
+        WAIT,
+        reqwest::Client::new()
+            .post(format!(
+                "http://{}/v1/runs/{run_id}/decisions",
+                nodes.addr(0)
+            ))
+            .json(&json!({"call_id": call_id, "decision": "approve"}))
+            .send(),
+    )
+    .await
+    .expect("in time")
+    .expect("request");
+    assert!(res.status().is_success(), "{}", res.status());
+    frames.extend(frames_until_end(&mut on_a).await);
+    let types: Vec<&str> = frames.iter().filter_map(|f| f["type"].as_str()).collect();
+    assert!(types.contains(&"run.resumed"), "{types:?}");
+    let end = frames.last().unwrap();
+    assert_eq!(end["type"], "run.completed", "{end}");
+    assert_eq!(end["final_output"], "all done");
+    let s = seqs(&frames);
+    assert_eq!(
+        s,
+        (1..=s.len() as u64).collect::<Vec<_>>(),
+        "gapless over the pause"
+    );
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let rec = get(nodes.addr(0), &format!("/v1/runs/{run_id}")).await;
+    assert_eq!(rec["status"], "completed", "{rec}");
+    let node = rec["node_id"].as_str().unwrap_or("");
+    assert!(node == "b" || node == "c", "{rec}");
+}

@@ -39,6 +39,10 @@ pub struct Baton {
     pub agent: String,
     /// The node that accepted the run.
     pub accepted_by: String,
+    /// The run goes on after a pause for approval (its decisions are in its stored state):
+    /// the taking node announces `run.resumed` first.
+    #[serde(default)]
+    pub resume: bool,
 }
 
 /// A baton could not be put in its mailbox.
@@ -430,6 +434,7 @@ mod tests {
             session_id: "s".into(),
             agent: "A b".into(),
             accepted_by: "a".into(),
+            resume: false,
         };
         let text = serde_json::to_string(&b).unwrap();
         assert_eq!(serde_json::from_str::<Baton>(&text).unwrap(), b);

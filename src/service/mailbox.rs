@@ -93,6 +93,7 @@ impl Core {
         owner: &Arc<SessionOwner>,
         run_id: &Arc<str>,
         agent: &str,
+        resume: bool,
     ) -> Result<(), ApiError> {
         let Some(m) = self.mailboxes().cloned() else {
             return Err(ApiError::Internal);
@@ -113,9 +114,16 @@ impl Core {
             session_id: owner.session_id().to_string(),
             agent: agent.to_owned(),
             accepted_by: m.cluster.node_id.clone(),
+            resume,
+        };
+        // A run's first baton is step 0; a resumed run's, a new step each time.
+        let step = if resume {
+            (crate::session::records::now_ms() & 0x7fff_ffff) as u32 | 1
+        } else {
+            0
         };
         let sent = match followed {
-            Ok(f) => m.cluster.send_baton(&baton, 0).await.map(|_| f),
+            Ok(f) => m.cluster.send_baton(&baton, step).await.map(|_| f),
             Err(e) => Err(MailboxError::Nats(e.to_string())),
         };
         let followed = match sent {
@@ -343,6 +351,10 @@ impl Core {
             true => match self.resumable(&detail) {
                 Ok(state) => {
                     tracing::info!(run_id = %run_id, turn = state.current_turn, delivered = taken.delivered, "resuming a run from its last stored turn");
+                    if b.resume && taken.delivered == 1 {
+                        // Decided after a pause: announced as a local resume is.
+                        owner.publish(&run_id, FrameBody::RunResumed);
+                    }
                     self.start_from_state(&tenant, &owner, state).await
                 }
                 Err(reason) => {

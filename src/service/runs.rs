@@ -279,7 +279,7 @@ impl PreparedRun {
                     }
                     drop(slot);
                     let handed = core
-                        .hand_to_mailbox(&tenant, &owner, &run_id, agent.name())
+                        .hand_to_mailbox(&tenant, &owner, &run_id, agent.name(), false)
                         .await;
                     // From here the end frame releases the session's claim (or the failure did).
                     claim.armed = false;
@@ -543,7 +543,7 @@ impl Core {
         #[cfg(feature = "nats")]
         if self.uses_mailboxes() {
             let _ = self
-                .hand_to_mailbox(&tenant, &owner, &run_id, &req.agent)
+                .hand_to_mailbox(&tenant, &owner, &run_id, &req.agent, false)
                 .await;
             return;
         }
@@ -1153,7 +1153,12 @@ impl Core {
         let run_id: Arc<str> = state.run_id.as_str().into();
         #[cfg(feature = "nats")]
         if self.uses_mailboxes() {
-            self.sync_numbering(owner).await;
+            // Decided: the run goes on wherever its baton is taken (which says run.resumed).
+            owner.set_paused(&run_id, false);
+            let agent = state.current_agent.name.clone();
+            return self
+                .hand_to_mailbox(tenant, owner, &run_id, &agent, true)
+                .await;
         }
         owner.set_paused(&run_id, false);
         owner.publish(&run_id, FrameBody::RunResumed);
