@@ -387,6 +387,61 @@ impl Core {
         }
     }
 
+    /// Starts a recorded run from its stored request (a baton taken from a mailbox); the
+    /// run holds its session's claim already. On failure its record and end frame say why.
+    pub(crate) async fn start_fresh(
+        self: &Arc<Self>,
+        tenant: &Arc<str>,
+        owner: &Arc<SessionOwner>,
+        run_id: &Arc<str>,
+        detail: &crate::session::RunDetail,
+    ) -> Result<(), ApiError> {
+        let request = detail
+            .request
+            .as_deref()
+            .and_then(crate::service::sessions::StoredRequest::parse);
+        let agent = request
+            .as_ref()
+            .and_then(|r| self.agents.get(&r.request.agent).cloned());
+        let (Some(r), Some(agent), Ok(claimed)) = (request, agent, owner.claimed()) else {
+            let e = AgentsError::UserError(
+                "the run's stored request cannot be read, or names an agent this node does not have".into(),
+            );
+            let _ = self
+                .sessions
+                .store()
+                .record_run_end(tenant, run_id, RunEnd::failed(&e, None, None))
+                .await;
+            let body = FrameBody::RunFailed {
+                error_type: e.sdk_name().into(),
+                message: e.to_string(),
+            };
+            let ended = owner.end_paused(run_id, body);
+            self.after_end(tenant, owner, run_id, ended);
+            return Err(ApiError::Conflict(e.to_string()));
+        };
+        let cfg = crate::service::runs::run_config(
+            tenant,
+            owner.session_id(),
+            run_id,
+            &r.request,
+            detail.record.trace_id.clone(),
+        );
+        let slot = crate::service::runs::TenantSlot::forced(self, tenant);
+        self.start_engine(
+            tenant,
+            owner,
+            run_id,
+            &agent,
+            r.request.input,
+            cfg,
+            claimed,
+            slot,
+            None,
+        )
+        .await
+    }
+
     /// A run executed here is settled: its baton leaves the mailbox.
     pub(crate) fn baton_settled(&self, run_id: &str) {
         let Some(m) = self.mailboxes() else { return };

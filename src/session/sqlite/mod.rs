@@ -22,30 +22,28 @@
 //!
 //! Files: `location` (URLs, connection set-up), `pool` (read pool, checkpoints),
 //! `writer` (the writer thread), `schema` (migrations), `session` (one conversation),
-//! [`lock`] (one process per file).
+//! [`lock`] (one process per file), `runs` (run records, states and queued requests),
+//! `store` (the [`Store`] interface over all of it).
 
 mod location;
 pub mod lock;
 mod pool;
+mod runs;
 mod schema;
 mod session;
+mod store;
 mod writer;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use rusqlite::{params, Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::claim::{SessionClaim, SessionLocks};
-use super::records::{
-    now_ms, RunDetail, RunEnd, RunErrorInfo, RunQuery, RunRecord, RunStart, RunStatus, RunUpdate,
-    SessionInfo, SessionMeta, INTERRUPTED_ERROR_TYPE,
-};
-use super::store::Store;
+use super::records::{now_ms, SessionInfo, SessionMeta, INTERRUPTED_ERROR_TYPE};
 use super::{Session, SessionError};
 use location::{classify, configure, parse_location, Location};
 use pool::{checkpoint_loop, ReadPool};
@@ -448,77 +446,6 @@ impl SqliteStore {
         }
     }
 
-    /// Records a run as `running`. Call it before the run starts.
-    pub async fn record_run_start(&self, start: RunStart) -> Result<(), SessionError> {
-        self.write(WriteOp::RunStart(Box::new(start)))
-            .await
-            .map(|_| ())
-    }
-
-    /// Records how a run ended; answers `false` if there was no running record for it (never
-    /// started, or already ended or marked interrupted).
-    pub async fn record_run_end(
-        &self,
-        tenant: &str,
-        run_id: &str,
-        end: RunEnd,
-    ) -> Result<bool, SessionError> {
-        match self
-            .write(WriteOp::RunEnd {
-                tenant: tenant.to_owned(),
-                run_id: run_id.to_owned(),
-                end: Box::new(end),
-            })
-            .await?
-        {
-            WriteOut::Changed(b) => Ok(b),
-            _ => Ok(false),
-        }
-    }
-
-    /// A tenant's run record.
-    pub async fn get_run(
-        &self,
-        tenant: &str,
-        run_id: &str,
-    ) -> Result<Option<RunRecord>, SessionError> {
-        let tenant = tenant.to_owned();
-        let run_id = run_id.to_owned();
-        self.read(move |c| {
-            let mut q = c.prepare_cached(&format!(
-                "SELECT {RUN_COLUMNS} FROM runs WHERE tenant = ?1 AND run_id = ?2"
-            ))?;
-            let mut rows = q.query(params![tenant, run_id])?;
-            match rows.next()? {
-                Some(r) => run_from_row(r).map(Some),
-                None => Ok(None),
-            }
-        })
-        .await
-    }
-
-    /// A tenant's runs, newest first, filtered by session and status.
-    pub async fn list_runs(
-        &self,
-        tenant: &str,
-        query: &RunQuery,
-    ) -> Result<Vec<RunRecord>, SessionError> {
-        let tenant = tenant.to_owned();
-        let session_id = query.session_id.clone();
-        let status = query.status.map(RunStatus::as_str);
-        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
-        self.read(move |c| {
-            let mut q = c.prepare_cached(&format!(
-                "SELECT {RUN_COLUMNS} FROM runs WHERE tenant = ?1
-                    AND (?2 IS NULL OR session_id = ?2) AND (?3 IS NULL OR status = ?3)
-                  ORDER BY created_at DESC, run_id DESC LIMIT ?4"
-            ))?;
-            let rows = q.query_map(params![tenant, session_id, status, limit], run_from_row)?;
-            rows.collect()
-        })
-        .await
-    }
-
     /// A session's numbering, if the session exists.
     pub async fn session_meta(
         &self,
@@ -570,106 +497,6 @@ impl SqliteStore {
         .map(|_| ())
     }
 
-    /// A tenant's run with its state and (queued) request.
-    pub async fn run_detail(
-        &self,
-        tenant: &str,
-        run_id: &str,
-    ) -> Result<Option<RunDetail>, SessionError> {
-        let tenant = tenant.to_owned();
-        let run_id = run_id.to_owned();
-        self.read(move |c| {
-            let mut q = c.prepare_cached(&format!(
-                "SELECT {RUN_COLUMNS}, state, request FROM runs WHERE tenant = ?1 AND run_id = ?2"
-            ))?;
-            let mut rows = q.query(params![tenant, run_id])?;
-            match rows.next()? {
-                Some(r) => Ok(Some(RunDetail {
-                    record: run_from_row(r)?,
-                    state: r.get(18)?,
-                    request: r.get(19)?,
-                })),
-                None => Ok(None),
-            }
-        })
-        .await
-    }
-
-    /// Every tenant's runs still in flight (running, queued, awaiting approval), oldest
-    /// first, with their states: what a restarted server takes up again.
-    pub async fn runs_in_flight(&self) -> Result<Vec<RunDetail>, SessionError> {
-        self.read(move |c| {
-            let mut q = c.prepare_cached(&format!(
-                "SELECT {RUN_COLUMNS}, state, request FROM runs
-                  WHERE status IN ('running', 'queued', 'awaiting_approval')
-                  ORDER BY created_at, run_id"
-            ))?;
-            let rows = q.query_map([], |r| {
-                Ok(RunDetail {
-                    record: run_from_row(r)?,
-                    state: r.get(18)?,
-                    request: r.get(19)?,
-                })
-            })?;
-            rows.collect()
-        })
-        .await
-    }
-
-    /// Runs awaiting approval whose decision deadline has passed: `(tenant, run_id)`.
-    pub async fn due_approvals(&self, now: i64) -> Result<Vec<(String, String)>, SessionError> {
-        self.read(move |c| {
-            let mut q = c.prepare_cached(
-                "SELECT tenant, run_id FROM runs
-                  WHERE status = 'awaiting_approval' AND deadline IS NOT NULL AND deadline <= ?1",
-            )?;
-            let rows = q.query_map(params![now], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect()
-        })
-        .await
-    }
-
-    /// Changes a run in flight (status, state, node); answers whether it was in flight.
-    pub async fn update_run(
-        &self,
-        tenant: &str,
-        run_id: &str,
-        update: RunUpdate,
-    ) -> Result<bool, SessionError> {
-        match self
-            .write(WriteOp::UpdateRun {
-                tenant: tenant.to_owned(),
-                run_id: run_id.to_owned(),
-                update: Box::new(update),
-            })
-            .await?
-        {
-            WriteOut::Changed(b) => Ok(b),
-            _ => Ok(false),
-        }
-    }
-
-    /// Removes the items a run added to its session (double-texting `rollback`).
-    pub async fn delete_run_items(
-        &self,
-        tenant: &str,
-        session_id: &str,
-        run_id: &str,
-    ) -> Result<bool, SessionError> {
-        match self
-            .write(WriteOp::DeleteRunItems {
-                tenant: tenant.to_owned(),
-                session: session_id.to_owned(),
-                run_id: run_id.to_owned(),
-            })
-            .await?
-        {
-            WriteOut::Changed(b) => Ok(b),
-            _ => Ok(false),
-        }
-    }
-
-    /// Finishes the queued writes, checkpoints the WAL into the main file and stops the
     /// writer; later calls answer [`SessionError::Closed`]. Call it at shutdown.
     pub async fn close(&self) -> Result<(), SessionError> {
         self.inner
@@ -709,43 +536,6 @@ impl SqliteStore {
     }
 }
 
-const RUN_COLUMNS: &str = "run_id, tenant, session_id, status, starting_agent, last_agent,
-    final_output, usage, error_type, error_message, trace_id, created_at, updated_at, finished_at,
-    turn, cancel_mode, by_run_id, node_id";
-
-fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
-    let status: String = r.get(3)?;
-    let final_output: Option<String> = r.get(6)?;
-    let usage: Option<String> = r.get(7)?;
-    let error_type: Option<String> = r.get(8)?;
-    let error_message: Option<String> = r.get(9)?;
-    Ok(RunRecord {
-        run_id: r.get(0)?,
-        tenant: r.get(1)?,
-        session_id: r.get(2)?,
-        status: RunStatus::parse(&status).unwrap_or(RunStatus::Interrupted),
-        starting_agent: r.get(4)?,
-        last_agent: r.get(5)?,
-        final_output: final_output.and_then(|s| serde_json::from_str(&s).ok()),
-        usage: usage.and_then(|s| serde_json::from_str(&s).ok()),
-        error: match (error_type, error_message) {
-            (None, None) => None,
-            (t, m) => Some(RunErrorInfo {
-                error_type: t.unwrap_or_default(),
-                message: m.unwrap_or_default(),
-            }),
-        },
-        trace_id: r.get(10)?,
-        created_at: r.get(11)?,
-        updated_at: r.get(12)?,
-        finished_at: r.get(13)?,
-        turn: r.get::<_, i64>(14)?.max(0) as u64,
-        cancel_mode: r.get(15)?,
-        by_run_id: r.get(16)?,
-        node_id: r.get(17)?,
-    })
-}
-
 /// Creates or migrates the file at `path` to schema `version` only (for tests of migrations
 /// from older files); not part of the stable API.
 #[doc(hidden)]
@@ -754,95 +544,4 @@ pub fn __migrate_file_to(path: &Path, version: i64) -> Result<(), SessionError> 
     let mut conn = Connection::open(path).map_err(|e| classify(&display, &e))?;
     schema::migrate_to(&mut conn, version, now_ms()).map_err(|e| classify(&display, &e))?;
     Ok(())
-}
-
-#[async_trait]
-impl Store for SqliteStore {
-    fn describe(&self) -> String {
-        format!("sqlite://{} (SQLite, WAL)", self.inner.display)
-    }
-    fn is_durable(&self) -> bool {
-        true
-    }
-    fn session(&self, tenant: &str, session_id: &str) -> Arc<dyn Session> {
-        SqliteStore::session(self, tenant, session_id)
-    }
-    async fn session_meta(
-        &self,
-        tenant: &str,
-        session_id: &str,
-    ) -> Result<Option<SessionMeta>, SessionError> {
-        SqliteStore::session_meta(self, tenant, session_id).await
-    }
-    async fn set_session_meta(
-        &self,
-        tenant: &str,
-        session_id: &str,
-        meta: SessionMeta,
-    ) -> Result<(), SessionError> {
-        SqliteStore::set_session_meta(self, tenant, session_id, meta).await
-    }
-    async fn delete_session(&self, tenant: &str, session_id: &str) -> Result<bool, SessionError> {
-        SqliteStore::delete_session(self, tenant, session_id).await
-    }
-    async fn list_sessions(
-        &self,
-        tenant: &str,
-        limit: usize,
-    ) -> Result<Vec<SessionInfo>, SessionError> {
-        SqliteStore::list_sessions(self, tenant, Some(limit)).await
-    }
-    async fn record_run_start(&self, start: RunStart) -> Result<(), SessionError> {
-        SqliteStore::record_run_start(self, start).await
-    }
-    async fn record_run_end(
-        &self,
-        tenant: &str,
-        run_id: &str,
-        end: RunEnd,
-    ) -> Result<bool, SessionError> {
-        SqliteStore::record_run_end(self, tenant, run_id, end).await
-    }
-    async fn get_run(&self, tenant: &str, run_id: &str) -> Result<Option<RunRecord>, SessionError> {
-        SqliteStore::get_run(self, tenant, run_id).await
-    }
-    async fn list_runs(
-        &self,
-        tenant: &str,
-        query: &RunQuery,
-    ) -> Result<Vec<RunRecord>, SessionError> {
-        SqliteStore::list_runs(self, tenant, query).await
-    }
-    async fn run_detail(
-        &self,
-        tenant: &str,
-        run_id: &str,
-    ) -> Result<Option<RunDetail>, SessionError> {
-        SqliteStore::run_detail(self, tenant, run_id).await
-    }
-    async fn runs_in_flight(&self) -> Result<Vec<RunDetail>, SessionError> {
-        SqliteStore::runs_in_flight(self).await
-    }
-    async fn due_approvals(&self, now: i64) -> Result<Vec<(String, String)>, SessionError> {
-        SqliteStore::due_approvals(self, now).await
-    }
-    async fn update_run(
-        &self,
-        tenant: &str,
-        run_id: &str,
-        update: RunUpdate,
-    ) -> Result<bool, SessionError> {
-        SqliteStore::update_run(self, tenant, run_id, update).await
-    }
-    async fn delete_run_items(
-        &self,
-        tenant: &str,
-        session_id: &str,
-        run_id: &str,
-    ) -> Result<bool, SessionError> {
-        SqliteStore::delete_run_items(self, tenant, session_id, run_id).await
-    }
-    async fn close(&self) -> Result<(), SessionError> {
-        SqliteStore::close(self).await
-    }
 }

@@ -1,79 +1,45 @@
-//! Session owners: every session (per tenant) has exactly one owner while it is in use, and
-//! every rule about a session lives here, for every store and every transport:
-//!
-//! - the **numbering**: the topic that assigns the gapless `seq`, the session's `epoch`, and
-//!   the seq reservation that keeps numbering going across restarts (PROTOCOL.md 6.1);
-//! - the **retained history** (the topic's, bounded per session and by a global budget);
-//! - the **run claim**: one run at a time per session;
-//! - the **subscribers** (the topic's).
-//!
-//! Owners are virtual actors in the manner of Orleans' grains: activated on first use (their
-//! numbering loaded from the store), addressed by key, and passivated when idle (no run, no
-//! subscriber, nothing new for `limits.session_idle_ms`), their final numbering saved. Memory
-//! follows activity: a session nobody uses costs nothing but its rows in the store.
-//!
-//! An owner is one object with a short lock rather than an actix actor: every operation is a
-//! few field updates that never wait, so a mailbox round trip would only add a hop (DESIGN.md
-//! measured ~14 µs per `send().await`).
+//! One session's owner: its numbering (seq, epoch, reservation), retained history, run claim
+//! and queue (double-texting), and subscribers, behind one short lock.
 
+use super::*;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use dashmap::DashMap;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{Notify, OnceCell};
 
-use crate::bus::{BusLimits, HistoryBudget, Subscription, Topic};
-use crate::items::Item;
+use crate::bus::{BusLimits, Subscription, Topic};
 use crate::run::RunEnded;
 use crate::service::error::ApiError;
 use crate::service::request::{OnBusy, RunCreate};
-use crate::session::{RunQuery, RunStatus, Session, SessionError, SessionMeta, Store, TurnRecord};
+use crate::session::{RunQuery, RunStatus, SessionError, Store};
 
-/// How many seqs a session reserves ahead in the store. A process that dies mid-run may have
-/// published up to the reservation; the next one numbers after it (a gap, never a reuse).
-pub const SEQ_RESERVATION: u64 = 1 << 20;
-
-/// How long an owner retaining no frames stays active after its last use.
-pub const EMPTY_IDLE: Duration = Duration::from_secs(5);
-
-/// A session's key: tenant and session id.
-pub type SessionKey = (Arc<str>, Arc<str>);
-
-/// A new epoch: `e_` and 16 hex digits.
-pub fn gen_epoch() -> String {
-    let t = crate::trace::gen_trace_id();
-    format!("e_{}", &t["trace_".len().."trace_".len() + 16])
-}
-
-struct OwnerState {
-    topic: Option<Arc<Topic>>,
-    epoch: String,
+pub(super) struct OwnerState {
+    pub(super) topic: Option<Arc<Topic>>,
+    pub(super) epoch: String,
     /// The highest seq saved as reserved in the store.
-    reserved: u64,
+    pub(super) reserved: u64,
     /// Whether the session has a numbering row in the store.
-    stored: bool,
+    pub(super) stored: bool,
     /// The run holding the session (running, or paused for approval).
-    run: Option<Arc<str>>,
+    pub(super) run: Option<Arc<str>>,
     /// Whether that run is paused (stored state only: no task holds the owner).
-    paused: bool,
+    pub(super) paused: bool,
     /// Runs waiting for the session, in the order they start.
-    queue: VecDeque<Queued>,
+    pub(super) queue: VecDeque<Queued>,
     /// The run holding the session executes on another node (its frames are relayed here
     /// from the cluster's bus): this node numbers none of the session's frames meanwhile.
-    remote: Option<Arc<str>>,
-    last_used: Instant,
-    passivated: bool,
+    pub(super) remote: Option<Arc<str>>,
+    pub(super) last_used: Instant,
+    pub(super) passivated: bool,
 }
 
 /// The one owner of a session while it is active.
 pub struct SessionOwner {
-    tenant: Arc<str>,
-    session_id: Arc<str>,
-    loaded: OnceCell<()>,
+    pub(super) tenant: Arc<str>,
+    pub(super) session_id: Arc<str>,
+    pub(super) loaded: OnceCell<()>,
     state: Mutex<OwnerState>,
     /// Set once a passivated owner's numbering is saved: a new owner of the session waits
     /// for it, so it loads the exact numbering.
@@ -94,14 +60,14 @@ pub struct Subscribed {
 }
 
 /// A run in a session's queue.
-struct Queued {
-    run_id: Arc<str>,
+pub(super) struct Queued {
+    pub(super) run_id: Arc<str>,
     /// Whether its record is written: only then may it start.
-    ready: bool,
+    pub(super) ready: bool,
     /// Its request, when this process took it (else it is read from the store).
-    request: Option<Arc<RunCreate>>,
+    pub(super) request: Option<Arc<RunCreate>>,
     /// Its place in the durable order (stored with the request): smaller starts first.
-    order: i64,
+    pub(super) order: i64,
 }
 
 /// A queued run's stored request: the request and its place in the session's queue (the
@@ -159,7 +125,7 @@ pub struct Claimed {
 }
 
 impl SessionOwner {
-    fn new(tenant: Arc<str>, session_id: Arc<str>) -> SessionOwner {
+    pub(super) fn new(tenant: Arc<str>, session_id: Arc<str>) -> SessionOwner {
         SessionOwner {
             tenant,
             session_id,
@@ -187,12 +153,12 @@ impl SessionOwner {
         &self.decisions
     }
 
-    fn mark_saved(&self) {
+    pub(super) fn mark_saved(&self) {
         self.saved.store(true, Ordering::Release);
         self.saved_signal.notify_waiters();
     }
 
-    async fn wait_saved(&self) {
+    pub(super) async fn wait_saved(&self) {
         loop {
             let notified = self.saved_signal.notified();
             if self.saved.load(Ordering::Acquire) {
@@ -202,7 +168,7 @@ impl SessionOwner {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, OwnerState> {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, OwnerState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -231,7 +197,7 @@ impl SessionOwner {
         self.lock().run.clone()
     }
 
-    async fn load(&self, store: &dyn Store, limits: &BusLimits) -> Result<(), ApiError> {
+    pub(super) async fn load(&self, store: &dyn Store, limits: &BusLimits) -> Result<(), ApiError> {
         let meta = store
             .session_meta(&self.tenant, &self.session_id)
             .await
@@ -475,7 +441,7 @@ impl SessionOwner {
     }
 
     /// A seq reservation to save with a turn, when the current one runs low.
-    fn reservation(&self) -> Option<(String, u64)> {
+    pub(super) fn reservation(&self) -> Option<(String, u64)> {
         let st = self.lock();
         let topic = st.topic.as_ref()?;
         Self::reservation_due(&st, topic)
@@ -609,7 +575,7 @@ impl SessionOwner {
     /// Whether the owner can be passivated now: no run, no subscriber, and unused for
     /// `idle` (or for [`EMPTY_IDLE`] when it retains no frames, e.g. after the history budget
     /// took them: then it only holds what the store already has).
-    fn idle(st: &OwnerState, idle: Duration, now: Instant) -> bool {
+    pub(super) fn idle(st: &OwnerState, idle: Duration, now: Instant) -> bool {
         // A paused run and queued runs are stored state: they do not keep the owner.
         if st.run.is_some() && !st.paused {
             return false;
@@ -624,374 +590,11 @@ impl SessionOwner {
     }
 }
 
-fn self_session_id(owner: &SessionOwner) -> Arc<str> {
+pub(super) fn self_session_id(owner: &SessionOwner) -> Arc<str> {
     owner.session_id.clone()
 }
 
-fn store_failed(e: SessionError) -> ApiError {
+pub(super) fn store_failed(e: SessionError) -> ApiError {
     tracing::error!(error = %e, "session store failed");
     ApiError::Internal
-}
-
-/// The active sessions, each with its one owner.
-pub struct Sessions {
-    owners: DashMap<SessionKey, Arc<SessionOwner>>,
-    store: Arc<dyn Store>,
-    limits: BusLimits,
-    budget: Arc<HistoryBudget>,
-    idle: Duration,
-    /// How long turn saves take (items, run record and run state in one store write).
-    save_latency: Histogram,
-    /// Gives each session's topic a mirror (the cluster's bus stream), when set.
-    mirrors: std::sync::OnceLock<Arc<dyn MirrorFactory>>,
-}
-
-/// Makes the mirror of a session's topic (see [`crate::bus::TopicMirror`]).
-pub trait MirrorFactory: Send + Sync {
-    /// The mirror of `tenant`'s session `session_id`, whose numbering is `epoch`.
-    fn mirror(
-        &self,
-        tenant: &Arc<str>,
-        session_id: &Arc<str>,
-        epoch: &str,
-    ) -> Arc<dyn crate::bus::TopicMirror>;
-}
-
-impl Sessions {
-    /// No active session yet; sessions are kept in `store`, topics get `limits` (their
-    /// history counted against `budget`), and owners idle for `idle` are passivated.
-    pub fn new(
-        store: Arc<dyn Store>,
-        limits: BusLimits,
-        budget: Arc<HistoryBudget>,
-        idle: Duration,
-    ) -> Self {
-        let limits = BusLimits {
-            budget: Some(budget.clone()),
-            ..limits
-        };
-        Sessions {
-            owners: DashMap::new(),
-            store,
-            limits,
-            budget,
-            idle,
-            save_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
-            mirrors: std::sync::OnceLock::new(),
-        }
-    }
-
-    /// Mirrors every session topic made from now on (once; later calls are ignored).
-    pub fn set_mirrors(&self, factory: Arc<dyn MirrorFactory>) {
-        let _ = self.mirrors.set(factory);
-    }
-
-    /// In a cluster: whether an idle owner's numbering is behind the store's (another node
-    /// ran the session since), so it must be loaded again before use.
-    async fn moved(&self, owner: &SessionOwner) -> Result<bool, ApiError> {
-        let (epoch, reserved) = {
-            let st = owner.lock();
-            if st.run.is_some() || !st.queue.is_empty() {
-                return Ok(false);
-            }
-            (st.epoch.clone(), st.reserved)
-        };
-        let meta = self
-            .store
-            .session_meta(&owner.tenant, &owner.session_id)
-            .await
-            .map_err(store_failed)?;
-        Ok(meta.is_some_and(|m| {
-            !m.epoch.is_empty() && (m.epoch != epoch || m.seq_reserved > reserved)
-        }))
-    }
-
-    fn attach_mirror(&self, owner: &SessionOwner) {
-        let Some(f) = self.mirrors.get() else { return };
-        let (topic, epoch) = {
-            let st = owner.lock();
-            (st.topic.clone(), st.epoch.clone())
-        };
-        if let Some(t) = topic.filter(|t| !t.has_mirror()) {
-            t.set_mirror(f.mirror(&owner.tenant, &owner.session_id, &epoch));
-        }
-    }
-
-    /// The store behind the sessions.
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
-    /// Active sessions.
-    pub fn active(&self) -> usize {
-        self.owners.len()
-    }
-
-    /// The history budget.
-    pub fn budget(&self) -> &Arc<HistoryBudget> {
-        &self.budget
-    }
-
-    /// The owner of a tenant's session, activated (its numbering loaded) if needed.
-    pub async fn owner(
-        &self,
-        tenant: &Arc<str>,
-        session_id: &str,
-    ) -> Result<Arc<SessionOwner>, ApiError> {
-        let key: SessionKey = (tenant.clone(), Arc::from(session_id));
-        loop {
-            let owner = self
-                .owners
-                .entry(key.clone())
-                .or_insert_with(|| Arc::new(SessionOwner::new(key.0.clone(), key.1.clone())))
-                .clone();
-            let loaded = owner
-                .loaded
-                .get_or_try_init(|| owner.load(&*self.store, &self.limits))
-                .await;
-            if let Err(e) = loaded {
-                self.owners.remove_if(&key, |_, o| Arc::ptr_eq(o, &owner));
-                return Err(e);
-            }
-            if owner.lock().passivated {
-                // Being passivated: once its numbering is saved, activate a fresh one.
-                owner.wait_saved().await;
-                self.owners.remove_if(&key, |_, o| Arc::ptr_eq(o, &owner));
-                continue;
-            }
-            if self.mirrors.get().is_some() && self.moved(&owner).await? {
-                // Another node numbered the session since this owner loaded it.
-                self.owners.remove_if(&key, |_, o| Arc::ptr_eq(o, &owner));
-                continue;
-            }
-            self.attach_mirror(&owner);
-            return Ok(owner);
-        }
-    }
-
-    /// The owner of a session if it is active now.
-    pub fn active_owner(&self, tenant: &str, session_id: &str) -> Option<Arc<SessionOwner>> {
-        let key: SessionKey = (tenant.into(), session_id.into());
-        self.owners.get(&key).map(|o| o.clone())
-    }
-
-    /// Whether a session was ever used for a run (its numbering is in the store, or its
-    /// active owner published frames).
-    pub async fn stored(&self, tenant: &str, session_id: &str) -> Result<bool, ApiError> {
-        if self
-            .active_owner(tenant, session_id)
-            .is_some_and(|o| o.last_seq() > 0)
-        {
-            return Ok(true);
-        }
-        Ok(self
-            .store
-            .session_meta(tenant, session_id)
-            .await
-            .map_err(store_failed)?
-            .is_some())
-    }
-
-    /// The conversation of a session, as the run engine uses it: turns are saved with the
-    /// session's seq reservation topped up when it runs low.
-    pub fn conversation(&self, owner: &Arc<SessionOwner>) -> Arc<dyn Session> {
-        Arc::new(OwnedSession {
-            inner: self.store.session(&owner.tenant, &owner.session_id),
-            owner: owner.clone(),
-            latency: self.save_latency.clone(),
-        })
-    }
-
-    /// Turn saves' durations in seconds (for `/metrics`).
-    pub fn save_latency(&self) -> &Histogram {
-        &self.save_latency
-    }
-
-    /// Deletes a session: refused with `session_busy` while a run holds it; otherwise its
-    /// items and numbering go, its subscribers are told the numbering restarted, and the next
-    /// use numbers from 1 under a new epoch. Answers whether it existed.
-    pub async fn delete(&self, tenant: &Arc<str>, session_id: &str) -> Result<bool, ApiError> {
-        let owner = self.owner(tenant, session_id).await?;
-        // Hold the claim for the deletion, so no run starts meanwhile.
-        let marker: Arc<str> = Arc::from("(deleting)");
-        let claimed = owner.claim(&marker).map_err(|_| {
-            ApiError::SessionBusy(format!(
-                "session {session_id} has a run in progress; cancel it (run.cancel) and wait for its end frame before deleting the session"
-            ))
-        })?;
-        let existed = match self.store.delete_session(tenant, session_id).await {
-            Ok(e) => e || claimed.topic.last_seq() > 0,
-            Err(e) => {
-                owner.release(&marker);
-                return Err(store_failed(e));
-            }
-        };
-        if !existed {
-            // Nothing to delete: the session (and its subscribers) stay as they are.
-            owner.release(&marker);
-            return Ok(false);
-        }
-        let new_epoch = gen_epoch();
-        {
-            // A new numbering from 1, under a new epoch, on a fresh topic.
-            let mut st = owner.lock();
-            st.run = None;
-            st.topic = Some(Topic::new(self_session_id(&owner), self.limits.clone()));
-            st.epoch = new_epoch.clone();
-            st.stored = false;
-            st.reserved = 0;
-            st.last_used = Instant::now();
-        }
-        self.attach_mirror(&owner);
-        // Subscribers of the old numbering are told (history_truncated, the new epoch).
-        claimed.topic.reset(&new_epoch);
-        Ok(true)
-    }
-
-    /// Passivates owners idle for the idle time: they leave memory, their exact numbering is
-    /// saved. Only an owner nobody else holds (no run, no request in flight) is passivated,
-    /// so no operation ever acts on a passivated owner. Answers how many.
-    pub async fn passivate_idle(&self) -> usize {
-        let now = Instant::now();
-        let mut done = Vec::new();
-        for entry in self.owners.iter() {
-            let owner = entry.value();
-            // The map's reference and this loop's: nobody else holds it.
-            if Arc::strong_count(owner) > 1 || !owner.loaded.initialized() {
-                continue;
-            }
-            let mut st = owner.lock();
-            if !SessionOwner::idle(&st, self.idle, now) {
-                continue;
-            }
-            st.passivated = true;
-            let last = st.topic.as_ref().map_or(0, |t| t.last_seq());
-            if let Some(t) = st.topic.take() {
-                t.drop_history();
-            }
-            let save = (st.stored && last != st.reserved).then(|| SessionMeta {
-                epoch: st.epoch.clone(),
-                seq_reserved: last,
-                seq_safe: last,
-            });
-            done.push((entry.key().clone(), owner.clone(), save));
-        }
-        let n = done.len();
-        for (key, owner, save) in done {
-            if let Some(meta) = save {
-                if let Err(e) = self
-                    .store
-                    .set_session_meta(&owner.tenant, &owner.session_id, meta)
-                    .await
-                {
-                    tracing::warn!(error = %e, session_id = %owner.session_id, "could not save a passivated session's numbering");
-                }
-            }
-            owner.mark_saved();
-            self.owners.remove_if(&key, |_, o| Arc::ptr_eq(o, &owner));
-        }
-        n
-    }
-
-    /// Frees the live rings of sessions nobody follows any more. Answers how many.
-    pub fn release_idle_rings(&self) -> usize {
-        self.owners
-            .iter()
-            .filter(|o| o.topic().is_some_and(|t| t.release_idle_ring()))
-            .count()
-    }
-
-    /// Saves every active session's exact numbering (at shutdown, after the runs ended).
-    pub async fn save_all(&self) {
-        let list: Vec<(Arc<SessionOwner>, String, u64)> = self
-            .owners
-            .iter()
-            .filter_map(|o| {
-                let st = o.lock();
-                let last = st.topic.as_ref().map_or(0, |t| t.last_seq());
-                (st.stored && st.run.is_none() && last != st.reserved)
-                    .then(|| (o.clone(), st.epoch.clone(), last))
-            })
-            .collect();
-        for (owner, epoch, last) in list {
-            let meta = SessionMeta {
-                epoch,
-                seq_reserved: last,
-                seq_safe: last,
-            };
-            let _ = self
-                .store
-                .set_session_meta(&owner.tenant, &owner.session_id, meta)
-                .await;
-        }
-    }
-
-    /// Brings retained history back under the budget: the least recently used sessions lose
-    /// their retained frames first. Answers the bytes freed.
-    pub fn enforce_budget(&self) -> usize {
-        let limit = self.budget.limit();
-        if self.budget.used() <= limit {
-            return 0;
-        }
-        let target = limit / 10 * 9;
-        let mut by_use: Vec<(Instant, Arc<Topic>)> = self
-            .owners
-            .iter()
-            .filter_map(|o| {
-                let st = o.lock();
-                st.topic.clone().map(|t| (st.last_used, t))
-            })
-            .collect();
-        by_use.sort_by_key(|(t, _)| *t);
-        let mut freed = 0;
-        for (_, topic) in by_use {
-            if self.budget.used() <= target {
-                break;
-            }
-            freed += topic.drop_history();
-        }
-        freed
-    }
-}
-
-/// A session's conversation as a run uses it: the store's session, whose turn saves also top
-/// up the session's seq reservation in the same transaction when it runs low.
-struct OwnedSession {
-    inner: Arc<dyn Session>,
-    owner: Arc<SessionOwner>,
-    latency: Histogram,
-}
-
-#[async_trait]
-impl Session for OwnedSession {
-    fn session_id(&self) -> &str {
-        self.inner.session_id()
-    }
-    async fn get_items(&self, limit: Option<usize>) -> Result<Vec<Item>, SessionError> {
-        self.inner.get_items(limit).await
-    }
-    async fn add_items(&self, items: Vec<Item>) -> Result<(), SessionError> {
-        self.inner.add_items(items).await
-    }
-    async fn save_turn(&self, items: Vec<Item>, turn: &TurnRecord) -> Result<(), SessionError> {
-        let reserve = self.owner.reservation();
-        let mut record = turn.clone();
-        record.seq_reserved = reserve.clone();
-        // Everything published so far belongs to the turns this save completes.
-        record.seq_safe = Some(self.owner.last_seq());
-        let started = Instant::now();
-        let saved = self.inner.save_turn(items, &record).await;
-        self.latency.observe(started.elapsed().as_secs_f64());
-        saved?;
-        if let Some((epoch, upto)) = reserve {
-            self.owner.reserved(&epoch, upto);
-        }
-        Ok(())
-    }
-    async fn pop_item(&self) -> Result<Option<Item>, SessionError> {
-        self.inner.pop_item().await
-    }
-    async fn clear_session(&self) -> Result<(), SessionError> {
-        self.inner.clear_session().await
-    }
 }
