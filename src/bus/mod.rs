@@ -591,6 +591,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn relayed_frames_keep_their_seqs_and_the_numbering_follows_the_bus() {
+        let run: Arc<str> = "run_1".into();
+        // Loaded from a reservation: 10 known published, up to 100 reserved.
+        let t = Topic::resuming_after_gap("s", BusLimits::default(), 10, 100);
+        assert!(t.continue_after_safe(), "nothing on the bus: on after 10");
+        assert_eq!(t.last_seq(), 10);
+        let mut sub = t.subscribe(Some(10)).unwrap();
+        // Frames numbered on another node come in with their seqs, once.
+        assert!(t
+            .relay(Frame::new("s".into(), 11, run.clone(), ev("x")))
+            .is_some());
+        assert!(t
+            .relay(Frame::new("s".into(), 11, run.clone(), ev("x")))
+            .is_none());
+        assert!(t
+            .relay(Frame::new("s".into(), 12, run.clone(), ev("y")))
+            .is_some());
+        for want in [11, 12] {
+            match sub.recv().await.unwrap() {
+                Delivery::Frame(f) => assert_eq!(f.seq, want),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // The bus moved on without this node: the numbering follows, history goes.
+        assert!(t.continue_after(20));
+        assert_eq!(t.publish(&run, ev("z")).seq, 21);
+        assert!(!t.continue_after(21), "in step");
+        // Behind the bus's last frame with frames of its own not on the bus: kept.
+        assert!(!t.continue_after(15));
+        assert_eq!(t.last_seq(), 21);
+    }
+
+    #[tokio::test]
     async fn seq_is_gapless_and_resume_has_no_duplicates() {
         let t = Topic::new("s", BusLimits::default());
         let run: Arc<str> = "run_1".into();

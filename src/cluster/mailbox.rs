@@ -334,6 +334,11 @@ pub enum Control {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         by_run_id: Option<String>,
     },
+    /// Whether a node executes it (answered only by that node).
+    Ping {
+        /// The tenant asking (must be the run's).
+        tenant: String,
+    },
     /// The result of one of its client-side tool calls.
     ToolResult {
         /// The tenant asking (must be the run's).

@@ -88,7 +88,8 @@ impl Core {
     }
 
     /// Hands a recorded run whose session is claimed here to its agent's mailbox, and feeds
-    /// this node's session topic from the bus until the run's end frame. On a full mailbox
+    /// this node's session topic from the bus until the run's end frame (holding `slot`, the
+    /// tenant's place here, until then). On a full mailbox
     /// the run ends failed (`overloaded` to the caller).
     pub(crate) async fn hand_to_mailbox(
         self: &Arc<Self>,
@@ -97,6 +98,7 @@ impl Core {
         run_id: &Arc<str>,
         agent: &str,
         resume: bool,
+        slot: Option<crate::service::runs::TenantSlot>,
     ) -> Result<(), ApiError> {
         let Some(m) = self.mailboxes().cloned() else {
             return Err(ApiError::Internal);
@@ -158,6 +160,8 @@ impl Core {
         let core = self.clone();
         let (tenant, owner, run_id) = (tenant.clone(), owner.clone(), run_id.clone());
         tokio::spawn(async move {
+            // The tenant's place here is held until the run's end reaches this node.
+            let _slot = slot;
             core.feed_from_bus(tenant, owner, run_id, followed.follow)
                 .await
         });

@@ -26,6 +26,11 @@ impl Core {
             return;
         };
         let holding = taken.hold();
+        if self.is_draining() {
+            // Stopping: another node takes it.
+            holding.give_back(Duration::ZERO).await;
+            return;
+        }
         let b = taken.baton.clone();
         let tenant: Arc<str> = b.tenant.as_str().into();
         let run_id: Arc<str> = b.run_id.as_str().into();
@@ -51,15 +56,18 @@ impl Core {
         let me = m.cluster.node_id.clone();
         let before = detail.record.node_id.clone();
         if taken.delivered > 1 {
-            if let Some(n) = before.as_deref().filter(|n| *n != me) {
-                // Delivered again while the node on it may still be alive (slow, or cut off
-                // from NATS for a moment): only a node that is gone gives its runs up.
-                if let Ok(live) = m.cluster.live_nodes().await {
-                    if live.iter().any(|l| l.node_id == n) {
-                        holding.give_back(m.cluster.config.ack_wait()).await;
-                        return;
-                    }
-                }
+            // Delivered again: while a node still works it (slow, or cut off from NATS for a
+            // moment) it answers on the run's control subject; only then is it left there.
+            let ping = Control::Ping {
+                tenant: b.tenant.clone(),
+            };
+            if m.cluster
+                .control(&run_id, &ping)
+                .await
+                .is_some_and(|a| a.ok)
+            {
+                holding.give_back(m.cluster.config.ack_wait()).await;
+                return;
             }
         }
         let owner = match self.sessions.owner(&tenant, &b.session_id).await {
@@ -92,30 +100,35 @@ impl Core {
             holding.done().await;
             return;
         }
-        match store
-            .take_over_run(&tenant, &run_id, before.as_deref(), &me)
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => {
-                // Another node took it meanwhile (or it ended).
-                holding.done().await;
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(run_id = %run_id, error = %e, "could not take a run; the baton goes back");
-                holding.give_back(Duration::from_secs(1)).await;
+        // The session here: the accepting node holds it for this run already; another node
+        // claims it now, or finds it held by a run whose end has not reached it yet.
+        let claimed_here = owner.current_run().as_deref() != Some(&*run_id);
+        if claimed_here {
+            self.sync_numbering(&owner).await;
+            if owner.claim(&run_id).is_err() {
+                holding.give_back(Duration::from_millis(500)).await;
                 return;
             }
         }
-        self.sync_numbering(&owner).await;
-        if owner.current_run().as_deref() != Some(&*run_id) && owner.claim(&run_id).is_err() {
-            // This node's owner holds another run of the session (it will end soon).
-            let _ = store
-                .take_over_run(&tenant, &run_id, Some(&me), before.as_deref().unwrap_or(""))
-                .await;
-            holding.give_back(Duration::from_millis(500)).await;
+        let taken_over = store
+            .take_over_run(&tenant, &run_id, before.as_deref(), &me)
+            .await;
+        if !matches!(taken_over, Ok(true)) {
+            if claimed_here {
+                owner.release(&run_id);
+            }
+            match taken_over {
+                Err(e) => {
+                    tracing::warn!(run_id = %run_id, error = %e, "could not take a run; the baton goes back");
+                    holding.give_back(Duration::from_secs(1)).await;
+                }
+                // Another node took it meanwhile (or it ended).
+                _ => holding.done().await,
+            }
             return;
+        }
+        if !claimed_here {
+            self.sync_numbering(&owner).await;
         }
         let control = {
             let core = Arc::downgrade(&self);
@@ -256,6 +269,9 @@ impl Core {
                 }
                 None => answer(Err(crate::service::runs::not_found_run(run_id))),
             },
+            Control::Ping { tenant: t } if t == tenant && self.runs.contains_key(run_id) => {
+                answer(Ok(()))
+            }
             Control::ToolResult {
                 tenant: t,
                 call_id,

@@ -197,9 +197,8 @@ impl PreparedRun {
                     if let Some((epoch, upto)) = &claimed.reserve {
                         owner.reserved(epoch, *upto);
                     }
-                    drop(slot);
                     let handed = core
-                        .hand_to_mailbox(&tenant, &owner, &run_id, agent.name(), false)
+                        .hand_to_mailbox(&tenant, &owner, &run_id, agent.name(), false, Some(slot))
                         .await;
                     // From here the end frame releases the session's claim (or the failure did).
                     claim.armed = false;
@@ -463,7 +462,7 @@ impl Core {
         #[cfg(feature = "nats")]
         if self.uses_mailboxes() {
             let _ = self
-                .hand_to_mailbox(&tenant, &owner, &run_id, &req.agent, false)
+                .hand_to_mailbox(&tenant, &owner, &run_id, &req.agent, false, None)
                 .await;
             return;
         }

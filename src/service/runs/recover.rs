@@ -188,7 +188,7 @@ impl Core {
             owner.set_paused(&run_id, false);
             let agent = state.current_agent.name.clone();
             return self
-                .hand_to_mailbox(tenant, owner, &run_id, &agent, true)
+                .hand_to_mailbox(tenant, owner, &run_id, &agent, true, None)
                 .await;
         }
         owner.set_paused(&run_id, false);
