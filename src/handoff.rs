@@ -10,20 +10,7 @@ use crate::agent::Agent;
 use crate::context::RunContext;
 use crate::items::{Item, RunItem};
 
-/// The SDK's tool name for a handoff to `agent_name`: `transfer_to_` + the name, lowercased,
-/// with every character other than letters, digits and `_` replaced by `_`.
-pub fn default_tool_name(agent_name: &str) -> String {
-    let mut s = String::with_capacity(12 + agent_name.len());
-    s.push_str("transfer_to_");
-    for c in agent_name.chars() {
-        if c.is_ascii_alphanumeric() || c == '_' {
-            s.push(c.to_ascii_lowercase());
-        } else {
-            s.push('_');
-        }
-    }
-    s
-}
+pub use crate::names::default_tool_name;
 
 /// The SDK's tool description for a handoff.
 pub fn default_tool_description(agent_name: &str, handoff_description: Option<&str>) -> String {

@@ -560,6 +560,43 @@ impl Serialize for RunItem {
     }
 }
 
+/// A tool call waiting for a person's decision (the SDK's `ToolApprovalItem`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ToolApproval {
+    /// `tool_approval_item`.
+    #[serde(rename = "type", default = "approval_type")]
+    pub item_type: String,
+    /// The agent whose tool it is.
+    pub agent: String,
+    /// The tool's name.
+    pub tool: String,
+    /// The call's id.
+    pub call_id: String,
+    /// The call's arguments (JSON text).
+    pub arguments: String,
+    /// When it is rejected without a decision (Unix ms), if the tool has an approval timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<i64>,
+}
+
+fn approval_type() -> String {
+    "tool_approval_item".into()
+}
+
+impl ToolApproval {
+    /// The approval item of `call` at `agent`.
+    pub fn new(agent: &str, call: &FunctionCallItem) -> ToolApproval {
+        ToolApproval {
+            item_type: approval_type(),
+            agent: agent.to_owned(),
+            tool: call.name.clone(),
+            call_id: call.call_id.clone(),
+            arguments: call.arguments.clone(),
+            deadline_ms: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -62,7 +62,9 @@
 //!   (`RunState`), agents as tools, and the one engine (model call, items, tools, handoffs,
 //!   guardrails, approvals, finish).
 //! - [`actor`]: agent actors with bounded mailboxes and admission, and the `Stage` that holds
-//!   them; the actix system the library hosts on its own thread.
+//!   them; what they drive (a run's baton) is the engine's, behind [`actor::Work`].
+//! - [`runtime`]: the actix system the library hosts on its own thread (agents, tracing and
+//!   MCP actors share it) and the fallback tokio runtime.
 //! - [`bus`]: session topics: typed frames with a gapless `seq`, bounded history, a live ring,
 //!   `lagged` for subscribers that fall behind.
 //! - [`session`]: conversation memory (the SDK's `Session`), the `Store` trait, run records,
@@ -72,7 +74,8 @@
 //! - [`agent`]: `Agent` and its parts (instructions, output type, tool-use behaviour).
 //! - [`tool`]: function tools with schemas derived from their argument types, timeouts and
 //!   concurrency limits.
-//! - [`handoff`]: `transfer_to_<agent>` handoffs and input filters.
+//! - [`handoff`]: `transfer_to_<agent>` handoffs and input filters; [`names`], the tool name
+//!   the SDK derives for a handoff.
 //! - [`guardrail`]: input and output guardrails.
 //! - [`hooks`]: run and agent lifecycle hooks.
 //! - [`context`]: the run context handed to tools, guardrails and hooks.
@@ -113,7 +116,9 @@ pub mod loadtest;
 pub mod logging;
 pub mod mcp;
 pub mod model;
+pub mod names;
 pub mod run;
+pub mod runtime;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]

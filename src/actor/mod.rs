@@ -20,17 +20,15 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 
 use actix::dev::SendError;
-use actix::{Actor, Addr, ArbiterHandle, AsyncContext, Context, Handler, Message};
+use actix::{Actor, Addr, AsyncContext, Context, Handler, Message};
 use dashmap::DashMap;
 use tokio::runtime::Handle;
 
 use crate::agent::Agent;
 use crate::error::AgentsError;
-use crate::run::baton::Baton;
-use crate::run::engine;
 
 /// Default mailbox size of an agent actor.
 pub const DEFAULT_MAILBOX: usize = 1024;
@@ -38,6 +36,27 @@ pub const DEFAULT_MAILBOX: usize = 1024;
 pub const DEFAULT_MAX_RUNS_PER_AGENT: usize = 100_000;
 /// Default number of new runs that may wait for a place at a busy agent.
 pub const DEFAULT_AGENT_QUEUE: usize = 1024;
+
+// ---------------------------------------------------------------------------------------
+// What an actor drives
+
+/// What an agent actor admits and drives: a run's baton. The engine defines it
+/// (`run::baton::Baton`); an actor knows only this much of it, so agents depend on the
+/// engine's trait, never the engine on a concrete actor type nor the actor on the engine.
+pub(crate) trait Work<C: Send + Sync + 'static>: Send + 'static {
+    /// The agent it is for (whose mailbox it goes to).
+    fn agent(&self) -> &Agent<C>;
+    /// Takes its place at the agent (released when dropped: the run ended or handed off).
+    fn admitted(&mut self, slot: AgentSlot);
+    /// Drives it, as a task of its own, until it ends or is handed to another agent's
+    /// mailbox through `stage`.
+    fn drive(self: Box<Self>, stage: Stage<C>) -> futures::future::BoxFuture<'static, ()>;
+    /// It was refused (`Overloaded`) before it started: it ends without announcing anything.
+    fn refused(self: Box<Self>);
+}
+
+/// A run on its way to an agent.
+type Baton<C> = Box<dyn Work<C>>;
 
 // ---------------------------------------------------------------------------------------
 // Messages
@@ -116,11 +135,11 @@ impl<C: Send + Sync + 'static> AgentActor<C> {
         };
         self.running += 1;
         self.stats.running.store(self.running, Ordering::Relaxed);
-        baton.slot = Some(AgentSlot {
+        baton.admitted(AgentSlot {
             stats: self.stats.clone(),
             actor: Some(ctx.address().recipient()),
         });
-        stage.0.rt.spawn(engine::drive(baton, stage.clone()));
+        stage.0.rt.spawn(baton.drive(stage.clone()));
     }
 
     /// Lets waiting runs in while there are places.
@@ -227,49 +246,6 @@ impl Default for StageLimits {
     }
 }
 
-/// The arbiter of the library's actix `System`, started on its own thread on first use.
-pub(crate) fn actor_arbiter() -> &'static ArbiterHandle {
-    static HOST: OnceLock<ArbiterHandle> = OnceLock::new();
-    HOST.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let spawned = std::thread::Builder::new()
-            .name("callboard-actors".into())
-            .spawn(move || {
-                let sys = actix::System::new();
-                sys.block_on(async {
-                    let _ = tx.send(actix::Arbiter::current());
-                });
-                let _ = sys.run();
-            });
-        match spawned.ok().and_then(|_| rx.recv().ok()) {
-            Some(h) => h,
-            None => panic!("callboard: could not start the actor system thread"),
-        }
-    })
-}
-
-/// The library's own tokio runtime, for work started outside any runtime.
-#[cfg(feature = "mcp")]
-pub(crate) fn library_runtime() -> Handle {
-    fallback_runtime()
-}
-
-fn fallback_runtime() -> Handle {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        match tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .thread_name("callboard-runs")
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => panic!("callboard: could not start a tokio runtime: {e}"),
-        }
-    })
-    .handle()
-    .clone()
-}
-
 struct StageEntry<C: Send + Sync + 'static> {
     agent: Agent<C>,
     addr: Addr<AgentActor<C>>,
@@ -300,7 +276,7 @@ impl<C: Send + Sync + 'static> Stage<C> {
 
     /// A stage with these limits.
     pub fn with_limits(limits: StageLimits) -> Self {
-        let rt = Handle::try_current().unwrap_or_else(|_| fallback_runtime());
+        let rt = Handle::try_current().unwrap_or_else(|_| crate::runtime::fallback_runtime());
         Stage(Arc::new(StageInner {
             agents: DashMap::new(),
             rt,
@@ -357,14 +333,17 @@ impl<C: Send + Sync + 'static> Stage<C> {
                 let mailbox = self.0.limits.mailbox;
                 let stats = Arc::new(AgentStats::default());
                 let actor_stats = stats.clone();
-                let addr = AgentActor::start_in_arbiter(actor_arbiter(), move |_ctx| AgentActor {
-                    name,
-                    stage,
-                    mailbox,
-                    stats: actor_stats,
-                    running: 0,
-                    queue: VecDeque::new(),
-                });
+                let addr =
+                    AgentActor::start_in_arbiter(crate::runtime::actor_arbiter(), move |_ctx| {
+                        AgentActor {
+                            name,
+                            stage,
+                            mailbox,
+                            stats: actor_stats,
+                            running: 0,
+                            queue: VecDeque::new(),
+                        }
+                    });
                 StageEntry {
                     agent: agent.clone(),
                     addr,
@@ -410,9 +389,9 @@ impl<C: Send + Sync + 'static> Stage<C> {
     }
 
     /// Sends a new run to its agent's mailbox, or refuses it with `Overloaded` when the agent
-    /// has no place and no room in its queue. The baton comes back with the refusal.
-    pub(crate) fn start(&self, baton: Baton<C>) -> Result<(), Box<(Baton<C>, AgentsError)>> {
-        let (addr, stats) = self.ensure(&baton.agent);
+    /// has no place and no room in its queue (the baton is then told, `Work::refused`).
+    pub(crate) fn start(&self, baton: Baton<C>) -> Result<(), AgentsError> {
+        let (addr, stats) = self.ensure(baton.agent());
         let cap = self.capacity();
         let reserved = stats
             .held
@@ -422,10 +401,11 @@ impl<C: Send + Sync + 'static> Stage<C> {
         if let Err(n) = reserved {
             let msg = format!(
                 "agent {} already holds {n} runs ({} running, the rest waiting; the limit); try again later",
-                baton.agent.name(),
+                baton.agent().name(),
                 stats.running()
             );
-            return Err(Box::new((baton, AgentsError::Overloaded(msg))));
+            baton.refused();
+            return Err(AgentsError::Overloaded(msg));
         }
         stats.waiting.fetch_add(1, Ordering::Relaxed);
         match addr.try_send(Start(baton)) {
@@ -435,9 +415,10 @@ impl<C: Send + Sync + 'static> Stage<C> {
                 stats.waiting.fetch_sub(1, Ordering::Relaxed);
                 let msg = format!(
                     "agent {}'s mailbox is full; try again later",
-                    b.agent.name()
+                    b.agent().name()
                 );
-                Err(Box::new((b, AgentsError::Overloaded(msg))))
+                b.refused();
+                Err(AgentsError::Overloaded(msg))
             }
             Err(SendError::Closed(Start(b))) => {
                 // The actor is gone: drive the run here rather than lose it.
@@ -451,7 +432,7 @@ impl<C: Send + Sync + 'static> Stage<C> {
     /// Hands a baton to its (new) agent's mailbox: always admitted. A full mailbox is waited
     /// on (backpressure), never bypassed.
     pub(crate) fn arrive(&self, baton: Baton<C>) {
-        let (addr, stats) = self.ensure(&baton.agent);
+        let (addr, stats) = self.ensure(baton.agent());
         stats.held.fetch_add(1, Ordering::AcqRel);
         stats.waiting.fetch_add(1, Ordering::Relaxed);
         match addr.try_send(Arrive(baton)) {
@@ -474,8 +455,8 @@ impl<C: Send + Sync + 'static> Stage<C> {
     }
 
     fn drive_here(&self, mut baton: Baton<C>, stats: Arc<AgentStats>) {
-        baton.slot = Some(AgentSlot { stats, actor: None });
-        self.0.rt.spawn(engine::drive(baton, self.clone()));
+        baton.admitted(AgentSlot { stats, actor: None });
+        self.0.rt.spawn(baton.drive(self.clone()));
     }
 }
 

@@ -75,7 +75,7 @@ pub enum FrameBody {
     /// The run paused: these tool calls wait for a person's decision (PROTOCOL.md 6.3).
     RunInterrupted {
         /// The pending calls (the SDK's `tool_approval_item`s).
-        interruptions: Vec<crate::run::state::ToolApproval>,
+        interruptions: Vec<crate::items::ToolApproval>,
     },
     /// The paused run goes on: every pending call was decided.
     RunResumed,

@@ -112,6 +112,13 @@ pub trait TopicMirror: Send + Sync {
     fn frame(&self, frame: &Arc<Frame>);
 }
 
+/// Makes the mirror of a session's topic (see [`TopicMirror`]).
+pub trait MirrorFactory: Send + Sync {
+    /// The mirror of `tenant`'s session `session_id`, whose numbering is `epoch`.
+    fn mirror(&self, tenant: &Arc<str>, session_id: &Arc<str>, epoch: &str)
+        -> Arc<dyn TopicMirror>;
+}
+
 /// One session's topic.
 pub struct Topic {
     session_id: Arc<str>,

@@ -23,8 +23,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use super::node::{Cluster, ClusterError};
-use crate::bus::{Frame, TopicMirror};
-use crate::service::sessions::MirrorFactory;
+use crate::bus::{Frame, MirrorFactory, TopicMirror};
 use crate::wire::Format;
 
 const SEQ: &str = "Cb-Seq";

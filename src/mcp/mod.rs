@@ -32,6 +32,18 @@ pub use running::{McpError, McpServer, McpServerStatus};
 #[cfg(feature = "mcp")]
 pub use tool::McpTool;
 
+/// An `[[mcp_servers]]` entry this build cannot start: the config key and what is wrong
+/// (the config names its file).
+#[cfg(feature = "server")]
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct McpConfigError {
+    /// The dotted key (`mcp_servers[0]`).
+    pub key: String,
+    /// What is wrong, and what to do.
+    pub message: String,
+}
+
 /// The MCP servers of a config, by name: started by the server and `callboard run`, not by
 /// `check-config`. Without the `mcp` feature a config that has any is refused.
 #[cfg(feature = "server")]
@@ -44,20 +56,14 @@ pub struct McpServers {
 #[cfg(feature = "server")]
 impl McpServers {
     /// Starts every `[[mcp_servers]]` entry (each connects in the background).
-    pub fn start(
-        file: &str,
-        configs: &[McpServerConfig],
-    ) -> Result<McpServers, crate::config::ConfigError> {
+    pub fn start(configs: &[McpServerConfig]) -> Result<McpServers, McpConfigError> {
         #[cfg(feature = "mcp")]
         {
             let mut servers = std::collections::BTreeMap::new();
             for (i, c) in configs.iter().enumerate() {
-                let s = McpServer::start(c.clone()).map_err(|e| {
-                    crate::config::ConfigError::single(
-                        file,
-                        &format!("mcp_servers[{i}]"),
-                        e.to_string(),
-                    )
+                let s = McpServer::start(c.clone()).map_err(|e| McpConfigError {
+                    key: format!("mcp_servers[{i}]"),
+                    message: e.to_string(),
                 })?;
                 servers.insert(c.name.clone(), s);
             }
@@ -65,23 +71,19 @@ impl McpServers {
         }
         #[cfg(not(feature = "mcp"))]
         {
-            Self::check(file, configs).map(|()| McpServers::default())
+            Self::check(configs).map(|()| McpServers::default())
         }
     }
 
     /// Checks that this build can run the entries (without starting them).
-    pub fn check(
-        file: &str,
-        configs: &[McpServerConfig],
-    ) -> Result<(), crate::config::ConfigError> {
+    pub fn check(configs: &[McpServerConfig]) -> Result<(), McpConfigError> {
         if cfg!(feature = "mcp") || configs.is_empty() {
             return Ok(());
         }
-        Err(crate::config::ConfigError::single(
-            file,
-            "mcp_servers",
-            "this callboard was built without the `mcp` feature; rebuild with it (it is on by default)",
-        ))
+        Err(McpConfigError {
+            key: "mcp_servers".into(),
+            message: "this callboard was built without the `mcp` feature; rebuild with it (it is on by default)".into(),
+        })
     }
 
     /// Gives `agent` the tools of the servers named in `names` (unknown names, or servers not
@@ -243,10 +245,10 @@ mod running {
                     message: format!("{key}: {message}"),
                 });
             }
-            let rt = Handle::try_current().unwrap_or_else(|_| crate::actor::library_runtime());
+            let rt = Handle::try_current().unwrap_or_else(|_| crate::runtime::fallback_runtime());
             let core = Core::new(config);
             let c = core.clone();
-            let addr = McpActor::start_in_arbiter(crate::actor::actor_arbiter(), move |_| {
+            let addr = McpActor::start_in_arbiter(crate::runtime::actor_arbiter(), move |_| {
                 McpActor::new(c, rt)
             });
             core.set_actor(addr.clone());

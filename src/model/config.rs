@@ -296,7 +296,7 @@ impl ProviderConfig {
             }
         }
         let mut model = match &self.script {
-            None => crate::demo::demo_model(),
+            None => super::scripted::demo::demo_model(),
             Some(v) => ScriptedModel::new(turns_from_json(v).map_err(ProviderConfigError::Script)?),
         };
         if self.repeat_last {

@@ -548,18 +548,6 @@ pub(crate) fn launch<C: Send + Sync + 'static>(
         resuming,
         history_len: None,
     };
-    if let Err(refused) = l.stage.start(baton) {
-        let (refused, e) = *refused;
-        // Not a run: nothing to announce or settle.
-        refused
-            .shared
-            .finished
-            .store(true, std::sync::atomic::Ordering::Release);
-        refused.task_span.finish();
-        if refused.owns_trace {
-            refused.trace.finish();
-        }
-        return Err(e);
-    }
+    l.stage.start(Box::new(baton))?;
     Ok(shared)
 }

@@ -22,6 +22,8 @@ use crate::items::{
 };
 use crate::usage::Usage;
 
+pub use crate::items::ToolApproval;
+
 /// The schema version this build writes.
 pub const CURRENT_SCHEMA_VERSION: &str = "1.1";
 /// Every version this build reads.
@@ -29,43 +31,6 @@ pub const SUPPORTED_SCHEMA_VERSIONS: &[&str] = &["1.0", "1.1"];
 
 /// The message a rejected tool call gives the model, as the SDK words it.
 pub const DEFAULT_REJECTION_MESSAGE: &str = "Tool execution was not approved.";
-
-/// A tool call waiting for a person's decision (the SDK's `ToolApprovalItem`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ToolApproval {
-    /// `tool_approval_item`.
-    #[serde(rename = "type", default = "approval_type")]
-    pub item_type: String,
-    /// The agent whose tool it is.
-    pub agent: String,
-    /// The tool's name.
-    pub tool: String,
-    /// The call's id.
-    pub call_id: String,
-    /// The call's arguments (JSON text).
-    pub arguments: String,
-    /// When it is rejected without a decision (Unix ms), if the tool has an approval timeout.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deadline_ms: Option<i64>,
-}
-
-fn approval_type() -> String {
-    "tool_approval_item".into()
-}
-
-impl ToolApproval {
-    /// The approval item of `call` at `agent`.
-    pub fn new(agent: &str, call: &FunctionCallItem) -> ToolApproval {
-        ToolApproval {
-            item_type: approval_type(),
-            agent: agent.to_owned(),
-            tool: call.name.clone(),
-            call_id: call.call_id.clone(),
-            arguments: call.arguments.clone(),
-            deadline_ms: None,
-        }
-    }
-}
 
 /// A person's decision on a tool call.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

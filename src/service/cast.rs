@@ -151,10 +151,11 @@ pub fn build_cast_with(
             mcp: McpServers::default(),
         });
     }
+    let in_file = |e: crate::mcp::McpConfigError| ConfigError::single(file, &e.key, e.message);
     let mcp = if start_mcp {
-        McpServers::start(file, &cfg.mcp_servers)?
+        McpServers::start(&cfg.mcp_servers).map_err(in_file)?
     } else {
-        McpServers::check(file, &cfg.mcp_servers)?;
+        McpServers::check(&cfg.mcp_servers).map_err(in_file)?;
         McpServers::default()
     };
     let client = reqwest::Client::new();

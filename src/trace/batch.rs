@@ -445,7 +445,7 @@ impl BatchTraceProcessor {
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<()>(1);
         let actor_cfg = cfg.clone();
         let (q, st) = (staging.clone(), stats.clone());
-        let addr = TraceActor::start_in_arbiter(crate::actor::actor_arbiter(), move |ctx| {
+        let addr = TraceActor::start_in_arbiter(crate::runtime::actor_arbiter(), move |ctx| {
             ctx.set_mailbox_capacity(CONTROL_MAILBOX);
             let _ = ready_tx.send(());
             TraceActor {

@@ -197,7 +197,7 @@ pub fn interrupted(seq: u64, call_id: &str, tool: &str) -> Arc<Frame> {
     frame(
         seq,
         FrameBody::RunInterrupted {
-            interruptions: vec![crate::run::state::ToolApproval {
+            interruptions: vec![crate::items::ToolApproval {
                 item_type: "tool_approval_item".into(),
                 agent: "Triage".into(),
                 tool: tool.into(),

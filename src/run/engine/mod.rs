@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use crate::actor::Stage;
+use crate::actor::{AgentSlot, Stage, Work};
 use crate::agent::Agent;
 use crate::bus::CancelMode;
 use crate::error::AgentsError;
@@ -51,6 +51,29 @@ pub(crate) enum Step<C: Send + Sync + 'static> {
     Done(Baton<C>, RunOutcome),
 }
 
+/// An agent actor drives a baton by driving its turns ([`drive`]).
+impl<C: Send + Sync + 'static> Work<C> for Baton<C> {
+    fn agent(&self) -> &Agent<C> {
+        &self.agent
+    }
+    fn admitted(&mut self, slot: AgentSlot) {
+        self.slot = Some(slot);
+    }
+    fn drive(self: Box<Self>, stage: Stage<C>) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(drive(*self, stage))
+    }
+    fn refused(self: Box<Self>) {
+        // Not a run: nothing to announce or settle.
+        self.shared
+            .finished
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.task_span.finish();
+        if self.owns_trace {
+            self.trace.finish();
+        }
+    }
+}
+
 /// Drives a baton's turns at its agent: the next turn on the same agent follows in this
 /// task; a handoff sends the baton to the target's mailbox; the end finishes the run.
 pub(crate) async fn drive<C: Send + Sync + 'static>(baton: Baton<C>, stage: Stage<C>) {
@@ -67,7 +90,7 @@ pub(crate) async fn drive<C: Send + Sync + 'static>(baton: Baton<C>, stage: Stag
                 }
                 Step::Handoff(b) => {
                     b.shared.drain_turn().await;
-                    return stage.arrive(b);
+                    return stage.arrive(Box::new(b));
                 }
                 Step::Done(b, outcome) => return finish(b, outcome).await,
             }

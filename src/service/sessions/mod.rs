@@ -27,6 +27,8 @@ mod owner;
 
 use conversation::OwnedSession;
 use owner::{self_session_id, store_failed};
+
+pub use crate::bus::MirrorFactory;
 pub use owner::{ClaimOrQueue, Claimed, NextRun, SessionOwner, StoredRequest, Subscribed};
 
 use std::sync::Arc;
@@ -66,17 +68,6 @@ pub struct Sessions {
     save_latency: Histogram,
     /// Gives each session's topic a mirror (the cluster's bus stream), when set.
     mirrors: std::sync::OnceLock<Arc<dyn MirrorFactory>>,
-}
-
-/// Makes the mirror of a session's topic (see [`crate::bus::TopicMirror`]).
-pub trait MirrorFactory: Send + Sync {
-    /// The mirror of `tenant`'s session `session_id`, whose numbering is `epoch`.
-    fn mirror(
-        &self,
-        tenant: &Arc<str>,
-        session_id: &Arc<str>,
-        epoch: &str,
-    ) -> Arc<dyn crate::bus::TopicMirror>;
 }
 
 impl Sessions {

@@ -10,6 +10,8 @@
 //! holds `n` tool-output blocks after its last user message (each finished turn that asked
 //! for tools adds one block).
 
+pub mod demo;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,7 +105,7 @@ impl ScriptedTurn {
     /// Adds a handoff call.
     pub fn with_handoff(self, agent: &str) -> Self {
         self.push(ScriptedOutput::Call {
-            name: crate::handoff::default_tool_name(agent),
+            name: crate::names::default_tool_name(agent),
             arguments: "{}".into(),
             chunks: 1,
         })
