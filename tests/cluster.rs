@@ -3,209 +3,15 @@
 //! and PostgreSQL schema. Skipped with a message when NATS (127.0.0.1:4222, `nats-server
 //! -js`) or PostgreSQL is not reachable, unless `CALLBOARD_REQUIRE_CLUSTER=1`.
 
+mod cluster_support;
 mod common;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{recv, send, spawn_binary, Binary, PgSchema, Ws, WAIT};
-use serde_json::{json, Value};
-
-const NATS: &str = "nats://127.0.0.1:4222";
-
-/// Whether NATS and PostgreSQL answer; else skip (or fail under CALLBOARD_REQUIRE_CLUSTER=1).
-async fn cluster_ready() -> bool {
-    let nats = matches!(
-        tokio::time::timeout(
-            Duration::from_secs(3),
-            tokio::net::TcpStream::connect("127.0.0.1:4222")
-        )
-        .await,
-        Ok(Ok(_))
-    );
-    let required = std::env::var("CALLBOARD_REQUIRE_CLUSTER").as_deref() == Ok("1");
-    if !nats {
-        let msg = "NATS with JetStream is not reachable at 127.0.0.1:4222: install and start it (Debian: apt-get install nats-server; nats-server -js)";
-        if required {
-            panic!("{msg} (CALLBOARD_REQUIRE_CLUSTER=1)");
-        }
-        eprintln!("skipped: {msg}");
-        return false;
-    }
-    if required {
-        std::env::set_var("CALLBOARD_REQUIRE_POSTGRES", "1");
-    }
-    common::postgres_ready().await
-}
-
-/// The test's streams and bucket, deleted when dropped.
-struct Prefix(String);
-
-impl Prefix {
-    fn new() -> Prefix {
-        Prefix(format!(
-            "cbt{}_{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ))
-    }
-}
-
-impl Drop for Prefix {
-    fn drop(&mut self) {
-        let p = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                let Ok(Ok(c)) =
-                    tokio::time::timeout(Duration::from_secs(5), async_nats::connect(NATS)).await
-                else {
-                    return;
-                };
-                let js = async_nats::jetstream::new(c);
-                let _ = js.delete_stream(format!("{p}_bus")).await;
-                let _ = js.delete_key_value(format!("{p}_nodes")).await;
-            });
-        })
-        .join();
-    }
-}
-
-/// Three turns (two handoffs, then an answer of 8 deltas), each model event `delay` ms apart.
-fn script(delay: u64) -> String {
-    format!(
-        r#"
-[models.default]
-provider = "scripted"
-delay_ms = {delay}
-script = [
-  {{ outputs = [ {{ kind = "call", name = "transfer_to_b", arguments = "{{}}", chunks = 1 }} ] }},
-  {{ outputs = [ {{ kind = "call", name = "transfer_to_c", arguments = "{{}}", chunks = 1 }} ] }},
-  {{ outputs = [ {{ kind = "message", text = "The answer, from C, in eight parts.", deltas = 8 }} ] }},
-]
-
-[[agents]]
-name = "A"
-handoffs = ["B"]
-
-[[agents]]
-name = "B"
-handoffs = ["C"]
-
-[[agents]]
-name = "C"
-"#
-    )
-}
-
-struct Nodes {
-    nodes: Vec<Option<Binary>>,
-    _dirs: Vec<tempfile::TempDir>,
-    _schema: PgSchema,
-    _prefix: Prefix,
-}
-
-impl Nodes {
-    fn addr(&self, i: usize) -> &str {
-        &self.nodes[i].as_ref().expect("node running").addr
-    }
-}
-
-/// Starts nodes `a`, `b`, `c`, ... on one schema and prefix, each in a folder of its own.
-fn start_nodes(n: usize, delay: u64) -> Nodes {
-    start_nodes_on(NATS, n, delay)
-}
-
-/// [`start_nodes`] on the NATS at `nats`.
-fn start_nodes_on(nats: &str, n: usize, delay: u64) -> Nodes {
-    let schema = PgSchema::new();
-    let prefix = Prefix::new();
-    let mut nodes = Vec::new();
-    let mut dirs = Vec::new();
-    for i in 0..n {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("callboard.toml");
-        let cfg = format!(
-            "[server]\nbind = \"127.0.0.1:0\"\n\n[sessions]\nstore = \"{}\"\n\n[cluster]\nnats_url = \"{nats}\"\nnode_id = \"{}\"\nprefix = \"{}\"\nheartbeat_ms = 250\nnode_timeout_ms = 1500\n{}",
-            schema.url(),
-            (b'a' + i as u8) as char,
-            prefix.0,
-            script(delay)
-        );
-        std::fs::write(&path, cfg).expect("write config");
-        nodes.push(Some(spawn_binary(&path, &[])));
-        dirs.push(dir);
-    }
-    Nodes {
-        nodes,
-        _dirs: dirs,
-        _schema: schema,
-        _prefix: prefix,
-    }
-}
-
-async fn ws(addr: &str) -> Ws {
-    let (ws, _) = tokio::time::timeout(
-        WAIT,
-        tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws")),
-    )
-    .await
-    .expect("connect in time")
-    .expect("connect");
-    ws
-}
-
-async fn get(addr: &str, path: &str) -> Value {
-    let r = tokio::time::timeout(WAIT, reqwest::get(format!("http://{addr}{path}")))
-        .await
-        .expect("in time")
-        .expect("request");
-    r.json().await.unwrap_or(Value::Null)
-}
-
-/// Follows `session` from the start; waits for the answer.
-async fn follow(addr: &str, session: &str) -> Ws {
-    let mut w = ws(addr).await;
-    send(
-        &mut w,
-        json!({"type":"session.subscribe","session_id":session,"after_seq":0}),
-    )
-    .await;
-    let ack = recv(&mut w).await;
-    assert_eq!(ack["type"], "session.subscribed", "{ack}");
-    w
-}
-
-/// A run's frames (numbered ones) until its end frame.
-async fn frames_until_end(w: &mut Ws) -> Vec<Value> {
-    let mut v = Vec::new();
-    loop {
-        let f = recv(w).await;
-        match f["type"].as_str().unwrap_or("") {
-            "session.subscribed" | "run.accepted" => continue,
-            "error" => panic!("error frame: {f}"),
-            t => {
-                let end = matches!(t, "run.completed" | "run.failed" | "run.cancelled");
-                v.push(f);
-                if end {
-                    return v;
-                }
-            }
-        }
-    }
-}
-
-fn seqs(frames: &[Value]) -> Vec<u64> {
-    frames
-        .iter()
-        .map(|f| f["seq"].as_u64().unwrap_or(0))
-        .collect()
-}
+use cluster_support::*;
+use common::{recv, send, WAIT};
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_started_on_a_reaches_b_and_c_identically_and_gapless() {
@@ -236,7 +42,11 @@ async fn a_run_started_on_a_reaches_b_and_c_identically_and_gapless() {
     let run_id = a[0]["run_id"].as_str().unwrap().to_owned();
     let rec = get(nodes.addr(2), &format!("/v1/runs/{run_id}")).await;
     assert_eq!(rec["status"], "completed", "{rec}");
-    assert_eq!(rec["node_id"], "a", "{rec}");
+    let node = rec["node_id"].as_str().unwrap_or("");
+    assert!(
+        ["a", "b", "c"].contains(&node),
+        "executed by the node that took its baton: {rec}"
+    );
     let cluster = get(nodes.addr(1), "/v1/cluster").await;
     let ids: BTreeSet<&str> = cluster["nodes"]
         .as_array()
@@ -255,7 +65,10 @@ async fn kill_9_of_the_running_node_mid_run_the_run_completes_on_another() {
     if !cluster_ready().await {
         return;
     }
-    let mut nodes = start_nodes(3, 250);
+    // Without mailboxes (each run executes where it was accepted): the PostgreSQL takeover.
+    // With mailboxes, tests/mailbox.rs kills the executing node.
+    let no_mailboxes = vec!["mailboxes = false".to_owned(); 3];
+    let mut nodes = start_nodes_with(NATS, &no_mailboxes, &script(250));
     let mut on_b = follow(nodes.addr(1), "s2").await;
     let mut on_c = follow(nodes.addr(2), "s2").await;
     let mut on_a = ws(nodes.addr(0)).await;
@@ -492,8 +305,9 @@ async fn nats_restarted_during_a_run_the_run_completes_and_nothing_is_lost() {
     );
     let rec = get(nodes.addr(1), &format!("/v1/runs/{run_id}")).await;
     assert_eq!(rec["status"], "completed", "{rec}");
-    assert_eq!(
-        rec["node_id"], "a",
-        "not taken over: A was alive all along: {rec}"
+    let node = rec["node_id"].as_str().unwrap_or("");
+    assert!(
+        node == "a" || node == "b",
+        "executed by the node that took its baton: {rec}"
     );
 }

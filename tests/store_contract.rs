@@ -171,9 +171,10 @@ async fn concurrent_writes_keep_each_batch_together() {
 async fn run_records_end_once_and_stay_in_their_tenant() {
     for (name, place) in places().await {
         let store = place.open().await;
-        for id in ["run_a", "run_b", "run_c"] {
+        // One running run per session (the PostgreSQL store refuses a second).
+        for (id, session) in [("run_a", "s0"), ("run_b", "s1"), ("run_c", "s")] {
             store
-                .record_run_start(start(id, "acme", "s"))
+                .record_run_start(start(id, "acme", session))
                 .await
                 .unwrap();
             tokio::time::sleep(Duration::from_millis(2)).await;

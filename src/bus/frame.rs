@@ -220,6 +220,12 @@ impl Frame {
             .as_ref()
     }
 
+    /// Sets the encoding kept in `slot` ahead of first use (a frame relayed from another
+    /// node arrives with its encodings); ignored when the slot is set already.
+    pub fn preset(&self, slot: usize, bytes: Option<Bytes>) {
+        let _ = self.encoded[slot % ENCODING_SLOTS].set(bytes);
+    }
+
     /// The stream event, for `event` frames.
     pub fn event(&self) -> Option<&StreamEvent> {
         match &self.body {

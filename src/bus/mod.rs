@@ -218,6 +218,67 @@ impl Topic {
         let mut frame = Frame::new(self.session_id.clone(), seq, run_id.clone(), body);
         frame.nesting = nesting;
         let frame = Arc::new(frame);
+        self.keep_and_deliver(&mut st, &frame, true);
+        frame
+    }
+
+    /// Takes a frame numbered elsewhere (the session's run executing on another node, read
+    /// from the cluster's bus stream): kept and delivered like a published frame, never
+    /// mirrored back. A frame at or below the last seq is ignored (`None`): this topic has
+    /// it already.
+    pub fn relay(&self, frame: Frame) -> Option<Arc<Frame>> {
+        let mut st = self.lock();
+        if frame.seq < st.next_seq {
+            return None;
+        }
+        st.next_seq = frame.seq + 1;
+        let frame = Arc::new(frame);
+        self.keep_and_deliver(&mut st, &frame, false);
+        Some(frame)
+    }
+
+    /// Continues the numbering after `seq`, the session's last frame on the cluster's bus
+    /// stream (written by this node or another): ahead of this topic, the retained frames
+    /// are dropped (a resume from them would miss the frames in between); behind it (a
+    /// numbering loaded from the store's reservation), the numbering comes back to the bus's,
+    /// unless this topic holds frames past `seq` the bus has not taken yet. Answers whether
+    /// the numbering moved.
+    pub fn continue_after(&self, seq: u64) -> bool {
+        let mut st = self.lock();
+        if seq + 1 == st.next_seq {
+            return false;
+        }
+        if seq + 1 < st.next_seq {
+            if st.history.back().is_some_and(|(f, _)| f.seq > seq) {
+                return false;
+            }
+            st.next_seq = seq + 1;
+            st.gap = (0, 0);
+            return true;
+        }
+        st.next_seq = seq + 1;
+        drop(st);
+        self.drop_history();
+        true
+    }
+
+    /// A numbering loaded with a superseded gap (see [`resuming_after_gap`](Self::resuming_after_gap))
+    /// that has published nothing since continues right after the gap's start instead:
+    /// in a cluster, when the bus stream holds no frame of the session, the seqs reserved
+    /// past the last one known published were never used by any node. Answers whether it
+    /// moved.
+    pub fn continue_after_safe(&self) -> bool {
+        let mut st = self.lock();
+        let (from, to) = st.gap;
+        if to == 0 || st.next_seq != to + 1 {
+            return false;
+        }
+        st.next_seq = from + 1;
+        st.gap = (0, 0);
+        true
+    }
+
+    fn keep_and_deliver(&self, st: &mut TopicState, frame: &Arc<Frame>, mirror: bool) {
         if self.limits.history > 0 {
             if st.history.len() >= self.limits.history {
                 if let Some((_, n)) = st.history.pop_front() {
@@ -234,8 +295,10 @@ impl Topic {
                 b.add(n);
             }
         }
-        if let Some(m) = self.mirror.get() {
-            m.frame(&frame);
+        if mirror {
+            if let Some(m) = self.mirror.get() {
+                m.frame(frame);
+            }
         }
         if let Some(live) = &st.live {
             if live.send(frame.clone()).is_err() {
@@ -243,7 +306,6 @@ impl Topic {
                 st.live = None;
             }
         }
-        frame
     }
 
     /// Drops the retained frames (resuming from before them then gets `history_truncated`);
@@ -546,6 +608,39 @@ mod tests {
             },
             tool: None,
         }
+    }
+
+    #[tokio::test]
+    async fn relayed_frames_keep_their_seqs_and_the_numbering_follows_the_bus() {
+        let run: Arc<str> = "run_1".into();
+        // Loaded from a reservation: 10 known published, up to 100 reserved.
+        let t = Topic::resuming_after_gap("s", BusLimits::default(), 10, 100);
+        assert!(t.continue_after_safe(), "nothing on the bus: on after 10");
+        assert_eq!(t.last_seq(), 10);
+        let mut sub = t.subscribe(Some(10)).unwrap();
+        // Frames numbered on another node come in with their seqs, once.
+        assert!(t
+            .relay(Frame::new("s".into(), 11, run.clone(), ev("x")))
+            .is_some());
+        assert!(t
+            .relay(Frame::new("s".into(), 11, run.clone(), ev("x")))
+            .is_none());
+        assert!(t
+            .relay(Frame::new("s".into(), 12, run.clone(), ev("y")))
+            .is_some());
+        for want in [11, 12] {
+            match sub.recv().await.unwrap() {
+                Delivery::Frame(f) => assert_eq!(f.seq, want),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // The bus moved on without this node: the numbering follows, history goes.
+        assert!(t.continue_after(20));
+        assert_eq!(t.publish(&run, ev("z")).seq, 21);
+        assert!(!t.continue_after(21), "in step");
+        // Behind the bus's last frame with frames of its own not on the bus: kept.
+        assert!(!t.continue_after(15));
+        assert_eq!(t.last_seq(), 21);
     }
 
     #[tokio::test]

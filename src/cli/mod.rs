@@ -397,10 +397,23 @@ async fn join_cluster(
         cluster.beat(0).await.map_err(|e| e.to_string())?;
         let counted = core.clone();
         cluster.spawn_heartbeats(move || counted.active_runs(), stop.clone());
-        tokio::spawn(core.clone().take_over_runs(stop.clone()));
+        if cfg.mailboxes && cfg.take_batons {
+            // A run's baton is delivered again when its node dies: no takeover needed.
+            core.take_batons(stop.clone());
+        } else if !cfg.mailboxes {
+            tokio::spawn(core.clone().take_over_runs(stop.clone()));
+        }
         eprintln!(
-            "callboard: node {} of a cluster on {} (streams {}_bus, {}_nodes)",
-            cluster.node_id, cfg.nats_url, cfg.prefix, cfg.prefix
+            "callboard: node {} of a cluster on {} (streams {}_bus, {}_nodes{})",
+            cluster.node_id,
+            cfg.nats_url,
+            cfg.prefix,
+            cfg.prefix,
+            if cfg.mailboxes {
+                format!(", mailboxes {}_mbox", cfg.prefix)
+            } else {
+                String::new()
+            }
         );
         Ok(Membership {
             stop,

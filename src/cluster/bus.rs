@@ -31,6 +31,7 @@ const RUN: &str = "Cb-Run";
 const DEPTH: &str = "Cb-Depth";
 const EPOCH: &str = "Cb-Epoch";
 const CHAT: &str = "Cb-Chat";
+const TOOL: &str = "Cb-Tool";
 
 /// Hex of `s` (subject tokens may not hold `.`, `*`, `>` or spaces).
 fn token(s: &str) -> String {
@@ -49,7 +50,10 @@ impl Cluster {
     }
 
     /// The stream sequence and frame seq of the last frame on `subject` (zeros when none).
-    async fn last_on(&self, subject: &str) -> Result<(u64, u64, Option<String>), ClusterError> {
+    pub(crate) async fn last_on(
+        &self,
+        subject: &str,
+    ) -> Result<(u64, u64, Option<String>), ClusterError> {
         match self.bus.get_last_raw_message_by_subject(subject).await {
             Ok(m) => {
                 let seq = header_u64(&m.headers, SEQ);
@@ -133,6 +137,12 @@ fn message(frame: &Frame, epoch: &str) -> (HeaderMap, Bytes) {
     h.insert(DEPTH, frame.depth().to_string().as_str());
     h.insert(EPOCH, epoch);
     h.insert(CHAT, if chat.is_some() { "1" } else { "0" });
+    if let crate::bus::FrameBody::Event {
+        tool: Some(tool), ..
+    } = &frame.body
+    {
+        h.insert(TOOL, &**tool);
+    }
     h.insert("Nats-Msg-Id", format!("{epoch}:{}", frame.seq).as_str());
     let mut b = BytesMut::with_capacity(4 + sdk.len() + chat.as_ref().map_or(0, Bytes::len));
     b.put_u32(sdk.len() as u32);
@@ -240,6 +250,10 @@ pub struct Relayed {
     pub sdk: Bytes,
     /// The chat encoding (`None` when the chat format skips the frame).
     pub chat: Option<Bytes>,
+    /// The tool of a tool event.
+    pub tool: Option<String>,
+    /// The session's epoch when it was published.
+    pub epoch: Option<String>,
 }
 
 impl Relayed {
@@ -271,6 +285,8 @@ impl Relayed {
             depth: header_u64(h, DEPTH) as u32,
             sdk: p.slice(4..4 + n),
             chat: has_chat.then(|| p.slice(4 + n..)),
+            tool: h.get(TOOL).map(|v| v.as_str().to_owned()),
+            epoch: h.get(EPOCH).map(|v| v.as_str().to_owned()),
         })
     }
 }

@@ -41,6 +41,35 @@ pub struct ClusterConfig {
     /// (milliseconds). Default 10000.
     #[serde(default = "default_outage_wait")]
     pub outage_wait_ms: u64,
+    /// Whether runs go through the agents' mailboxes on JetStream (executed by whichever
+    /// node takes the baton); `false` executes each run on the node that accepted it.
+    /// Default true.
+    #[serde(default = "default_true")]
+    pub mailboxes: bool,
+    /// The most batons waiting in (or being worked from) all mailboxes together; past it
+    /// a new run is refused with `overloaded`. Default 10000.
+    #[serde(default = "default_mailbox_max_msgs")]
+    pub mailbox_max_msgs: i64,
+    /// How long a node may work a baton without telling JetStream it is still on it before
+    /// the baton is delivered again (milliseconds; the working node says so every third of
+    /// it). Default 30000.
+    #[serde(default = "default_mailbox_ack_wait")]
+    pub mailbox_ack_wait_ms: u64,
+    /// How many times a baton is delivered (nodes dying while they work it) before its run
+    /// ends failed (`mailbox_redelivery_limit`). Default 5.
+    #[serde(default = "default_mailbox_max_deliver")]
+    pub mailbox_max_deliver: i64,
+    /// The most batons taken and not yet acknowledged, over all nodes. Default 10000.
+    #[serde(default = "default_mailbox_max_msgs")]
+    pub mailbox_max_ack_pending: i64,
+    /// The most batons one node works at once; it takes more only as runs end, so load
+    /// goes to the nodes that are free. Default 1024.
+    #[serde(default = "default_mailbox_node_runs")]
+    pub mailbox_node_runs: usize,
+    /// Whether this node takes batons (executes runs); `false` makes it a gateway that
+    /// accepts runs and follows them while other nodes execute them. Default true.
+    #[serde(default = "default_true")]
+    pub take_batons: bool,
 }
 
 fn default_prefix() -> String {
@@ -66,6 +95,21 @@ fn default_bus_queue() -> usize {
 }
 fn default_outage_wait() -> u64 {
     10_000
+}
+fn default_true() -> bool {
+    true
+}
+fn default_mailbox_max_msgs() -> i64 {
+    10_000
+}
+fn default_mailbox_ack_wait() -> u64 {
+    30_000
+}
+fn default_mailbox_max_deliver() -> i64 {
+    5
+}
+fn default_mailbox_node_runs() -> usize {
+    1024
 }
 
 /// Whether `s` is a plain name: letters, digits, `-` and `_`, 1 to 64 of them.
@@ -115,6 +159,22 @@ impl ClusterConfig {
                 "bus_queue, bus_max_per_session and bus_max_bytes must be above 0".into(),
             ));
         }
+        if self.mailbox_max_msgs <= 0
+            || self.mailbox_max_ack_pending <= 0
+            || self.mailbox_max_deliver <= 0
+            || self.mailbox_node_runs == 0
+        {
+            v.push((
+                "cluster.mailbox_max_msgs".into(),
+                "mailbox_max_msgs, mailbox_max_ack_pending, mailbox_max_deliver and mailbox_node_runs must be above 0".into(),
+            ));
+        }
+        if self.mailbox_ack_wait_ms < 300 {
+            v.push((
+                "cluster.mailbox_ack_wait_ms".into(),
+                "must be at least 300 (a working node renews its hold every third of it)".into(),
+            ));
+        }
         let shared =
             store.is_some_and(|s| s.starts_with("postgres://") || s.starts_with("postgresql://"));
         if !shared {
@@ -124,6 +184,11 @@ impl ClusterConfig {
             ));
         }
         v
+    }
+
+    /// `mailbox_ack_wait_ms` as a duration.
+    pub fn ack_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.mailbox_ack_wait_ms.max(1))
     }
 
     /// This node's id: `node_id`, or the host name and the port it listens on.
@@ -159,6 +224,18 @@ mod tests {
             .map(|i| i.0)
             .collect();
         assert_eq!(keys, ["sessions.store"]);
+        assert!(c.mailboxes);
+        assert_eq!(c.mailbox_max_deliver, 5);
+        let bad = cfg("nats_url = \"nats://x\"\nmailbox_max_msgs = 0\nmailbox_ack_wait_ms = 10");
+        let keys: Vec<String> = bad
+            .issues(Some("postgres://h/db"))
+            .into_iter()
+            .map(|i| i.0)
+            .collect();
+        assert_eq!(
+            keys,
+            ["cluster.mailbox_max_msgs", "cluster.mailbox_ack_wait_ms"]
+        );
         let c = cfg("nats_url = \"http://x\"\nnode_id = \"a.b\"\nheartbeat_ms = 1000\nnode_timeout_ms = 1500");
         let keys: Vec<String> = c
             .issues(Some("postgres://h/db"))

@@ -265,6 +265,9 @@ async fn make_streams(
         })
         .await
         .map_err(|e| js_err("create the nodes bucket", e))?;
+    if config.mailboxes {
+        Cluster::make_mailboxes(js, config).await?;
+    }
     Ok((bus, nodes))
 }
 

@@ -452,7 +452,8 @@ impl Conn {
                 };
                 if let Err(e) = self
                     .core
-                    .tool_result(&self.tenant, &r.run_id, &r.call_id, output)
+                    .tool_result_any(&self.tenant, &r.run_id, &r.call_id, output)
+                    .await
                 {
                     self.error(r.id.as_ref(), e).await;
                 }

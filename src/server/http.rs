@@ -265,6 +265,10 @@ pub async fn session_events(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let after = last_event_id.or(q.after_seq);
+    #[cfg(feature = "nats")]
+    if core.cluster().is_some() {
+        return follow_remote(core, slot, tenant, session_id, after, q).await;
+    }
     let subscribed = core
         .subscribe(&tenant, &session_id, after, q.epoch.as_deref())
         .await?;
@@ -289,6 +293,89 @@ pub async fn session_events(
     };
     use futures::StreamExt;
     let mut res = Sse::new(first.chain(stream.into_stream(subscribed.sub)))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response();
+    if let Ok(v) = epoch.parse() {
+        res.headers_mut().insert("x-callboard-epoch", v);
+    }
+    Ok(res)
+}
+
+/// [`session_events`] in a cluster: the session's frames from the bus stream, so a run on
+/// any node is followed with its seqs (as `session.subscribe` on a WebSocket).
+#[cfg(feature = "nats")]
+async fn follow_remote(
+    core: Arc<crate::server::Core>,
+    slot: crate::service::ConnectionSlot,
+    tenant: Arc<str>,
+    session_id: String,
+    after: Option<u64>,
+    q: EventsQuery,
+) -> Result<Response, ApiError> {
+    use crate::cluster::bus::RemoteDelivery;
+    let (followed, epoch) = core
+        .follow_remote(&tenant, &session_id, after, q.epoch.as_deref())
+        .await?;
+    let ack = json!({
+        "type": "session.subscribed",
+        "session_id": session_id,
+        "epoch": epoch,
+        "last_seq": followed.last_seq,
+    })
+    .to_string();
+    let first = futures::stream::once(async move {
+        Ok::<_, Infallible>(Event::default().event("session.subscribed").data(ack))
+    });
+    let (format, depth) = (q.format.unwrap_or_default(), q.depth.unwrap_or_default());
+    let sid: Arc<str> = session_id.into();
+    let counted = core.count_subscription();
+    core.metrics
+        .sse_streams_total
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let close = core.close_sockets.clone();
+    let after_seq = after.unwrap_or(0);
+    let ep = epoch.clone();
+    let stream = futures::stream::unfold(
+        (followed.follow, false, (slot, counted)),
+        move |(mut follow, done, held)| {
+            let (close, sid, ep) = (close.clone(), sid.clone(), ep.clone());
+            async move {
+                if done {
+                    return None;
+                }
+                loop {
+                    let d = tokio::select! {
+                        d = follow.recv() => d,
+                        _ = close.cancelled() => None,
+                    }?;
+                    match d {
+                        RemoteDelivery::Frame(r) => {
+                            if !depth.admits_depth(r.depth) {
+                                continue;
+                            }
+                            let Some(f) = crate::cluster::relay::frame_of(&r, &sid) else {
+                                continue;
+                            };
+                            if let Some(ev) = sse_event(&f, format) {
+                                return Some((Ok(ev), (follow, false, held)));
+                            }
+                        }
+                        RemoteDelivery::Truncated { oldest_seq } => {
+                            let e = ApiError::HistoryTruncated {
+                                after_seq,
+                                oldest_seq,
+                                epoch: Some(ep),
+                            };
+                            let ev = Event::default().event("error").data(e.frame(None));
+                            return Some((Ok(ev), (follow, true, held)));
+                        }
+                    }
+                }
+            }
+        },
+    );
+    use futures::StreamExt;
+    let mut res = Sse::new(first.chain(stream))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response();
     if let Ok(v) = epoch.parse() {

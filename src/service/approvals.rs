@@ -153,6 +153,24 @@ impl Core {
         n
     }
 
+    /// Answers a client-side tool call of a tenant's run, wherever it executes (in a
+    /// cluster with mailboxes, the node executing it is asked).
+    pub async fn tool_result_any(
+        &self,
+        tenant: &str,
+        run_id: &str,
+        call_id: &str,
+        output: String,
+    ) -> Result<(), ApiError> {
+        #[cfg(feature = "nats")]
+        if self.mailboxes().is_some() && self.runs.get(run_id).is_none() {
+            return self
+                .tool_result_remote(tenant, run_id, call_id, output)
+                .await;
+        }
+        self.tool_result(tenant, run_id, call_id, output)
+    }
+
     /// Cancels a tenant's run whatever it is doing: running (through its task), or paused
     /// or queued (only stored state: ended here).
     pub async fn cancel_any(
@@ -190,6 +208,11 @@ impl Core {
                 self.end_paused_run(tenant, &owner, &run, CancelMode::Immediate, None)
                     .await;
                 Ok(())
+            }
+            #[cfg(feature = "nats")]
+            RunStatus::Running if self.mailboxes().is_some() => {
+                // Executing on another node: asked there.
+                self.cancel_remote(tenant, run_id, mode, None).await
             }
             _ => Err(not_found_run(run_id)),
         }

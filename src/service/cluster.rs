@@ -27,7 +27,21 @@ impl Core {
             .set_mirrors(Arc::new(crate::cluster::bus::BusMirrors {
                 cluster: cluster.clone(),
             }));
+        if cluster.config.mailboxes {
+            let _ = self
+                .mailboxes
+                .set(super::mailbox::Mailboxes::new(cluster.clone()));
+        }
         let _ = self.cluster.set(cluster);
+    }
+
+    /// Whether runs go through the agents' mailboxes (`[cluster] mailboxes`).
+    pub fn uses_mailboxes(&self) -> bool {
+        #[cfg(feature = "nats")]
+        if self.mailboxes.get().is_some() {
+            return true;
+        }
+        false
     }
 
     /// The cluster, when this node is in one.
@@ -75,9 +89,16 @@ impl Core {
             }
         };
         let me = c.node_id.clone();
-        let mine = move |r: &crate::session::RunRecord| match r.node_id.as_deref() {
-            Some(n) => n == me || !live.iter().any(|l| l.node_id == n),
-            None => true,
+        let mailboxes = c.config.mailboxes;
+        let mine = move |r: &crate::session::RunRecord| {
+            if mailboxes && r.status == crate::session::RunStatus::Running {
+                // Its baton is in its mailbox until it is settled: delivered again.
+                return false;
+            }
+            match r.node_id.as_deref() {
+                Some(n) => n == me || !live.iter().any(|l| l.node_id == n),
+                None => true,
+            }
         };
         self.recover_where(&mine).await
     }

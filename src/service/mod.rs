@@ -8,6 +8,9 @@
 //! - [`approvals`]: decisions on paused runs, their timeouts, run states.
 //! - [`request`]: the typed run request every transport parses into.
 //! - [`cluster`]: `[cluster]`: node ids, bus mirrors, live nodes, taking over runs.
+//! - [`mailbox`]: runs through the agents' mailboxes on JetStream: handing a run's baton
+//!   over, feeding this node's session topic from the bus, working the batons this node
+//!   takes.
 //! - [`store`]: the session store `[sessions] store` names.
 //! - [`metrics`], [`telemetry`]: counters, Prometheus text, named events that log and count;
 //!   [`delivery`]: the publish-to-socket-write histogram.
@@ -21,6 +24,8 @@ pub mod cluster;
 pub mod delivery;
 pub mod error;
 pub mod http_tool;
+#[cfg(feature = "nats")]
+pub mod mailbox;
 pub mod metrics;
 pub mod request;
 pub mod runs;
@@ -96,6 +101,9 @@ pub struct Core {
     /// The cluster, with `[cluster]`.
     #[cfg(feature = "nats")]
     cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
+    /// The agents' mailboxes, with `[cluster] mailboxes`.
+    #[cfg(feature = "nats")]
+    mailboxes: std::sync::OnceLock<Arc<mailbox::Mailboxes>>,
 }
 
 /// A connection's place under `limits.max_connections` (WebSocket or SSE); released when
@@ -192,6 +200,8 @@ impl Core {
             node_id: std::sync::OnceLock::new(),
             #[cfg(feature = "nats")]
             cluster: std::sync::OnceLock::new(),
+            #[cfg(feature = "nats")]
+            mailboxes: std::sync::OnceLock::new(),
         }))
     }
 

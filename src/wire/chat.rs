@@ -15,7 +15,7 @@ use crate::items::RunItem;
 use crate::model::{RawEvent, ResponseEvent};
 
 /// The frame slot this format's bytes are kept in.
-const SLOT: usize = 1;
+pub(crate) const SLOT: usize = 1;
 
 /// The chat frame's type and its one field, or `None` when the format skips the frame;
 /// `Err(())` for frames carried as in the `sdk` format.

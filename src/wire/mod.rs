@@ -121,6 +121,15 @@ impl Format {
         }
     }
 
+    /// Gives `frame` its bytes in this format ahead of first use (`None`: the format skips
+    /// it), as made by the node that numbered it.
+    pub fn preset(&self, frame: &Frame, bytes: Option<Bytes>) {
+        match self {
+            Format::Sdk => frame.preset(sdk::SLOT, bytes),
+            Format::Chat => frame.preset(chat::SLOT, bytes),
+        }
+    }
+
     /// The SSE `event:` name of `frame` in this format.
     pub fn event_name(&self, frame: &Frame) -> &'static str {
         match self {

@@ -151,6 +151,7 @@ impl PreparedRun {
                 slot,
                 mut claim,
             } => {
+                let mailbox = core.uses_mailboxes();
                 let start = RunStart {
                     run_id: run_id.to_string(),
                     tenant: tenant.to_string(),
@@ -159,18 +160,57 @@ impl PreparedRun {
                     trace_id: cfg.trace_id.clone(),
                     seq_reserved: claimed.reserve.clone(),
                     status: RunStatus::Running,
-                    request: None,
-                    node_id: core.node_id().map(str::to_owned),
+                    // Through a mailbox, the node that takes the baton starts it from this.
+                    request: mailbox
+                        .then(|| {
+                            serde_json::to_string(&StoredRequest {
+                                queue_order: 0,
+                                request: req.clone(),
+                            })
+                            .ok()
+                        })
+                        .flatten(),
+                    node_id: if mailbox {
+                        None
+                    } else {
+                        core.node_id().map(str::to_owned)
+                    },
                 };
                 // Recorded before the run can publish past the old reservation or save a turn.
-                store.record_run_start(start).await.map_err(|e| {
-                    tracing::error!(run_id = %run_id, error = %e, "could not record the run's start");
-                    ApiError::Internal
+                store.record_run_start(start).await.map_err(|e| match e {
+                    // Another node's run holds the session (the cluster's store refused it).
+                    crate::session::SessionError::Busy(_) => ApiError::SessionBusy(format!(
+                        "session {} already has a run in progress on another node; wait for its end frame, or cancel it, before starting another",
+                        owner.session_id()
+                    )),
+                    e => {
+                        tracing::error!(run_id = %run_id, error = %e, "could not record the run's start");
+                        ApiError::Internal
+                    }
                 })?;
                 core.waiters.insert(run_id.to_string(), end_tx);
                 let epoch = claimed.epoch.clone();
                 let topic = claimed.topic.clone();
                 let trace_id = cfg.trace_id.clone();
+                #[cfg(feature = "nats")]
+                if mailbox {
+                    if let Some((epoch, upto)) = &claimed.reserve {
+                        owner.reserved(epoch, *upto);
+                    }
+                    let handed = core
+                        .hand_to_mailbox(&tenant, &owner, &run_id, agent.name(), false, Some(slot))
+                        .await;
+                    // From here the end frame releases the session's claim (or the failure did).
+                    claim.armed = false;
+                    handed?;
+                    return Ok(Started {
+                        run_id: run_id.to_string(),
+                        trace_id,
+                        topic,
+                        epoch,
+                        end,
+                    });
+                }
                 let started = core
                     .start_engine(
                         &tenant, &owner, &run_id, &agent, req.input, cfg, claimed, slot, None,
@@ -242,6 +282,15 @@ impl PreparedRun {
                             .await;
                     } else if let Some(e) = core.runs.get(&*stop_id) {
                         e.cancel_by(cancel, Some(run_id.clone()));
+                    } else {
+                        #[cfg(feature = "nats")]
+                        if core.uses_mailboxes() {
+                            // Executing on another node: asked there.
+                            let (c, t, by) = (core.clone(), tenant.clone(), run_id.clone());
+                            tokio::spawn(async move {
+                                let _ = c.cancel_remote(&t, &stop_id, cancel, Some(&by)).await;
+                            });
+                        }
                     }
                 }
                 Ok(Started {
@@ -260,7 +309,7 @@ impl Core {
     /// Hands a claimed run to its agent: registry, client tools, settler. On failure the
     /// claim is released and the record says why.
     #[allow(clippy::too_many_arguments)]
-    pub(super) async fn start_engine(
+    pub(crate) async fn start_engine(
         self: &Arc<Self>,
         tenant: &Arc<str>,
         owner: &Arc<SessionOwner>,
@@ -338,7 +387,7 @@ impl Core {
 
     /// After a run's end frame: wakes whoever waits for it, and starts the session's next
     /// queued run.
-    pub(super) fn after_end(
+    pub(crate) fn after_end(
         self: &Arc<Self>,
         tenant: &Arc<str>,
         owner: &Arc<SessionOwner>,
@@ -409,6 +458,13 @@ impl Core {
         };
         if let Err(e) = store.update_run(&tenant, &run_id, update).await {
             return fail(format!("the session store failed: {e}")).await;
+        }
+        #[cfg(feature = "nats")]
+        if self.uses_mailboxes() {
+            let _ = self
+                .hand_to_mailbox(&tenant, &owner, &run_id, &req.agent, false, None)
+                .await;
+            return;
         }
         let cfg = run_config(
             &tenant,

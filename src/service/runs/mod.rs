@@ -74,7 +74,7 @@ pub(crate) struct TenantSlot {
 
 impl TenantSlot {
     /// Takes a place for `tenant` whatever the limit (a queued run, admitted when queued).
-    fn forced(core: &Arc<Core>, tenant: &Arc<str>) -> TenantSlot {
+    pub(crate) fn forced(core: &Arc<Core>, tenant: &Arc<str>) -> TenantSlot {
         *core.tenant_runs.entry(tenant.clone()).or_insert(0) += 1;
         TenantSlot {
             core: core.clone(),
@@ -188,6 +188,11 @@ impl Core {
             }
         }
         let owner = self.sessions.owner(tenant, session_id).await?;
+        #[cfg(feature = "nats")]
+        if self.uses_mailboxes() && owner.current_run().is_none() {
+            // Another node may have numbered the session's frames since.
+            self.sync_numbering(&owner).await;
+        }
         let run_id: Arc<str> = gen_run_id().into();
         let on_busy = req.on_busy.unwrap_or(self.config.sessions.on_busy);
         // One run per session at a time, so a session's items never interleave.
@@ -338,7 +343,7 @@ pub(crate) fn check_session_id(session_id: &str) -> Result<(), ApiError> {
 
 /// The run config of a request: turns, workflow, the trace (its id chosen here, so it can be
 /// announced first; `trace_id` when the run already has one) grouped by the session.
-fn run_config(
+pub(crate) fn run_config(
     tenant: &str,
     session_id: &str,
     run_id: &str,

@@ -138,7 +138,10 @@ impl Core {
 
     /// A run left running can resume from its state, unless it has none, or it died while
     /// tools that are not idempotent ran (running them twice could do harm): then the reason.
-    fn resumable(&self, d: &crate::session::RunDetail) -> Result<crate::run::RunState, String> {
+    pub(crate) fn resumable(
+        &self,
+        d: &crate::session::RunDetail,
+    ) -> Result<crate::run::RunState, String> {
         let r = &d.record;
         let state = d
             .state
@@ -179,6 +182,15 @@ impl Core {
         state: crate::run::RunState,
     ) -> Result<(), ApiError> {
         let run_id: Arc<str> = state.run_id.as_str().into();
+        #[cfg(feature = "nats")]
+        if self.uses_mailboxes() {
+            // Decided: the run goes on wherever its baton is taken (which says run.resumed).
+            owner.set_paused(&run_id, false);
+            let agent = state.current_agent.name.clone();
+            return self
+                .hand_to_mailbox(tenant, owner, &run_id, &agent, true, None)
+                .await;
+        }
         owner.set_paused(&run_id, false);
         owner.publish(&run_id, FrameBody::RunResumed);
         self.start_from_state(tenant, owner, state).await

@@ -37,6 +37,8 @@ impl RunSettle for RunSettler {
             drop(self.slot.lock().unwrap_or_else(|e| e.into_inner()).take());
             let frame = self.owner.pause_run(ended);
             core.after_end(&self.tenant, &self.owner, &rid, (frame, None));
+            #[cfg(feature = "nats")]
+            core.baton_settled(&rid);
             return;
         }
         if let RunOutcome::Failed(e) = &ended.outcome {
@@ -70,5 +72,7 @@ impl RunSettle for RunSettler {
         core.metrics.run_ends.count(&ended.outcome);
         let done = self.owner.end_run(ended);
         core.after_end(&self.tenant, &self.owner, &rid, done);
+        #[cfg(feature = "nats")]
+        core.baton_settled(&rid);
     }
 }

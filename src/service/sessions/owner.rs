@@ -28,6 +28,9 @@ pub(super) struct OwnerState {
     pub(super) paused: bool,
     /// Runs waiting for the session, in the order they start.
     pub(super) queue: VecDeque<Queued>,
+    /// The run holding the session executes on another node (its frames are relayed here
+    /// from the cluster's bus): this node numbers none of the session's frames meanwhile.
+    pub(super) remote: Option<Arc<str>>,
     pub(super) last_used: Instant,
     pub(super) passivated: bool,
 }
@@ -135,6 +138,7 @@ impl SessionOwner {
                 run: None,
                 paused: false,
                 queue: VecDeque::new(),
+                remote: None,
                 last_used: Instant::now(),
                 passivated: false,
             }),
@@ -308,8 +312,9 @@ impl SessionOwner {
                     .iter()
                     .find(|q| &q.run_id == run_id)
                     .map_or(0, |q| q.order);
-                // Announced in queue order, under the lock that ordered it.
-                if let Some(t) = &st.topic {
+                // Announced in queue order, under the lock that ordered it (not while another
+                // node numbers the session's frames).
+                if let Some(t) = st.topic.as_ref().filter(|_| st.remote.is_none()) {
                     t.publish(run_id, crate::bus::FrameBody::RunQueued { position });
                 }
                 Ok(ClaimOrQueue::Queued {
@@ -457,6 +462,9 @@ impl SessionOwner {
         if st.run.as_deref() == Some(run_id) {
             st.run = None;
         }
+        if st.remote.as_deref() == Some(run_id) {
+            st.remote = None;
+        }
         st.last_used = Instant::now();
     }
 
@@ -503,6 +511,46 @@ impl SessionOwner {
         st.run = None;
         st.paused = false;
         (frame, Self::take_next(&mut st))
+    }
+
+    /// Marks the session's run as executing on another node (`on`), or here again.
+    pub fn set_remote(&self, run_id: &Arc<str>, on: bool) {
+        let mut st = self.lock();
+        if on && st.run.as_deref() == Some(&**run_id) {
+            st.remote = Some(run_id.clone());
+        } else if !on && st.remote.as_deref() == Some(&**run_id) {
+            st.remote = None;
+        }
+    }
+
+    /// Takes a frame of the session numbered on another node (see [`Topic::relay`]).
+    pub fn relay(&self, frame: crate::bus::Frame) -> Option<Arc<crate::bus::Frame>> {
+        let st = self.lock();
+        st.topic.as_ref().and_then(|t| t.relay(frame))
+    }
+
+    /// The end frame of `run_id`, executed on another node, came from the bus: releases the
+    /// claim and relays the frame, in that order and under the owner's lock (as
+    /// [`end_run`](Self::end_run)); the next queued run, if any, takes the claim at once.
+    pub fn end_relayed(
+        &self,
+        run_id: &Arc<str>,
+        frame: crate::bus::Frame,
+    ) -> (Option<Arc<crate::bus::Frame>>, Option<NextRun>) {
+        let mut st = self.lock();
+        st.last_used = Instant::now();
+        if st.remote.as_deref() == Some(&**run_id) {
+            st.remote = None;
+        }
+        if st.run.as_deref() != Some(&**run_id) {
+            // Settled here already (this node executed it too).
+            let f = st.topic.as_ref().and_then(|t| t.relay(frame));
+            return (f, None);
+        }
+        st.run = None;
+        st.paused = false;
+        let f = st.topic.as_ref().and_then(|t| t.relay(frame));
+        (f, Self::take_next(&mut st))
     }
 
     /// Publishes a frame of the session (a queued notice) under the owner's lock.

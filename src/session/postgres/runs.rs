@@ -76,23 +76,29 @@ impl PgStore {
             )
             .await
             .map_err(e)?;
-        tx.execute(
-            &q,
-            &[
-                &s.tenant,
-                &s.run_id,
-                &s.session_id,
-                &s.status.as_str(),
-                &s.starting_agent,
-                &s.trace_id,
-                &now,
-                &s.request,
-                &s.node_id,
-            ],
-        )
-        .await
-        .map_err(e)?;
-        tx.commit().await.map_err(e)
+        let inserted = tx
+            .execute(
+                &q,
+                &[
+                    &s.tenant,
+                    &s.run_id,
+                    &s.session_id,
+                    &s.status.as_str(),
+                    &s.starting_agent,
+                    &s.trace_id,
+                    &now,
+                    &s.request,
+                    &s.node_id,
+                ],
+            )
+            .await;
+        match inserted {
+            Ok(_) => tx.commit().await.map_err(e),
+            Err(err) if is_unique_violation(&err) => {
+                Err(SessionError::Busy(s.session_id.clone().unwrap_or_default()))
+            }
+            Err(err) => Err(e(err)),
+        }
     }
 
     pub(super) async fn run_end(
@@ -260,9 +266,12 @@ impl PgStore {
                     &now_ms(),
                 ],
             )
-            .await
-            .map_err(e)?;
-        Ok(n > 0)
+            .await;
+        match n {
+            Ok(n) => Ok(n > 0),
+            Err(err) if is_unique_violation(&err) => Err(SessionError::Busy(run_id.to_owned())),
+            Err(err) => Err(e(err)),
+        }
     }
 
     /// Moves a running run from node `from` to `to` in one statement: of many nodes trying,
@@ -303,4 +312,9 @@ impl PgStore {
             .map_err(|e| db_err("could not delete a run's items", e))?;
         Ok(n > 0)
     }
+}
+
+/// Whether `e` is a unique violation (another node's run holds the session).
+fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
 }

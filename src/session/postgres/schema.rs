@@ -5,7 +5,7 @@
 use tokio_postgres::Client;
 
 /// The newest schema version this build writes.
-pub const CURRENT_VERSION: i64 = 1;
+pub const CURRENT_VERSION: i64 = 2;
 
 /// Migration `n` (1-based) takes a schema from version `n - 1` to `n`. Append only.
 const MIGRATIONS: &[&str] = &[
@@ -58,6 +58,10 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX runs_by_tenant ON runs (tenant, created_at);
      CREATE INDEX runs_in_flight ON runs (status, created_at)
         WHERE status IN ('running', 'queued', 'awaiting_approval');",
+    // 2: one running run per session over every node sharing the database (a second
+    // start is refused by the database, whichever node asks).
+    "CREATE UNIQUE INDEX runs_one_running_per_session ON runs (tenant, session_id)
+        WHERE status = 'running' AND session_id IS NOT NULL;",
 ];
 
 /// Applies the migrations after the schema's version, in one transaction. Returns the
