@@ -35,7 +35,7 @@ case "${1:-}" in
   serve)
     MODEL=$(model_path)
     echo "serving $MODEL as \"smollm2\" on http://127.0.0.1:$PORT/v1" >&2
-    exec "$VENV/bin/python" -m llama_cpp.server --model "$MODEL" --model_alias smollm2 \
+    exec "$VENV/bin/python" "$(dirname "$0")/llama_server.py" --model "$MODEL" --model_alias smollm2 \
       --host 127.0.0.1 --port "$PORT" --n_ctx 2048
     ;;
   model)

@@ -116,7 +116,8 @@ async fn smollm2_streams_a_real_answer_through_chat_completions() {
             };
             let port = free_port();
             let child = Command::new(&python)
-                .args(["-m", "llama_cpp.server", "--model"])
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/llama_server.py"))
+                .arg("--model")
                 .arg(&gguf)
                 .args([
                     "--model_alias",
