@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use cluster_support::*;
-use common::{recv, send, WAIT};
+use common::{send, WAIT};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,16 +72,7 @@ async fn kill_9_of_the_running_node_mid_run_the_run_completes_on_another() {
     let mut on_b = follow(nodes.addr(1), "s2").await;
     let mut on_c = follow(nodes.addr(2), "s2").await;
     let mut on_a = ws(nodes.addr(0)).await;
-    send(
-        &mut on_a,
-        json!({"type":"run.create","id":1,"session_id":"s2","agent":"A","input":"hi"}),
-    )
-    .await;
-    let accepted = recv(&mut on_a).await;
-    let run_id = accepted["run_id"]
-        .as_str()
-        .expect("run.accepted")
-        .to_owned();
+    let run_id = start_run(&mut on_a, "s2").await;
     // Kill A once its first turn is stored (the second turn's events are 250 ms apart).
     let deadline = Instant::now() + WAIT;
     loop {
@@ -261,16 +252,7 @@ async fn nats_restarted_during_a_run_the_run_completes_and_nothing_is_lost() {
     let nodes = start_nodes_on(&nats.url(), 2, 150);
     let mut on_b = follow(nodes.addr(1), "s3").await;
     let mut on_a = ws(nodes.addr(0)).await;
-    send(
-        &mut on_a,
-        json!({"type":"run.create","id":1,"session_id":"s3","agent":"A","input":"hi"}),
-    )
-    .await;
-    let accepted = recv(&mut on_a).await;
-    let run_id = accepted["run_id"]
-        .as_str()
-        .expect("run.accepted")
-        .to_owned();
+    let run_id = start_run(&mut on_a, "s3").await;
     // NATS goes away for a second while the run is between its turns.
     let deadline = Instant::now() + WAIT;
     loop {

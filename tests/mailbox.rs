@@ -166,16 +166,7 @@ async fn kill_9_of_the_executing_node_the_baton_is_delivered_again_and_the_run_c
         &script(250),
     );
     let mut on_a = ws(nodes.addr(0)).await;
-    send(
-        &mut on_a,
-        json!({"type":"run.create","id":1,"session_id":"m2","agent":"A","input":"hi"}),
-    )
-    .await;
-    let accepted = recv(&mut on_a).await;
-    let run_id = accepted["run_id"]
-        .as_str()
-        .expect("run.accepted")
-        .to_owned();
+    let run_id = start_run(&mut on_a, "m2").await;
     let executing = first_turn_stored(nodes.addr(0), &run_id).await;
     let (dead, alive) = match executing.as_str() {
         "b" => (1, "c"),
@@ -245,16 +236,7 @@ async fn a_cancel_sent_to_a_node_that_is_not_executing_the_run_reaches_it() {
     }
     let nodes = start_nodes_with(NATS, &gateway_and_two(""), &script(250));
     let mut on_a = ws(nodes.addr(0)).await;
-    send(
-        &mut on_a,
-        json!({"type":"run.create","id":1,"session_id":"m4","agent":"A","input":"hi"}),
-    )
-    .await;
-    let accepted = recv(&mut on_a).await;
-    let run_id = accepted["run_id"]
-        .as_str()
-        .expect("run.accepted")
-        .to_owned();
+    let run_id = start_run(&mut on_a, "m4").await;
     let executing = first_turn_stored(nodes.addr(0), &run_id).await;
     assert!(executing == "b" || executing == "c", "{executing}");
     // Sent to the gateway, which does not execute it.

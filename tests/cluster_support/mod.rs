@@ -165,6 +165,20 @@ pub async fn ws(addr: &str) -> Ws {
     ws
 }
 
+/// Asks for a run of agent `A` on `session` over `w`; answers its id (from `run.accepted`).
+pub async fn start_run(w: &mut Ws, session: &str) -> String {
+    send(
+        w,
+        json!({"type":"run.create","id":1,"session_id":session,"agent":"A","input":"hi"}),
+    )
+    .await;
+    let accepted = recv(w).await;
+    accepted["run_id"]
+        .as_str()
+        .expect("run.accepted")
+        .to_owned()
+}
+
 pub async fn get(addr: &str, path: &str) -> Value {
     let r = tokio::time::timeout(WAIT, reqwest::get(format!("http://{addr}{path}")))
         .await
