@@ -457,25 +457,17 @@ pub struct Subscription {
 impl Subscription {
     /// The next delivery; `None` when the topic is gone.
     pub async fn recv(&mut self) -> Option<Delivery> {
-        if let Some(f) = self.backlog.pop_front() {
-            self.last_seq = f.seq;
-            self.replayed = true;
-            return Some(Delivery::Frame(f));
+        if let Some(d) = self.next_replayed() {
+            return Some(d);
         }
-        self.replayed = false;
         loop {
             match self.rx.recv().await {
-                Ok(f) if reset_notice(&f).is_some() => return reset_notice(&f),
-                Ok(f) if f.seq <= self.last_seq => continue,
                 Ok(f) => {
-                    self.last_seq = f.seq;
-                    return Some(Delivery::Frame(f));
+                    if let Some(d) = self.live(f) {
+                        return Some(d);
+                    }
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    return Some(Delivery::Lagged {
-                        resume_after_seq: self.last_seq,
-                    })
-                }
+                Err(broadcast::error::RecvError::Lagged(_)) => return Some(self.lagged()),
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
@@ -483,27 +475,50 @@ impl Subscription {
 
     /// A delivery if one is ready now, without waiting.
     pub fn try_recv(&mut self) -> Option<Delivery> {
-        if let Some(f) = self.backlog.pop_front() {
-            self.last_seq = f.seq;
-            self.replayed = true;
-            return Some(Delivery::Frame(f));
+        if let Some(d) = self.next_replayed() {
+            return Some(d);
         }
-        self.replayed = false;
         loop {
             match self.rx.try_recv() {
-                Ok(f) if reset_notice(&f).is_some() => return reset_notice(&f),
-                Ok(f) if f.seq <= self.last_seq => continue,
                 Ok(f) => {
-                    self.last_seq = f.seq;
-                    return Some(Delivery::Frame(f));
+                    if let Some(d) = self.live(f) {
+                        return Some(d);
+                    }
                 }
-                Err(broadcast::error::TryRecvError::Lagged(_)) => {
-                    return Some(Delivery::Lagged {
-                        resume_after_seq: self.last_seq,
-                    })
-                }
+                Err(broadcast::error::TryRecvError::Lagged(_)) => return Some(self.lagged()),
                 Err(_) => return None,
             }
+        }
+    }
+
+    /// The next replayed frame, if any are left; otherwise marks what follows as live.
+    fn next_replayed(&mut self) -> Option<Delivery> {
+        let Some(f) = self.backlog.pop_front() else {
+            self.replayed = false;
+            return None;
+        };
+        self.last_seq = f.seq;
+        self.replayed = true;
+        Some(Delivery::Frame(f))
+    }
+
+    /// What a live frame delivers: a reset notice, the frame, or nothing (already delivered
+    /// from the backlog).
+    fn live(&mut self, f: Arc<Frame>) -> Option<Delivery> {
+        if let Some(reset) = reset_notice(&f) {
+            return Some(reset);
+        }
+        if f.seq <= self.last_seq {
+            return None;
+        }
+        self.last_seq = f.seq;
+        Some(Delivery::Frame(f))
+    }
+
+    /// The ring overtook this subscriber: it resumes after the last seq it got.
+    fn lagged(&self) -> Delivery {
+        Delivery::Lagged {
+            resume_after_seq: self.last_seq,
         }
     }
 

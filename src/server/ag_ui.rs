@@ -135,7 +135,8 @@ pub async fn run(
             (f, enc)
         }
         Ask::ToolOutputs(outputs) => {
-            let (f, answered) = ui_stream::answer_tool_calls(&core, &tenant, &thread, outputs)?;
+            let (f, answered) =
+                ui_stream::answer_tool_calls(&core, &tenant, &thread, outputs).await?;
             let agent = f.agent.clone();
             let enc =
                 AgUiStream::continuing(thread, input.run_id, f.run_id.clone(), answered, agent);

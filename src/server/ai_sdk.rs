@@ -153,7 +153,8 @@ pub async fn chat(
             (f, enc)
         }
         Ask::ToolOutputs(outputs) => {
-            let (f, answered) = ui_stream::answer_tool_calls(&core, &tenant, &session_id, outputs)?;
+            let (f, answered) =
+                ui_stream::answer_tool_calls(&core, &tenant, &session_id, outputs).await?;
             let enc = AiSdkStream::continuing(session_id, f.run_id.clone(), answered);
             (f, enc)
         }

@@ -158,7 +158,7 @@ fn retained(topic: &Topic) -> Vec<Arc<Frame>> {
 /// them, and returns that run with a subscription from where its stream paused (so the
 /// continuation repeats nothing the client has). The call ids actually answered come back
 /// too; calls the run does not wait for are an error.
-pub(crate) fn answer_tool_calls(
+pub(crate) async fn answer_tool_calls(
     core: &Arc<Core>,
     tenant: &str,
     session_id: &str,
@@ -218,7 +218,8 @@ pub(crate) fn answer_tool_calls(
         })?;
     let mut answered = Vec::with_capacity(answers.len());
     for (call_id, output) in answers {
-        core.tool_result(tenant, &run_id, &call_id, output)?;
+        core.tool_result_any(tenant, &run_id, &call_id, output)
+            .await?;
         answered.push(call_id);
     }
     Ok((
