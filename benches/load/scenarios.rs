@@ -596,7 +596,7 @@ fn ws_conversations_full(
     let sam = Sampler::start(name, total, false, c.clone());
     let rss0 = srv.rss();
     let cpu0 = srv.cpu();
-    let delivery0 = rt.block_on(scrape::delivery(&srv.target, "ws")).ok();
+    let delivery0 = rt.block_on(scrape::server(&srv.target)).ok();
     let t0 = Instant::now();
     let deadline = t0 + p.scenario_timeout;
     // Server RSS while the sessions are active.
@@ -642,7 +642,7 @@ fn ws_conversations_full(
         sc.cpu_s = Some(b - a);
         sc.cpu_ms_per_run = Some(1000.0 * (b - a) / sc.runs.max(1) as f64);
     }
-    if let (Some(a), Ok(b)) = (delivery0, rt.block_on(scrape::delivery(&srv.target, "ws"))) {
+    if let (Some(a), Ok(b)) = (delivery0, rt.block_on(scrape::server(&srv.target))) {
         scrape::add_figures(&mut sc, &b.since(&a));
     }
     if let Some(r0) = rss0 {
@@ -956,7 +956,7 @@ fn fanout(
     })?;
     let expected = (p.fan_subs * runs * (tokens + 40)) as u64;
     let sam = Sampler::start(name, expected, true, c.clone());
-    let delivery0 = rt.block_on(scrape::delivery(&srv.target, "ws")).ok();
+    let delivery0 = rt.block_on(scrape::server(&srv.target)).ok();
     let cpu0 = srv.cpu();
     let t0 = Instant::now();
     let res = rt.block_on(async {
@@ -1015,7 +1015,7 @@ fn fanout(
             1e6 * (b - a) / sc.frames.max(1) as f64,
         );
     }
-    if let (Some(a), Ok(b)) = (delivery0, rt.block_on(scrape::delivery(&srv.target, "ws"))) {
+    if let (Some(a), Ok(b)) = (delivery0, rt.block_on(scrape::server(&srv.target))) {
         scrape::add_figures(&mut sc, &b.since(&a));
     }
     Ok(sc)

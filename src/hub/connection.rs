@@ -20,7 +20,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use bytes::Bytes;
 use futures::stream::SelectAll;
 use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::mpsc;
+use futures::channel::mpsc;
 
 use crate::bus::{Frame, Subscription};
 use crate::hub::follow::{self, Followed};
@@ -93,7 +93,10 @@ pub async fn run<S, R, E>(
     core.metrics
         .connections_total
         .fetch_add(1, Ordering::Relaxed);
-    let (tx, rx) = mpsc::channel(core.limits.outbound_queue);
+    // futures' bounded channel allocates per queued message rather than a block of slots up
+    // front, so an idle connection's queue is a couple of hundred bytes; its capacity is the
+    // buffer plus one place per sender (the reader is the only one).
+    let (tx, rx) = mpsc::channel(core.limits.outbound_queue.saturating_sub(1));
     let write_timeout = Duration::from_millis(core.limits.write_timeout_ms.max(1));
     let mut writer = tokio::spawn(write_loop(core.clone(), sink, rx, write_timeout));
     let mut conn = Conn {
@@ -234,7 +237,7 @@ where
     loop {
         let (first, followed) = tokio::select! {
             biased;
-            m = rx.recv() => match m {
+            m = rx.next() => match m {
                 Some(o) => (o, false),
                 None => break,
             },
@@ -311,11 +314,11 @@ where
 }
 
 impl Conn {
-    async fn send_own(&self, s: String) {
+    async fn send_own(&mut self, s: String) {
         let _ = self.tx.send(Out::Own(s)).await;
     }
 
-    async fn error(&self, id: Option<&serde_json::Value>, e: ApiError) {
+    async fn error(&mut self, id: Option<&serde_json::Value>, e: ApiError) {
         let message = e.to_string();
         crate::service::telemetry::ErrorSent {
             code: e.code(),
@@ -624,7 +627,7 @@ mod tests {
             to_client.clone(),
             from_client,
         );
-        let (_tx, rx) = mpsc::channel::<Out>(1);
+        let (_tx, rx) = mpsc::channel::<Out>(0);
         let writing = write_loop(core.clone(), to_client, rx, Duration::from_secs(1));
         let (l, w) = (
             std::mem::size_of_val(&looping),

@@ -122,7 +122,7 @@ pub async fn run(plan: &Plan) -> Result<Report, LoadtestError> {
     let sampler = Sampler::start("loadtest", plan.expected_runs(), false, c.clone());
     let cpu0 = plan.server_pid.and_then(|p| procfs::cpu_seconds(Some(p)));
     let rss0 = plan.server_pid.and_then(|p| procfs::rss_kib(Some(p)));
-    let delivery0 = scrape::delivery(&plan.target, "ws").await.ok();
+    let delivery0 = scrape::server(&plan.target).await.ok();
     let t0 = Instant::now();
     let q = Queue::new(Workload {
         prefix: session_prefix(),
@@ -164,7 +164,7 @@ pub async fn run(plan: &Plan) -> Result<Report, LoadtestError> {
         sc.cpu_s = Some(b - a);
         sc.cpu_ms_per_run = Some(1000.0 * (b - a) / sc.runs.max(1) as f64);
     }
-    if let (Some(a), Ok(b)) = (delivery0, scrape::delivery(&plan.target, "ws").await) {
+    if let (Some(a), Ok(b)) = (delivery0, scrape::server(&plan.target).await) {
         scrape::add_figures(&mut sc, &b.since(&a));
     }
     if let Some(pid) = plan.server_pid {

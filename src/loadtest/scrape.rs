@@ -1,6 +1,7 @@
-//! The server's own delivery latency: `callboard_frame_delivery_seconds` (publish to the
-//! completed socket write) read from its `GET /metrics` before and after a load, and the
-//! quantiles of what was observed in between.
+//! What the server says of a load, from its `GET /metrics` read before and after it: its own
+//! delivery latency (`callboard_frame_delivery_seconds`, publish to the completed socket
+//! write; the quantiles of what was observed in between) and its session store writer's
+//! transactions (how many writes each carried).
 
 use std::time::Duration;
 
@@ -84,9 +85,58 @@ impl Buckets {
     }
 }
 
-/// Puts the server-side delivery figures into a scenario: frames observed, and p50 / p99 in
-/// microseconds.
-pub fn add_figures(sc: &mut crate::loadtest::report::Scenario, d: &Buckets) {
+/// The server's figures at one moment.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServerMetrics {
+    /// The WebSocket delivery histogram.
+    pub ws: Buckets,
+    /// `callboard_session_store_commits` (0 when the store exports none: memory, PostgreSQL).
+    pub store_commits: u64,
+    /// `callboard_session_store_writes`.
+    pub store_writes: u64,
+}
+
+impl ServerMetrics {
+    /// The figures in a Prometheus text exposition.
+    pub fn parse(text: &str) -> ServerMetrics {
+        let counter = |name: &str| {
+            text.lines()
+                .find_map(|l| {
+                    let rest = l.strip_prefix(name)?;
+                    let rest = rest.strip_prefix("_total").unwrap_or(rest);
+                    rest.strip_prefix(' ')?.trim().parse::<f64>().ok()
+                })
+                .map_or(0, |v| v as u64)
+        };
+        ServerMetrics {
+            ws: Buckets::parse(text, "ws"),
+            store_commits: counter("callboard_session_store_commits"),
+            store_writes: counter("callboard_session_store_writes"),
+        }
+    }
+
+    /// What happened after `before`.
+    pub fn since(&self, before: &ServerMetrics) -> ServerMetrics {
+        ServerMetrics {
+            ws: self.ws.since(&before.ws),
+            store_commits: self.store_commits.saturating_sub(before.store_commits),
+            store_writes: self.store_writes.saturating_sub(before.store_writes),
+        }
+    }
+}
+
+/// Puts the server-side figures into a scenario: delivery frames observed and p50 / p99 in
+/// microseconds; the store's transactions and writes per transaction.
+pub fn add_figures(sc: &mut crate::loadtest::report::Scenario, m: &ServerMetrics) {
+    if m.store_commits > 0 {
+        sc.figures
+            .insert("server_store_commits".into(), m.store_commits as f64);
+        sc.figures.insert(
+            "server_store_writes_per_commit".into(),
+            m.store_writes as f64 / m.store_commits as f64,
+        );
+    }
+    let d = &m.ws;
     if d.count() == 0 {
         return;
     }
@@ -102,9 +152,9 @@ pub fn add_figures(sc: &mut crate::loadtest::report::Scenario, d: &Buckets) {
     }
 }
 
-/// The server's histogram of `transport` from `GET /metrics` (with the target's key, which
-/// must be an admin key when the server has keys).
-pub async fn delivery(target: &Target, transport: &str) -> Result<Buckets, String> {
+/// The server's figures from `GET /metrics` (with the target's key, which must be an admin
+/// key when the server has keys).
+pub async fn server(target: &Target) -> Result<ServerMetrics, String> {
     let url = metrics_url(&target.url)?;
     let client = reqwest::Client::builder()
         .no_proxy()
@@ -123,7 +173,7 @@ pub async fn delivery(target: &Target, transport: &str) -> Result<Buckets, Strin
         ));
     }
     let text = r.text().await.map_err(|e| format!("GET {url}: {e}"))?;
-    Ok(Buckets::parse(&text, transport))
+    Ok(ServerMetrics::parse(&text))
 }
 
 /// `http://host:port/metrics` from the WebSocket URL `ws://host:port/...`.
@@ -164,6 +214,17 @@ callboard_frame_delivery_seconds_bucket{le=\"+Inf\",transport=\"sse\"} 3\n";
         assert_eq!(d.count(), 60);
         assert_eq!(d.0[0], (0.001, 10));
         assert_eq!(Buckets::default().quantile(0.5), None);
+        let m = ServerMetrics::parse(&format!(
+            "{TEXT}callboard_session_store_commits_total 10\ncallboard_session_store_writes_total 45\n"
+        ));
+        assert_eq!((m.store_commits, m.store_writes, m.ws.count()), (10, 45, 100));
+        let d = m.since(&ServerMetrics {
+            store_commits: 4,
+            store_writes: 15,
+            ..Default::default()
+        });
+        assert_eq!((d.store_commits, d.store_writes), (6, 30));
+        assert_eq!(ServerMetrics::parse(TEXT).store_commits, 0);
         assert_eq!(
             metrics_url("ws://127.0.0.1:7/v1/ws").unwrap(),
             "http://127.0.0.1:7/metrics"

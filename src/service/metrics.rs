@@ -442,6 +442,26 @@ impl Core {
             "Items of trace ingest bodies refused, by code (invalid_id, trace_not_yours)",
             m.ingest_refused.clone(),
         );
+        if let Some(w) = self.sessions.store().writer_stats() {
+            counter(
+                r,
+                "callboard_session_store_commits",
+                "Session store write transactions (SQLite: each carries every write queued, with group commit under concurrent writers)",
+                w.batches,
+            );
+            counter(
+                r,
+                "callboard_session_store_writes",
+                "Session store writes (turn saves, run records, items) committed or refused",
+                w.writes,
+            );
+            counter(
+                r,
+                "callboard_session_store_failed_writes",
+                "Session store writes answered with an error",
+                w.failed_writes,
+            );
+        }
         r.register_with_unit(
             "callboard_session_store_write_duration",
             "Session store turn saves: a turn's items, run record and run state in one write",

@@ -18,6 +18,11 @@ pub trait Store: Send + Sync + 'static {
     fn describe(&self) -> String;
     /// Whether conversations and run records survive a restart.
     fn is_durable(&self) -> bool;
+    /// The writer's counters (transactions, writes in them), for stores that batch writes
+    /// through one writer (SQLite); `None` for the others.
+    fn writer_stats(&self) -> Option<super::StoreStats> {
+        None
+    }
     /// A session's conversation (created with its first item).
     fn session(&self, tenant: &str, session_id: &str) -> Arc<dyn Session>;
     /// A session's numbering, if the session exists.

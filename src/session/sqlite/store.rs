@@ -16,6 +16,9 @@ impl Store for SqliteStore {
     fn describe(&self) -> String {
         format!("sqlite://{} (SQLite, WAL)", self.inner.display)
     }
+    fn writer_stats(&self) -> Option<crate::session::StoreStats> {
+        Some(self.stats())
+    }
     fn is_durable(&self) -> bool {
         true
     }

@@ -106,30 +106,65 @@ pub(crate) struct Counters {
     pub commit_micros: AtomicU64,
 }
 
+/// How the writer batches (from [`super::StoreOptions`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Batching {
+    /// The most writes committed in one transaction.
+    pub max_batch: usize,
+    /// Group commit: when writes arrive from several sessions at once, the writer waits this
+    /// long after the first before committing, so one transaction carries more of them.
+    pub commit_delay: std::time::Duration,
+}
+
 pub(crate) fn run(
     mut conn: Connection,
     mut rx: mpsc::Receiver<Cmd>,
-    max_batch: usize,
+    batching: Batching,
     counters: Arc<Counters>,
 ) {
+    let max_batch = batching.max_batch.max(1);
     let mut writes: Vec<(WriteOp, Reply)> = Vec::with_capacity(max_batch);
     let mut reads: Vec<ReadFn> = Vec::new();
     let mut close: Option<oneshot::Sender<()>> = None;
+    // Writes in the previous batch: more than one means sessions are writing concurrently.
+    let mut last_batch = 0usize;
     while let Some(first) = rx.blocking_recv() {
         let mut next = Some(first);
-        while let Some(cmd) = next.take() {
-            match cmd {
-                Cmd::Write(op, reply) => writes.push((op, reply)),
-                Cmd::Read(f) => reads.push(f),
-                Cmd::Close(done) => {
-                    close = Some(done);
-                    break;
+        let mut waited = false;
+        loop {
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Cmd::Write(op, reply) => writes.push((op, reply)),
+                    Cmd::Read(f) => reads.push(f),
+                    Cmd::Close(done) => {
+                        close = Some(done);
+                        break;
+                    }
+                }
+                if writes.len() + reads.len() < max_batch {
+                    next = rx.try_recv().ok();
                 }
             }
-            if writes.len() + reads.len() < max_batch {
-                next = rx.try_recv().ok();
+            // A lone session's write commits at once; under concurrent writers the
+            // transaction waits a moment for the writes on their way (one commit, one set
+            // of WAL pages, one wake-up of this thread for all of them).
+            let concurrent = writes.len() > 1 || last_batch > 1;
+            if waited
+                || close.is_some()
+                || batching.commit_delay.is_zero()
+                || !concurrent
+                || writes.len() + reads.len() >= max_batch
+            {
+                break;
+            }
+            waited = true;
+            std::thread::sleep(batching.commit_delay);
+            next = rx.try_recv().ok();
+            if next.is_none() {
+                break;
             }
         }
+        last_batch = writes.len();
         if !writes.is_empty() {
             let n = writes.len() as u64;
             let t = std::time::Instant::now();
@@ -174,7 +209,7 @@ fn item_count(op: &WriteOp) -> u64 {
 /// writes answered with an error.
 fn commit_batch(conn: &mut Connection, writes: &mut Vec<(WriteOp, Reply)>) -> (u64, u64) {
     let now = now_ms();
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = begin(conn) {
         let msg = format!("could not start a write transaction: {e}");
         let failed = writes.len() as u64;
         for (_, reply) in writes.drain(..) {
@@ -183,16 +218,55 @@ fn commit_batch(conn: &mut Connection, writes: &mut Vec<(WriteOp, Reply)>) -> (u
         return (0, failed);
     }
     let single = writes.len() == 1;
+    if !single {
+        // Most batches have no failing write: apply them all straight, and commit.
+        match apply_all(conn, writes, now) {
+            Ok(outs) => match conn.prepare_cached("COMMIT").and_then(|mut c| c.execute([])) {
+                Ok(_) => {
+                    let mut items = 0;
+                    for ((op, reply), out) in writes.drain(..).zip(outs) {
+                        items += item_count(&op);
+                        let _ = reply.send(Ok(out));
+                    }
+                    return (items, 0);
+                }
+                Err(e) => {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    let msg = format!(
+                        "could not commit the write (is the disk full or the file read-only?): {e}"
+                    );
+                    let failed = writes.len() as u64;
+                    for (_, reply) in writes.drain(..) {
+                        let _ = reply.send(Err(SessionError::Store(msg.clone())));
+                    }
+                    return (0, failed);
+                }
+            },
+            Err(_) => {
+                // One write failed: start again with each write in its own savepoint, so the
+                // failing one is answered with its error and the others are still saved.
+                let _ = conn.execute_batch("ROLLBACK");
+                if let Err(e) = begin(conn) {
+                    let msg = format!("could not start a write transaction: {e}");
+                    let failed = writes.len() as u64;
+                    for (_, reply) in writes.drain(..) {
+                        let _ = reply.send(Err(SessionError::Store(msg.clone())));
+                    }
+                    return (0, failed);
+                }
+            }
+        }
+    }
     let mut results: Vec<(Reply, u64, Result<WriteOut, rusqlite::Error>)> =
         Vec::with_capacity(writes.len());
     let mut pending = writes.drain(..);
     for (op, reply) in pending.by_ref() {
         let items = item_count(&op);
         let r = if single {
-            apply(conn, op, now)
+            apply(conn, &op, now)
         } else {
             // Each write in its own savepoint: one failing write does not undo the others.
-            in_savepoint(conn, |c| apply(c, op, now))
+            in_savepoint(conn, |c| apply(c, &op, now))
         };
         let failed = r.is_err();
         results.push((reply, items, r));
@@ -220,8 +294,8 @@ fn commit_batch(conn: &mut Connection, writes: &mut Vec<(WriteOp, Reply)>) -> (u
         }
         return (0, 1);
     }
-    match conn.execute_batch("COMMIT") {
-        Ok(()) => {
+    match conn.prepare_cached("COMMIT").and_then(|mut c| c.execute([])) {
+        Ok(_) => {
             let (mut items, mut failed) = (0, 0);
             for (reply, n, r) in results {
                 match &r {
@@ -244,6 +318,20 @@ fn commit_batch(conn: &mut Connection, writes: &mut Vec<(WriteOp, Reply)>) -> (u
             (0, failed)
         }
     }
+}
+
+fn begin(conn: &Connection) -> rusqlite::Result<()> {
+    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+    Ok(())
+}
+
+/// Applies every write of the batch in order, stopping at the first that fails.
+fn apply_all(
+    conn: &Connection,
+    writes: &[(WriteOp, Reply)],
+    now: i64,
+) -> rusqlite::Result<Vec<WriteOut>> {
+    writes.iter().map(|(op, _)| apply(conn, op, now)).collect()
 }
 
 fn in_savepoint<T>(
@@ -333,7 +421,7 @@ fn insert_items(
     Ok(())
 }
 
-fn apply(conn: &Connection, op: WriteOp, now: i64) -> rusqlite::Result<WriteOut> {
+fn apply(conn: &Connection, op: &WriteOp, now: i64) -> rusqlite::Result<WriteOut> {
     match op {
         WriteOp::AddItems {
             tenant,
@@ -345,27 +433,41 @@ fn apply(conn: &Connection, op: WriteOp, now: i64) -> rusqlite::Result<WriteOut>
         }
         WriteOp::SaveTurn(t) => {
             insert_items(conn, &t.tenant, &t.session, &t.items, Some(&t.run_id), now)?;
-            let status = if t.pause.is_some() {
-                "awaiting_approval"
-            } else {
-                "running"
+            // A plain turn leaves the status (and so the status indexes) as they are.
+            match t.pause {
+                None => conn
+                    .prepare_cached(
+                        "UPDATE runs SET turn = ?3, last_agent = ?4, usage = ?5, updated_at = ?6,
+                            state = COALESCE(?7, state)
+                         WHERE tenant = ?1 AND run_id = ?2 AND status = 'running'",
+                    )?
+                    .execute(params![
+                        &*t.tenant,
+                        &*t.run_id,
+                        t.turn as i64,
+                        t.agent,
+                        t.usage,
+                        now,
+                        t.state.as_deref(),
+                    ])?,
+                Some(deadline) => conn
+                    .prepare_cached(
+                        "UPDATE runs SET turn = ?3, last_agent = ?4, usage = ?5, updated_at = ?6,
+                            state = COALESCE(?7, state), status = 'awaiting_approval',
+                            deadline = ?8
+                         WHERE tenant = ?1 AND run_id = ?2 AND status = 'running'",
+                    )?
+                    .execute(params![
+                        &*t.tenant,
+                        &*t.run_id,
+                        t.turn as i64,
+                        t.agent,
+                        t.usage,
+                        now,
+                        t.state.as_deref(),
+                        deadline
+                    ])?,
             };
-            conn.prepare_cached(
-                "UPDATE runs SET turn = ?3, last_agent = ?4, usage = ?5, updated_at = ?6,
-                    state = COALESCE(?7, state), status = ?8, deadline = ?9
-                 WHERE tenant = ?1 AND run_id = ?2 AND status = 'running'",
-            )?
-            .execute(params![
-                &*t.tenant,
-                &*t.run_id,
-                t.turn as i64,
-                t.agent,
-                t.usage,
-                now,
-                t.state.as_deref(),
-                status,
-                t.pause.flatten()
-            ])?;
             match (&t.seq_reserved, t.seq_safe) {
                 (Some((epoch, upto)), safe) => {
                     set_meta(conn, &t.tenant, &t.session, epoch, *upto, safe, now)?
@@ -387,8 +489,8 @@ fn apply(conn: &Connection, op: WriteOp, now: i64) -> rusqlite::Result<WriteOut>
                 &tenant,
                 &session,
                 &epoch,
-                seq_reserved,
-                Some(seq_safe),
+                *seq_reserved,
+                Some(*seq_safe),
                 now,
             )?;
             Ok(WriteOut::Done)
