@@ -221,20 +221,10 @@ pub struct SessionsConfig {
     /// one, at most 10 s). Default 16.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// With an SQLite store: group commit. While several sessions write at once, the writer
-    /// waits this many microseconds after the first write before committing, so that one
-    /// transaction carries the writes on their way (a lone session's write never waits).
-    /// 0 commits at once. Default 500, at most 100000.
-    #[serde(default = "default_commit_delay_us")]
-    pub commit_delay_us: u64,
 }
 
 fn default_max_connections() -> usize {
     16
-}
-
-fn default_commit_delay_us() -> u64 {
-    500
 }
 
 fn default_session_queue() -> usize {
@@ -257,7 +247,6 @@ impl Default for SessionsConfig {
             on_busy: Default::default(),
             max_queued_runs: default_session_queue(),
             max_connections: default_max_connections(),
-            commit_delay_us: default_commit_delay_us(),
         }
     }
 }

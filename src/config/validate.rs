@@ -14,16 +14,6 @@ impl Config {
                 c.push(k, m);
             }
         }
-        if self.sessions.commit_delay_us > 100_000 {
-            c.push(
-                "sessions.commit_delay_us",
-                format!(
-                    "{} is over the most a write may wait for others (100000 µs); \
-                     group commit needs well under a millisecond",
-                    self.sessions.commit_delay_us
-                ),
-            );
-        }
         if self.server.bind.parse::<SocketAddr>().is_err() {
             c.push(
                 "server.bind",

@@ -27,7 +27,6 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
     // (`Core::recover`), not the store's to mark interrupted.
     let opts = StoreOptions {
         recover_interrupted_runs: false,
-        commit_delay: std::time::Duration::from_micros(config.sessions.commit_delay_us),
         ..StoreOptions::default()
     };
     match SqliteStore::open_async(&url, opts).await {

@@ -88,19 +88,11 @@ pub struct StoreOptions {
     /// How often a background thread checkpoints the WAL into the database file (and so
     /// fsyncs it), keeping checkpoints off the writer's path.
     pub checkpoint_interval: Duration,
-    /// Group commit: when several sessions write at once, the writer waits this long after
-    /// the first write before committing, so that one transaction (one set of WAL pages,
-    /// one wake-up) carries the writes on their way. A lone session's write never waits.
-    /// Zero commits whatever is queued at once.
-    pub commit_delay: Duration,
     /// Whether opening marks runs left `running` by a previous process `interrupted` (the
     /// library's default). The server leaves them to its restart policy (`[runs]
     /// on_restart`), which resumes them.
     pub recover_interrupted_runs: bool,
 }
-
-/// [`StoreOptions::commit_delay`]'s default.
-pub const DEFAULT_COMMIT_DELAY: Duration = Duration::from_micros(500);
 
 impl Default for StoreOptions {
     fn default() -> Self {
@@ -111,7 +103,6 @@ impl Default for StoreOptions {
             read_connections: 4,
             busy_timeout: Duration::from_secs(5),
             checkpoint_interval: Duration::from_secs(1),
-            commit_delay: DEFAULT_COMMIT_DELAY,
             recover_interrupted_runs: true,
         }
     }
@@ -243,15 +234,12 @@ impl SqliteStore {
         }
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
         let counters = Arc::new(writer::Counters::default());
-        let batching = writer::Batching {
-            max_batch: opts.max_batch.max(1),
-            commit_delay: opts.commit_delay,
-        };
+        let max_batch = opts.max_batch.max(1);
         let writer = std::thread::Builder::new()
             .name("callboard-store".into())
             .spawn({
                 let counters = counters.clone();
-                move || writer::run(conn, rx, batching, counters)
+                move || writer::run(conn, rx, max_batch, counters)
             })
             .map_err(|e| SessionError::Open {
                 path: shown.clone(),

@@ -106,65 +106,30 @@ pub(crate) struct Counters {
     pub commit_micros: AtomicU64,
 }
 
-/// How the writer batches (from [`super::StoreOptions`]).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Batching {
-    /// The most writes committed in one transaction.
-    pub max_batch: usize,
-    /// Group commit: when writes arrive from several sessions at once, the writer waits this
-    /// long after the first before committing, so one transaction carries more of them.
-    pub commit_delay: std::time::Duration,
-}
-
 pub(crate) fn run(
     mut conn: Connection,
     mut rx: mpsc::Receiver<Cmd>,
-    batching: Batching,
+    max_batch: usize,
     counters: Arc<Counters>,
 ) {
-    let max_batch = batching.max_batch.max(1);
     let mut writes: Vec<(WriteOp, Reply)> = Vec::with_capacity(max_batch);
     let mut reads: Vec<ReadFn> = Vec::new();
     let mut close: Option<oneshot::Sender<()>> = None;
-    // Writes in the previous batch: more than one means sessions are writing concurrently.
-    let mut last_batch = 0usize;
     while let Some(first) = rx.blocking_recv() {
         let mut next = Some(first);
-        let mut waited = false;
-        loop {
-            while let Some(cmd) = next.take() {
-                match cmd {
-                    Cmd::Write(op, reply) => writes.push((op, reply)),
-                    Cmd::Read(f) => reads.push(f),
-                    Cmd::Close(done) => {
-                        close = Some(done);
-                        break;
-                    }
-                }
-                if writes.len() + reads.len() < max_batch {
-                    next = rx.try_recv().ok();
+        while let Some(cmd) = next.take() {
+            match cmd {
+                Cmd::Write(op, reply) => writes.push((op, reply)),
+                Cmd::Read(f) => reads.push(f),
+                Cmd::Close(done) => {
+                    close = Some(done);
+                    break;
                 }
             }
-            // A lone session's write commits at once; under concurrent writers the
-            // transaction waits a moment for the writes on their way (one commit, one set
-            // of WAL pages, one wake-up of this thread for all of them).
-            let concurrent = writes.len() > 1 || last_batch > 1;
-            if waited
-                || close.is_some()
-                || batching.commit_delay.is_zero()
-                || !concurrent
-                || writes.len() + reads.len() >= max_batch
-            {
-                break;
-            }
-            waited = true;
-            std::thread::sleep(batching.commit_delay);
-            next = rx.try_recv().ok();
-            if next.is_none() {
-                break;
+            if writes.len() + reads.len() < max_batch {
+                next = rx.try_recv().ok();
             }
         }
-        last_batch = writes.len();
         if !writes.is_empty() {
             let n = writes.len() as u64;
             let t = std::time::Instant::now();
@@ -210,19 +175,14 @@ fn item_count(op: &WriteOp) -> u64 {
 fn commit_batch(conn: &mut Connection, writes: &mut Vec<(WriteOp, Reply)>) -> (u64, u64) {
     let now = now_ms();
     if let Err(e) = begin(conn) {
-        let msg = format!("could not start a write transaction: {e}");
-        let failed = writes.len() as u64;
-        for (_, reply) in writes.drain(..) {
-            let _ = reply.send(Err(SessionError::Store(msg.clone())));
-        }
-        return (0, failed);
+        return fail_all(writes, format!("could not start a write transaction: {e}"));
     }
     let single = writes.len() == 1;
     if !single {
         // Most batches have no failing write: apply them all straight, and commit.
         match apply_all(conn, writes, now) {
-            Ok(outs) => match conn.prepare_cached("COMMIT").and_then(|mut c| c.execute([])) {
-                Ok(_) => {
+            Ok(outs) => match commit(conn) {
+                Ok(()) => {
                     let mut items = 0;
                     for ((op, reply), out) in writes.drain(..).zip(outs) {
                         items += item_count(&op);
@@ -232,14 +192,7 @@ fn commit_batch(conn: &mut Connection, writes: &mut Vec<(WriteOp, Reply)>) -> (u
                 }
                 Err(e) => {
                     let _ = conn.execute_batch("ROLLBACK");
-                    let msg = format!(
-                        "could not commit the write (is the disk full or the file read-only?): {e}"
-                    );
-                    let failed = writes.len() as u64;
-                    for (_, reply) in writes.drain(..) {
-                        let _ = reply.send(Err(SessionError::Store(msg.clone())));
-                    }
-                    return (0, failed);
+                    return fail_all(writes, commit_failed(e));
                 }
             },
             Err(_) => {
@@ -247,12 +200,7 @@ fn commit_batch(conn: &mut Connection, writes: &mut Vec<(WriteOp, Reply)>) -> (u
                 // failing one is answered with its error and the others are still saved.
                 let _ = conn.execute_batch("ROLLBACK");
                 if let Err(e) = begin(conn) {
-                    let msg = format!("could not start a write transaction: {e}");
-                    let failed = writes.len() as u64;
-                    for (_, reply) in writes.drain(..) {
-                        let _ = reply.send(Err(SessionError::Store(msg.clone())));
-                    }
-                    return (0, failed);
+                    return fail_all(writes, format!("could not start a write transaction: {e}"));
                 }
             }
         }
@@ -294,8 +242,8 @@ fn commit_batch(conn: &mut Connection, writes: &mut Vec<(WriteOp, Reply)>) -> (u
         }
         return (0, 1);
     }
-    match conn.prepare_cached("COMMIT").and_then(|mut c| c.execute([])) {
-        Ok(_) => {
+    match commit(conn) {
+        Ok(()) => {
             let (mut items, mut failed) = (0, 0);
             for (reply, n, r) in results {
                 match &r {
@@ -308,9 +256,7 @@ fn commit_batch(conn: &mut Connection, writes: &mut Vec<(WriteOp, Reply)>) -> (u
         }
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
-            let msg = format!(
-                "could not commit the write (is the disk full or the file read-only?): {e}"
-            );
+            let msg = commit_failed(e);
             let failed = results.len() as u64;
             for (reply, _, _) in results {
                 let _ = reply.send(Err(SessionError::Store(msg.clone())));
@@ -318,6 +264,24 @@ fn commit_batch(conn: &mut Connection, writes: &mut Vec<(WriteOp, Reply)>) -> (u
             (0, failed)
         }
     }
+}
+
+/// Answers every write of the batch with `msg`: none of them was saved.
+fn fail_all(writes: &mut Vec<(WriteOp, Reply)>, msg: String) -> (u64, u64) {
+    let failed = writes.len() as u64;
+    for (_, reply) in writes.drain(..) {
+        let _ = reply.send(Err(SessionError::Store(msg.clone())));
+    }
+    (0, failed)
+}
+
+fn commit_failed(e: rusqlite::Error) -> String {
+    format!("could not commit the write (is the disk full or the file read-only?): {e}")
+}
+
+fn commit(conn: &Connection) -> rusqlite::Result<()> {
+    conn.prepare_cached("COMMIT")?.execute([])?;
+    Ok(())
 }
 
 fn begin(conn: &Connection) -> rusqlite::Result<()> {
