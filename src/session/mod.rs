@@ -31,9 +31,9 @@ pub use records::{
 };
 #[cfg(feature = "sqlite")]
 pub use sqlite::{
-    Durability, SqliteSession, SqliteStore, StoreOptions, StoreStats, DEFAULT_TENANT,
+    Durability, SqliteSession, SqliteStore, StoreOptions, DEFAULT_TENANT,
 };
-pub use store::Store;
+pub use store::{Store, StoreStats};
 
 use crate::items::Item;
 

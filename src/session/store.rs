@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use serde::Serialize;
 
 use super::records::{
     RunDetail, RunEnd, RunQuery, RunRecord, RunStart, RunUpdate, SessionInfo, SessionMeta,
@@ -20,7 +21,7 @@ pub trait Store: Send + Sync + 'static {
     fn is_durable(&self) -> bool;
     /// The writer's counters (transactions, writes in them), for stores that batch writes
     /// through one writer (SQLite); `None` for the others.
-    fn writer_stats(&self) -> Option<super::StoreStats> {
+    fn writer_stats(&self) -> Option<StoreStats> {
         None
     }
     /// A session's conversation (created with its first item).
@@ -117,4 +118,24 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Finishes pending writes; later calls answer [`SessionError::Closed`].
     async fn close(&self) -> Result<(), SessionError>;
+}
+
+/// The writer's counters since the store was opened, for the server's metrics.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct StoreStats {
+    /// Transactions committed (or attempted).
+    pub batches: u64,
+    /// Writes (add, pop, clear, run records) in them.
+    pub writes: u64,
+    /// Session items committed.
+    pub items_written: u64,
+    /// Writes answered with an error (refused by the database, or in a transaction that
+    /// could not commit).
+    pub failed_writes: u64,
+    /// The most writes in one transaction.
+    pub largest_batch: u64,
+    /// Time spent executing and committing transactions.
+    pub commit_seconds: f64,
+    /// Writes waiting for the writer right now.
+    pub queued_writes: u64,
 }

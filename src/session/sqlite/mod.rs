@@ -44,7 +44,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::claim::{SessionClaim, SessionLocks};
 use super::records::{now_ms, SessionInfo, SessionMeta, INTERRUPTED_ERROR_TYPE};
-use super::{Session, SessionError};
+use super::{Session, SessionError, StoreStats};
 use location::{classify, configure, parse_location, Location};
 use pool::{checkpoint_loop, ReadPool};
 pub use session::SqliteSession;
@@ -108,25 +108,6 @@ impl Default for StoreOptions {
     }
 }
 
-/// The writer's counters since the store was opened, for the server's metrics.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct StoreStats {
-    /// Transactions committed (or attempted).
-    pub batches: u64,
-    /// Writes (add, pop, clear, run records) in them.
-    pub writes: u64,
-    /// Session items committed.
-    pub items_written: u64,
-    /// Writes answered with an error (refused by the database, or in a transaction that
-    /// could not commit).
-    pub failed_writes: u64,
-    /// The most writes in one transaction.
-    pub largest_batch: u64,
-    /// Time spent executing and committing transactions.
-    pub commit_seconds: f64,
-    /// Writes waiting for the writer right now.
-    pub queued_writes: u64,
-}
 
 struct Inner {
     display: String,
