@@ -16,6 +16,12 @@ use criterion::Criterion;
 use futures::StreamExt;
 use serde_json::json;
 
+/// With the `mimalloc` feature the bench allocates with mimalloc, as an application that
+/// picks it would (`cargo bench --bench engine --no-default-features --features mimalloc`).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn cast() -> Agent {
     let text =
         "The forecast for Oslo is sunny with a light breeze and twelve degrees in the afternoon.";
@@ -169,31 +175,51 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
+        "allocator: {}",
+        if cfg!(feature = "mimalloc") {
+            "mimalloc"
+        } else {
+            "the system's (glibc malloc)"
+        }
+    );
+    println!(
         "scripted model alone: {:.1} µs CPU per run",
         model_cpu * 1e6
     );
     table(
-        "multi-thread (one worker per core)",
+        "multi-thread (one worker per core), runs consumed in block_on (the main thread)",
         &rt,
         &runner,
         &agent,
         model_cpu,
+        false,
+    );
+    table(
+        "multi-thread (one worker per core), runs consumed in a spawned task (as the server's are)",
+        &rt,
+        &runner,
+        &agent,
+        model_cpu,
+        true,
     );
     let current = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let runner2: Runner = current.block_on(async { Runner::new() });
-    table("current-thread", &current, &runner2, &agent, model_cpu);
+    table("current-thread", &current, &runner2, &agent, model_cpu, false);
 }
 
-/// Runs, CPU and throughput at 1, 100 and 1,000 concurrent runs on one runtime.
+/// Runs, CPU and throughput at 1, 100 and 1,000 concurrent runs on one runtime. `spawned`:
+/// the runs are started and consumed inside a spawned task rather than in `block_on`, whose
+/// future lives on the calling thread, so that every event wakes that thread from another.
 fn table(
     flavour: &str,
     rt: &tokio::runtime::Runtime,
     runner: &Runner,
     agent: &Agent,
     model_cpu: f64,
+    spawned: bool,
 ) {
     println!();
     println!("tokio runtime: {flavour}");
@@ -203,7 +229,9 @@ fn table(
         let rounds = (20_000 / conc).max(10);
         let t0 = cpu_seconds();
         let w0 = Instant::now();
-        let (events, errors) = rt.block_on(async {
+        let (runner, agent) = (runner.clone(), agent.clone());
+        let work = async move {
+            let (runner, agent) = (&runner, &agent);
             let mut events = 0usize;
             let mut errors = 0usize;
             for _ in 0..rounds {
@@ -235,7 +263,12 @@ fn table(
                 }
             }
             (events, errors)
-        });
+        };
+        let (events, errors) = if spawned {
+            rt.block_on(async move { tokio::spawn(work).await.expect("the runs' task") })
+        } else {
+            rt.block_on(work)
+        };
         let wall = w0.elapsed().as_secs_f64();
         let cpu = cpu_seconds() - t0;
         let runs = rounds * conc;
