@@ -116,7 +116,8 @@ impl Preset {
     /// Issue 17's comparison: 200 sessions at once, one run each, the server on its defaults
     /// and lean, the Python SDK at the same concurrency; idle connections (10,000, then up to
     /// the file limit); fan-out of one session to 1,000 subscribers; 500 sessions streaming a
-    /// delta every 20 ms (`ws-latency`: the server's publish-to-write p99 from `/metrics`).
+    /// delta every 20 ms (`ws-latency`: the server's publish-to-write p99 from `/metrics`),
+    /// all starting at once and (`ws-latency-paced`) started at the rate that keeps 500 streaming.
     fn compare() -> Preset {
         Preset {
             name: "compare",
@@ -136,6 +137,7 @@ impl Preset {
                 "idle-max",
                 "fanout",
                 "ws-latency",
+                "ws-latency-paced",
             ]),
             ..Preset::full()
         }
@@ -219,7 +221,7 @@ pub fn fd_limit() -> usize {
 fn usage() -> ! {
     eprintln!(
         "usage: cargo bench --bench load -- [--preset quick|full|compare] [--reps N] [--out DIR] \
-         [--only engine,python,idle,idle-max,ws-runs,ws-latency,fanout,fanout-paced,sessions,soak] [--no-python] [--api chat|responses] \
+         [--only engine,python,idle,idle-max,ws-runs,ws-latency,ws-latency-paced,fanout,fanout-paced,sessions,soak] [--no-python] [--api chat|responses] \
          [--tokens K] [--fan-tokens K] [--callboard-bin PATH] [--scripted-server] [--server lean|defaults] \
          [--sessions N] [--soak-rate R] [--soak-secs S] [--history-bytes B]\n       load fake-model [--port P] [--tokens K] [--delay-ms D]"
     );

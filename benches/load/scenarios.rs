@@ -537,6 +537,7 @@ fn ws_conversations(
         3,
         tokens,
         delay_ms,
+        None,
         rep,
     )
 }
@@ -566,6 +567,7 @@ fn ws_conversations_with(
         per_session,
         tokens,
         0,
+        None,
         rep,
     )
 }
@@ -582,6 +584,7 @@ fn ws_conversations_full(
     per_session: usize,
     tokens: usize,
     delay_ms: u64,
+    rate: Option<f64>,
     rep: usize,
 ) -> Scenario {
     let p = &opts.preset;
@@ -614,7 +617,7 @@ fn ws_conversations_full(
         prefix: format!("{name}-{rep}-{}", callboard::loadtest::check::now_ns()),
         sessions: Some(total_sessions as u64),
         runs_per_session: per_session as u64,
-        rate: None,
+        rate,
         until: Some(deadline),
     });
     let spec = run_spec(opts, tokens, delay_ms);
@@ -1080,6 +1083,7 @@ pub fn run_all(opts: &Opts) -> Result<bool, String> {
     let want_ws = [
         "ws-runs",
         "ws-latency",
+        "ws-latency-paced",
         "idle",
         "idle-max",
         "fanout",
@@ -1109,6 +1113,7 @@ pub fn run_all(opts: &Opts) -> Result<bool, String> {
             && [
                 "ws-runs",
                 "ws-latency",
+                "ws-latency-paced",
                 "idle",
                 "idle-max",
                 "fanout",
@@ -1202,6 +1207,39 @@ pub fn run_all(opts: &Opts) -> Result<bool, String> {
                                     p.lat_runs,
                                     p.lat_tokens,
                                     p.lat_delay_ms,
+                                    r,
+                                ))
+                            },
+                            &mut scenarios,
+                            &mut notes,
+                        );
+                    }
+                    if opts.wants("ws-latency-paced") {
+                        // The same streams, their starts spread out at the rate that keeps
+                        // `lat_sessions` of them streaming at once (rather than all starting
+                        // in the same millisecond).
+                        let stream_s = p.lat_tokens as f64 * p.lat_delay_ms as f64 / 1000.0;
+                        let rate = p.lat_sessions as f64 / stream_s.max(0.001);
+                        repeat(
+                            opts,
+                            |r| {
+                                let srv = fresh()?;
+                                Ok(ws_conversations_full(
+                                    "ws-latency-paced",
+                                    format!(
+                                        "{} sessions streaming at once in steady state: runs start at {rate:.0}/s, \
+                                         {}-delta answers {} ms apart.",
+                                        p.lat_sessions, p.lat_tokens, p.lat_delay_ms
+                                    ),
+                                    opts,
+                                    &rt,
+                                    &srv,
+                                    p.lat_sessions,
+                                    p.lat_runs,
+                                    3,
+                                    p.lat_tokens,
+                                    p.lat_delay_ms,
+                                    Some(rate),
                                     r,
                                 ))
                             },
