@@ -207,7 +207,14 @@ fn main() {
         .build()
         .expect("runtime");
     let runner2: Runner = current.block_on(async { Runner::new() });
-    table("current-thread", &current, &runner2, &agent, model_cpu, false);
+    table(
+        "current-thread",
+        &current,
+        &runner2,
+        &agent,
+        model_cpu,
+        false,
+    );
 }
 
 /// Runs, CPU and throughput at 1, 100 and 1,000 concurrent runs on one runtime. `spawned`:

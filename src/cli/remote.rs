@@ -7,6 +7,8 @@ use std::io::Write;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
+use crate::model::http::sse::{FeedError, SseFramer};
+
 /// What `run --url` was asked.
 pub struct RemoteRun {
     /// The server's base URL.
@@ -66,64 +68,84 @@ pub async fn run_remote(a: RemoteRun) -> i32 {
         eprintln!("callboard: the server answered {status}: {msg}");
         return 1;
     }
-    let mut events = eventsource_stream::Eventsource::eventsource(res.bytes_stream());
+    let mut body = res.bytes_stream();
+    let mut framer = SseFramer::new();
     let mut out = std::io::stdout().lock();
-    let mut code = 1;
-    while let Some(ev) = events.next().await {
-        let ev = match ev {
-            Ok(e) => e,
+    while let Some(chunk) = body.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
             Err(e) => {
                 eprintln!("callboard: the stream broke: {e}");
                 return 1;
             }
         };
-        let Ok(frame) = serde_json::from_str::<Value>(&ev.data) else {
-            continue;
-        };
-        let ty = frame["type"].as_str().unwrap_or_default();
-        match ty {
-            "run.accepted" | "lagged" => {}
-            "event" if a.json => {
-                let _ = writeln!(out, "{}", frame["event"]);
+        let mut ended = None;
+        let fed = framer.feed(&chunk, |_event, data| {
+            ended = show(&mut out, data, a.json);
+            let _ = out.flush();
+            Ok::<bool, std::convert::Infallible>(ended.is_some())
+        });
+        match fed {
+            Ok(_) => {}
+            Err(FeedError::Utf8(e)) => {
+                eprintln!("callboard: the stream broke: {e}");
+                return 1;
             }
-            "event" => print_event(&mut out, &frame["event"]),
-            "run.completed" | "run.failed" | "run.cancelled" => {
-                if a.json {
-                    let _ = writeln!(out, "{frame}");
-                } else {
-                    match ty {
-                        "run.completed" => {
-                            let _ = writeln!(
-                                out,
-                                "\n[done by {}]",
-                                frame["last_agent"].as_str().unwrap_or("")
-                            );
-                        }
-                        "run.failed" => {
-                            let _ = writeln!(out);
-                            eprintln!(
-                                "run failed: {}: {}",
-                                frame["error"]["type"].as_str().unwrap_or(""),
-                                frame["error"]["message"].as_str().unwrap_or("")
-                            );
-                        }
-                        _ => {
-                            let _ = writeln!(
-                                out,
-                                "\n[cancelled: {}]",
-                                frame["mode"].as_str().unwrap_or("")
-                            );
-                        }
+            Err(FeedError::Event(never)) => match never {},
+        }
+        if let Some(code) = ended {
+            return code;
+        }
+    }
+    eprintln!("callboard: the stream ended before the run did");
+    1
+}
+
+/// Prints one SSE event's frame; answers the exit code once the run's end frame came.
+fn show(out: &mut impl Write, data: &str, json: bool) -> Option<i32> {
+    let Ok(frame) = serde_json::from_str::<Value>(data) else {
+        return None;
+    };
+    let ty = frame["type"].as_str().unwrap_or_default();
+    match ty {
+        "event" if json => {
+            let _ = writeln!(out, "{}", frame["event"]);
+        }
+        "event" => print_event(out, &frame["event"]),
+        "run.completed" | "run.failed" | "run.cancelled" => {
+            if json {
+                let _ = writeln!(out, "{frame}");
+            } else {
+                match ty {
+                    "run.completed" => {
+                        let _ = writeln!(
+                            out,
+                            "\n[done by {}]",
+                            frame["last_agent"].as_str().unwrap_or("")
+                        );
+                    }
+                    "run.failed" => {
+                        let _ = writeln!(out);
+                        eprintln!(
+                            "run failed: {}: {}",
+                            frame["error"]["type"].as_str().unwrap_or(""),
+                            frame["error"]["message"].as_str().unwrap_or("")
+                        );
+                    }
+                    _ => {
+                        let _ = writeln!(
+                            out,
+                            "\n[cancelled: {}]",
+                            frame["mode"].as_str().unwrap_or("")
+                        );
                     }
                 }
-                code = i32::from(ty == "run.failed");
-                break;
             }
-            _ => {}
+            return Some(i32::from(ty == "run.failed"));
         }
-        let _ = out.flush();
+        _ => {}
     }
-    code
+    None
 }
 
 fn print_event(out: &mut impl Write, ev: &Value) {

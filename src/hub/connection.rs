@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use bytes::Bytes;
+use futures::channel::mpsc;
 use futures::stream::SelectAll;
 use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
-use futures::channel::mpsc;
 
 use crate::bus::{Frame, Subscription};
 use crate::hub::follow::{self, Followed};

@@ -217,7 +217,10 @@ callboard_frame_delivery_seconds_bucket{le=\"+Inf\",transport=\"sse\"} 3\n";
         let m = ServerMetrics::parse(&format!(
             "{TEXT}callboard_session_store_commits_total 10\ncallboard_session_store_writes_total 45\n"
         ));
-        assert_eq!((m.store_commits, m.store_writes, m.ws.count()), (10, 45, 100));
+        assert_eq!(
+            (m.store_commits, m.store_writes, m.ws.count()),
+            (10, 45, 100)
+        );
         let d = m.since(&ServerMetrics {
             store_commits: 4,
             store_writes: 15,

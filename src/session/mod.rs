@@ -30,9 +30,7 @@ pub use records::{
     SessionInfo, SessionMeta, TurnRecord,
 };
 #[cfg(feature = "sqlite")]
-pub use sqlite::{
-    Durability, SqliteSession, SqliteStore, StoreOptions, DEFAULT_TENANT,
-};
+pub use sqlite::{Durability, SqliteSession, SqliteStore, StoreOptions, DEFAULT_TENANT};
 pub use store::{Store, StoreStats};
 
 use crate::items::Item;

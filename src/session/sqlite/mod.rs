@@ -108,7 +108,6 @@ impl Default for StoreOptions {
     }
 }
 
-
 struct Inner {
     display: String,
     /// The file's lock (one process per file); released at close.

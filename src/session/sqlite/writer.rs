@@ -392,7 +392,7 @@ fn apply(conn: &Connection, op: &WriteOp, now: i64) -> rusqlite::Result<WriteOut
             session,
             items,
         } => {
-            insert_items(conn, &tenant, &session, &items, None, now)?;
+            insert_items(conn, tenant, session, items, None, now)?;
             Ok(WriteOut::Done)
         }
         WriteOp::SaveTurn(t) => {
@@ -450,9 +450,9 @@ fn apply(conn: &Connection, op: &WriteOp, now: i64) -> rusqlite::Result<WriteOut
         } => {
             set_meta(
                 conn,
-                &tenant,
-                &session,
-                &epoch,
+                tenant,
+                session,
+                epoch,
                 *seq_reserved,
                 Some(*seq_safe),
                 now,
@@ -503,7 +503,7 @@ fn apply(conn: &Connection, op: &WriteOp, now: i64) -> rusqlite::Result<WriteOut
                         "SELECT id, item FROM items WHERE tenant = ?1 AND session_id = ?2
                          ORDER BY id DESC LIMIT 1",
                     )?;
-                    let mut rows = q.query(params![&*tenant, &*session])?;
+                    let mut rows = q.query(params![tenant, session])?;
                     match rows.next()? {
                         Some(r) => Some((r.get(0)?, r.get(1)?)),
                         None => None,
@@ -517,7 +517,7 @@ fn apply(conn: &Connection, op: &WriteOp, now: i64) -> rusqlite::Result<WriteOut
                 conn.prepare_cached(
                     "UPDATE sessions SET updated_at = ?3 WHERE tenant = ?1 AND session_id = ?2",
                 )?
-                .execute(params![&*tenant, &*session, now])?;
+                .execute(params![tenant, session, now])?;
                 match serde_json::from_str::<Item>(&text) {
                     Ok(item) => return Ok(WriteOut::Popped(Some(item))),
                     Err(e) => {
@@ -530,10 +530,10 @@ fn apply(conn: &Connection, op: &WriteOp, now: i64) -> rusqlite::Result<WriteOut
         WriteOp::Clear { tenant, session } => {
             let items = conn
                 .prepare_cached("DELETE FROM items WHERE tenant = ?1 AND session_id = ?2")?
-                .execute(params![&*tenant, &*session])?;
+                .execute(params![tenant, session])?;
             let rows = conn
                 .prepare_cached("DELETE FROM sessions WHERE tenant = ?1 AND session_id = ?2")?
-                .execute(params![&*tenant, &*session])?;
+                .execute(params![tenant, session])?;
             Ok(WriteOut::Changed(items + rows > 0))
         }
         WriteOp::RunStart(s) => {
