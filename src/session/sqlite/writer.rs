@@ -646,6 +646,44 @@ mod tests {
         .unwrap_or(0)
     }
 
+    /// A batch with one failing write (a run recorded twice): that write alone is answered
+    /// with its error, the writes before and after it are saved.
+    #[test]
+    fn a_failing_write_in_a_batch_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("batch.db")).unwrap();
+        super::super::schema::migrate_to(&mut conn, i64::MAX, 0).unwrap();
+        let start = || {
+            WriteOp::RunStart(Box::new(RunStart {
+                run_id: "run_1".into(),
+                tenant: "t".into(),
+                session_id: None,
+                starting_agent: "A".into(),
+                trace_id: None,
+                seq_reserved: None,
+                status: crate::session::RunStatus::Running,
+                request: None,
+                node_id: None,
+            }))
+        };
+        let (tx0, mut rx0) = oneshot::channel();
+        let mut writes = vec![(start(), tx0)];
+        assert_eq!(commit_batch(&mut conn, &mut writes), (0, 0));
+        assert!(matches!(rx0.try_recv(), Ok(Ok(_))));
+        let (a, ta, mut ra) = add("before", "x".into());
+        let (tr, mut rr) = oneshot::channel();
+        let (b, tb, mut rb) = add("after", "y".into());
+        let mut writes = vec![(a, ta), (start(), tr), (b, tb)];
+        assert_eq!(commit_batch(&mut conn, &mut writes), (2, 1));
+        assert!(matches!(ra.try_recv(), Ok(Ok(_))));
+        assert!(
+            matches!(rr.try_recv(), Ok(Err(_))),
+            "the second start is refused"
+        );
+        assert!(matches!(rb.try_recv(), Ok(Ok(_))));
+        assert_eq!((saved(&conn, "before"), saved(&conn, "after")), (1, 1));
+    }
+
     /// A full database (here `max_page_count`) fails writes of a batch: every write answered
     /// OK is saved and every write answered with an error is not, whatever SQLite rolled back.
     #[test]
