@@ -374,6 +374,14 @@ async fn frame_delivery_histogram_counts_live_frames_per_transport() {
     .await;
     let first = common::recv_run(&mut a).await;
     let last = first.last().and_then(|f| f["seq"].as_u64()).unwrap();
+    // The writer observes a batch once its flush returned, which may be just after the
+    // client read it: wait for the first run's frames to be counted before taking `before`.
+    let first_frames = first.iter().filter(|f| f.get("seq").is_some()).count() as f64;
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while delivered("ws") < first_frames && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(delivered("ws"), first_frames);
     common::send(
         &mut b,
         json!({"type":"session.subscribe","session_id":"d1","after_seq":last}),
