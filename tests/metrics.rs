@@ -363,6 +363,15 @@ async fn frame_delivery_histogram_counts_live_frames_per_transport() {
             &[("transport", transport)],
         )
     };
+    // The writer observes a batch once its flush returned, which may be just after the
+    // client read it: the count is read once it reached `want` or the wait ran out.
+    let delivered_ws = |want: f64| async move {
+        let deadline = std::time::Instant::now() + common::WAIT;
+        while delivered("ws") < want && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        delivered("ws")
+    };
     assert_eq!(delivered("ws"), 0.0);
     let mut a = common::connect(&srv, Some("key-acme")).await;
     let mut b = common::connect(&srv, Some("key-acme")).await;
@@ -374,14 +383,9 @@ async fn frame_delivery_histogram_counts_live_frames_per_transport() {
     .await;
     let first = common::recv_run(&mut a).await;
     let last = first.last().and_then(|f| f["seq"].as_u64()).unwrap();
-    // The writer observes a batch once its flush returned, which may be just after the
-    // client read it: wait for the first run's frames to be counted before taking `before`.
+    // The first run's frames are counted before `before` is taken.
     let first_frames = first.iter().filter(|f| f.get("seq").is_some()).count() as f64;
-    let deadline = std::time::Instant::now() + common::WAIT;
-    while delivered("ws") < first_frames && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(delivered("ws"), first_frames);
+    assert_eq!(delivered_ws(first_frames).await, first_frames);
     common::send(
         &mut b,
         json!({"type":"session.subscribe","session_id":"d1","after_seq":last}),
@@ -401,12 +405,7 @@ async fn frame_delivery_histogram_counts_live_frames_per_transport() {
     assert!(frames(&fa) > 5.0);
     assert_eq!(frames(&fa), frames(&fb));
     let want = before + frames(&fa) + frames(&fb);
-    // The writer observes a batch once its flush completed, just after the client can read.
-    let deadline = std::time::Instant::now() + common::WAIT;
-    while delivered("ws") < want && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(delivered("ws"), want);
+    assert_eq!(delivered_ws(want).await, want);
     // A resume from history is not a delivery latency.
     let mut c = common::connect(&srv, Some("key-acme")).await;
     common::send(

@@ -1188,47 +1188,31 @@ pub fn run_all(opts: &Opts) -> Result<bool, String> {
                             &mut notes,
                         );
                     }
-                    if opts.wants("ws-latency") {
-                        repeat(
-                            opts,
-                            |r| {
-                                let srv = fresh()?;
-                                Ok(ws_conversations(
-                                    "ws-latency",
-                                    format!(
-                                        "{} sessions streaming at once, {}-delta answers {} ms apart: latency from the model server \
-                                         emitting a delta to the client receiving it.",
-                                        p.lat_sessions, p.lat_tokens, p.lat_delay_ms
-                                    ),
-                                    opts,
-                                    &rt,
-                                    &srv,
-                                    p.lat_sessions,
-                                    p.lat_runs,
-                                    p.lat_tokens,
-                                    p.lat_delay_ms,
-                                    r,
-                                ))
-                            },
-                            &mut scenarios,
-                            &mut notes,
-                        );
-                    }
-                    if opts.wants("ws-latency-paced") {
-                        // The same streams, their starts spread out at the rate that keeps
-                        // `lat_sessions` of them streaming at once (rather than all starting
-                        // in the same millisecond).
-                        let stream_s = p.lat_tokens as f64 * p.lat_delay_ms as f64 / 1000.0;
-                        let rate = p.lat_sessions as f64 / stream_s.max(0.001);
+                    // `ws-latency`: every stream starts in the same millisecond;
+                    // `ws-latency-paced`: the same streams, their starts spread out at the rate
+                    // that keeps `lat_sessions` of them streaming at once.
+                    let stream_s = p.lat_tokens as f64 * p.lat_delay_ms as f64 / 1000.0;
+                    let paced = p.lat_sessions as f64 / stream_s.max(0.001);
+                    for (name, rate, how) in [
+                        ("ws-latency", None, "all starting at once".to_owned()),
+                        (
+                            "ws-latency-paced",
+                            Some(paced),
+                            format!("runs starting at {paced:.0}/s"),
+                        ),
+                    ] {
+                        if !opts.wants(name) {
+                            continue;
+                        }
                         repeat(
                             opts,
                             |r| {
                                 let srv = fresh()?;
                                 Ok(ws_conversations_full(
-                                    "ws-latency-paced",
+                                    name,
                                     format!(
-                                        "{} sessions streaming at once in steady state: runs start at {rate:.0}/s, \
-                                         {}-delta answers {} ms apart.",
+                                        "{} sessions streaming at once ({how}), {}-delta answers {} ms apart: latency \
+                                         from the model server emitting a delta to the client receiving it.",
                                         p.lat_sessions, p.lat_tokens, p.lat_delay_ms
                                     ),
                                     opts,
@@ -1239,7 +1223,7 @@ pub fn run_all(opts: &Opts) -> Result<bool, String> {
                                     3,
                                     p.lat_tokens,
                                     p.lat_delay_ms,
-                                    Some(rate),
+                                    rate,
                                     r,
                                 ))
                             },

@@ -446,7 +446,7 @@ impl Core {
             counter(
                 r,
                 "callboard_session_store_commits",
-                "Session store write transactions (SQLite: each carries every write queued, with group commit under concurrent writers)",
+                "Session store write transactions (SQLite: each carries every write queued when it starts)",
                 w.batches,
             );
             counter(

@@ -343,16 +343,7 @@ fn build_events(
             }
             ScriptedOutput::Message { text, deltas } => {
                 let item_id = format!("msg_{resp_id}_{idx}");
-                ev.push(ResponseEvent::OutputItemAdded {
-                    item: Item::Message(MessageItem {
-                        id: Some(item_id.clone()),
-                        role: Role::Assistant,
-                        content: MessageContent::Parts(Vec::new()),
-                        status: Some("in_progress".into()),
-                    }),
-                    output_index,
-                    sequence_number: next(),
-                });
+                ev.push(message_added(&item_id, output_index, next()));
                 ev.push(ResponseEvent::ContentPartAdded {
                     item_id: item_id.clone(),
                     output_index,
@@ -397,16 +388,7 @@ fn build_events(
             }
             ScriptedOutput::Refusal { refusal } => {
                 let item_id = format!("msg_{resp_id}_{idx}");
-                ev.push(ResponseEvent::OutputItemAdded {
-                    item: Item::Message(MessageItem {
-                        id: Some(item_id.clone()),
-                        role: Role::Assistant,
-                        content: MessageContent::Parts(Vec::new()),
-                        status: Some("in_progress".into()),
-                    }),
-                    output_index,
-                    sequence_number: next(),
-                });
+                ev.push(message_added(&item_id, output_index, next()));
                 ev.push(ResponseEvent::RefusalDelta {
                     item_id: item_id.clone(),
                     output_index,
@@ -566,6 +548,20 @@ pub fn turns_from_json(v: &Value) -> Result<Vec<ScriptedTurn>, String> {
         turns.push(ScriptedTurn::Respond(outputs));
     }
     Ok(turns)
+}
+
+/// `response.output_item.added` for an assistant message that is starting.
+fn message_added(item_id: &str, output_index: u32, sequence_number: u64) -> ResponseEvent {
+    ResponseEvent::OutputItemAdded {
+        item: Item::Message(MessageItem {
+            id: Some(item_id.to_owned()),
+            role: Role::Assistant,
+            content: MessageContent::Parts(Vec::new()),
+            status: Some("in_progress".into()),
+        }),
+        output_index,
+        sequence_number,
+    }
 }
 
 #[cfg(test)]

@@ -398,40 +398,25 @@ fn apply(conn: &Connection, op: &WriteOp, now: i64) -> rusqlite::Result<WriteOut
         WriteOp::SaveTurn(t) => {
             insert_items(conn, &t.tenant, &t.session, &t.items, Some(&t.run_id), now)?;
             // A plain turn leaves the status (and so the status indexes) as they are.
-            match t.pause {
-                None => conn
-                    .prepare_cached(
-                        "UPDATE runs SET turn = ?3, last_agent = ?4, usage = ?5, updated_at = ?6,
-                            state = COALESCE(?7, state)
-                         WHERE tenant = ?1 AND run_id = ?2 AND status = 'running'",
-                    )?
-                    .execute(params![
-                        &*t.tenant,
-                        &*t.run_id,
-                        t.turn as i64,
-                        t.agent,
-                        t.usage,
-                        now,
-                        t.state.as_deref(),
-                    ])?,
-                Some(deadline) => conn
-                    .prepare_cached(
-                        "UPDATE runs SET turn = ?3, last_agent = ?4, usage = ?5, updated_at = ?6,
-                            state = COALESCE(?7, state), status = 'awaiting_approval',
-                            deadline = ?8
-                         WHERE tenant = ?1 AND run_id = ?2 AND status = 'running'",
-                    )?
-                    .execute(params![
-                        &*t.tenant,
-                        &*t.run_id,
-                        t.turn as i64,
-                        t.agent,
-                        t.usage,
-                        now,
-                        t.state.as_deref(),
-                        deadline
-                    ])?,
+            let (turn, state, deadline) = (t.turn as i64, t.state.as_deref(), t.pause.flatten());
+            let values: [&dyn rusqlite::ToSql; 8] = [
+                &t.tenant, &t.run_id, &turn, &t.agent, &t.usage, &now, &state, &deadline,
+            ];
+            let (sql, n) = match t.pause {
+                None => (
+                    "UPDATE runs SET turn = ?3, last_agent = ?4, usage = ?5, updated_at = ?6,
+                        state = COALESCE(?7, state)
+                     WHERE tenant = ?1 AND run_id = ?2 AND status = 'running'",
+                    7,
+                ),
+                Some(_) => (
+                    "UPDATE runs SET turn = ?3, last_agent = ?4, usage = ?5, updated_at = ?6,
+                        state = COALESCE(?7, state), status = 'awaiting_approval', deadline = ?8
+                     WHERE tenant = ?1 AND run_id = ?2 AND status = 'running'",
+                    8,
+                ),
             };
+            conn.prepare_cached(sql)?.execute(&values[..n])?;
             match (&t.seq_reserved, t.seq_safe) {
                 (Some((epoch, upto)), safe) => {
                     set_meta(conn, &t.tenant, &t.session, epoch, *upto, safe, now)?
